@@ -1,0 +1,45 @@
+"""docingest: keep a Qdrant collection in sync with a document store, on Prefect, Docling and sentence-transformers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+# Bump when the payload or chunking logic changes in a way that must re-process every document.
+__version_schema__ = "1"
+
+__all__ = [
+    "IngestOptions",
+    "IngestResult",
+    "SearchHit",
+    "__version__",
+    "ingest_documents",
+    "search",
+]
+
+if TYPE_CHECKING:
+    from docingest.datamodel import IngestResult, SearchHit
+    from docingest.flows.ingest import ingest_documents
+    from docingest.options import IngestOptions
+    from docingest.search import search
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `import docingest` stays cheap; Prefect, Docling and torch load on first use.
+    if name == "ingest_documents":
+        from docingest.flows.ingest import ingest_documents
+
+        return ingest_documents
+    if name == "search":
+        from docingest.search import search
+
+        return search
+    if name in ("IngestResult", "SearchHit"):
+        from docingest import datamodel
+
+        return getattr(datamodel, name)
+    if name == "IngestOptions":
+        from docingest.options import IngestOptions
+
+        return IngestOptions
+    raise AttributeError(name)

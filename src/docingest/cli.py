@@ -1,0 +1,241 @@
+"""docingest command line: ``docingest ingest`` and ``docingest search``.
+
+Exit codes: 0 all documents fine; 1 the run finished but some documents failed; 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="docingest",
+    help="Keep a Qdrant collection in sync with a document store (Prefect + Docling + sentence-transformers).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+EXIT_OK, EXIT_FAILED_DOCS, EXIT_CONFIG = 0, 1, 2
+
+
+class PdfModeArg(str, Enum):
+    auto = "auto"
+    fast = "fast"
+    accurate = "accurate"
+
+
+class OcrArg(str, Enum):
+    auto = "auto"
+    off = "off"
+
+
+def _quiet_environment(verbose: bool) -> None:
+    """Defaults for a CLI process: offline-friendly, no telemetry, Prefect logs only when asked for."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        logging.getLogger("docling").setLevel(logging.ERROR)
+
+
+def _fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:
+    from rich.text import Text
+
+    err.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _qdrant_target(qdrant_path: Path | None, qdrant_url: str | None):
+    from docingest.flows.ingest import QdrantTarget
+
+    if qdrant_path and qdrant_url:
+        raise _fail("give either --qdrant-path or --qdrant-url, not both")
+    return QdrantTarget(url=qdrant_url, path=str(qdrant_path) if qdrant_path else None)
+
+
+QdrantPathOpt = Annotated[
+    Path | None, typer.Option("--qdrant-path", help="Folder for Qdrant local mode [env: DOCINGEST_QDRANT_PATH].")
+]
+QdrantUrlOpt = Annotated[
+    str | None, typer.Option("--qdrant-url", help="Qdrant server URL [env: DOCINGEST_QDRANT_URL].")
+]
+CollectionOpt = Annotated[str, typer.Option("--collection", "-c", help="Qdrant collection name.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect and Docling logs on stderr.")]
+
+
+@app.command()
+def ingest(
+    source: Annotated[str, typer.Argument(help="Folder or file to ingest (local path or file:// URI).")],
+    collection: CollectionOpt,
+    qdrant_path: QdrantPathOpt = None,
+    qdrant_url: QdrantUrlOpt = None,
+    pdf_mode: Annotated[
+        PdfModeArg, typer.Option("--pdf-mode", help="auto: accurate if Docling's models are installed, else fast.")
+    ] = PdfModeArg.auto,
+    ocr: Annotated[OcrArg, typer.Option("--ocr", help="auto: OCR images with Tesseract when installed.")] = OcrArg.auto,
+    model: Annotated[
+        str | None, typer.Option("--model", help="sentence-transformers model name or path [env: DOCINGEST_EMBED_MODEL].")
+    ] = None,
+    include: Annotated[list[str] | None, typer.Option("--include", help="Glob to include (repeatable).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Glob to leave out (repeatable).")] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", help="Chunk size in tokens (default and cap: the model's).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Chunks per embedding call.")] = 64,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Parse, chunk, embed and upsert every new or changed document of SOURCE into a collection."""
+    _quiet_environment(verbose)
+    from pydantic import ValidationError
+
+    from docingest.core import progress
+    from docingest.exceptions import ConfigurationError, DocingestError
+    from docingest.flows.ingest import ingest_documents, preflight
+    from docingest.options import (
+        ChunkOptions,
+        EmbedOptions,
+        IngestOptions,
+        OcrMode,
+        ParseOptions,
+        PdfMode,
+        SourceOptions,
+    )
+
+    target = _qdrant_target(qdrant_path, qdrant_url)
+    try:
+        options = IngestOptions(
+            source=SourceOptions(include=include or ["**/*"], exclude=exclude or []),
+            parse=ParseOptions(pdf_mode=PdfMode(pdf_mode.value), ocr=OcrMode(ocr.value)),
+            chunk=ChunkOptions(max_tokens=max_tokens),
+            embed=EmbedOptions(model=model, batch_size=batch_size),
+        )
+    except ValidationError as exc:
+        raise _fail(f"invalid option: {exc.errors()[0]['loc'][-1]}: {exc.errors()[0]['msg']}") from None
+
+    try:
+        preflight(source, options, target)
+    except DocingestError as exc:
+        raise _fail(str(exc)) from None
+
+    bar = None
+    if not as_json and err.is_terminal or (not as_json and os.environ.get("DOCINGEST_FORCE_PROGRESS")):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TextColumn("{task.description}"), console=err, transient=True)
+        task_id = bar.add_task("", total=None)
+
+        def on_progress(event: progress.ProgressEvent) -> None:
+            bar.update(task_id, completed=event.done, total=event.total, description=event.path[-60:])
+
+        progress.add_listener(on_progress)
+        bar.start()
+    try:
+        result = ingest_documents(source=source, collection=collection, options=options, qdrant=target)
+    except ConfigurationError as exc:
+        raise _fail(str(exc)) from None
+    except DocingestError as exc:  # e.g. Qdrant unreachable before any document was processed
+        raise _fail(str(exc)) from None
+    finally:
+        if bar is not None:
+            bar.stop()
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_json_dict()) + "\n")
+    else:
+        _print_summary(result)
+    raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED_DOCS)
+
+
+def _print_summary(result) -> None:
+    d, c = result.documents, result.chunks
+    table = Table(title=f"collection {result.collection!r}", show_header=True)
+    for col in ("seen", "new", "changed", "unchanged", "skipped", "failed", "chunks upserted", "chunks deleted"):
+        table.add_column(col, justify="right")
+    table.add_row(*map(str, (d.seen, d.new, d.changed, d.unchanged, d.skipped, d.failed, c.upserted, c.deleted)))
+    out.print(table)
+    if result.failures:
+        failures = Table(title="failed documents", show_header=True)
+        failures.add_column("document")
+        failures.add_column("stage")
+        failures.add_column("error")
+        for f in result.failures:
+            failures.add_row(f.source, f.stage, f.error)
+        out.print(failures)
+    if result.skipped:
+        skipped = Table(title="skipped documents", show_header=True)
+        skipped.add_column("document")
+        skipped.add_column("reason")
+        for s in result.skipped:
+            skipped.add_row(s.source, s.reason)
+        out.print(skipped)
+    out.print(f"done in {result.duration_s:.1f}s, flow run {result.flow_run_id}")
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    collection: CollectionOpt,
+    qdrant_path: QdrantPathOpt = None,
+    qdrant_url: QdrantUrlOpt = None,
+    limit: Annotated[int, typer.Option("--limit", "-k", min=1, max=1000, help="Number of hits.")] = 5,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Find the chunks closest to QUERY in a collection."""
+    _quiet_environment(verbose)
+    from docingest.exceptions import DocingestError
+    from docingest.search import search as run_search
+
+    _qdrant_target(qdrant_path, qdrant_url)
+    try:
+        hits = run_search(query, collection, limit=limit, qdrant_url=qdrant_url,
+                          qdrant_path=str(qdrant_path) if qdrant_path else None)
+    except DocingestError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        payload = {"hits": [h.model_dump(include={"score", "source", "path", "chunk_index", "text", "headings"})
+                            for h in hits]}
+        sys.stdout.write(json.dumps(payload) + "\n")
+        return
+    if not hits:
+        out.print("no hits")
+        return
+    table = Table(show_header=True, show_lines=True)
+    table.add_column("score", justify="right")
+    table.add_column("document")
+    table.add_column("text")
+    for h in hits:
+        where = h.path + (f" #{h.chunk_index}") + (f" p.{','.join(map(str, h.pages))}" if h.pages else "")
+        heading = (" > ".join(h.headings) + "\n") if h.headings else ""
+        text = h.text if len(h.text) < 400 else h.text[:400] + "…"
+        table.add_row(f"{h.score:.3f}", where, f"[dim]{heading}[/]{text}")
+    out.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    finally:
+        if "docingest.core.store" in sys.modules:  # release local-mode locks before interpreter teardown
+            sys.modules["docingest.core.store"].close_clients()
+
+
+if __name__ == "__main__":
+    main()

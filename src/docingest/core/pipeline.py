@@ -1,0 +1,107 @@
+"""Per-document stage logic that the tasks wrap: read -> parse -> chunk, then points and manifest records."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from docingest.core.chunk import chunk_document, make_chunker
+from docingest.core.embed import LoadedModel
+from docingest.core.ids import document_id, document_version, point_id
+from docingest.core.parse import parse_document
+from docingest.core.plan import Profile
+from docingest.core.sources import Source
+from docingest.datamodel import ChangeKind, DocumentStatus, ManifestRecord, PreparedDocument, SourceDocument, Stage
+from docingest.exceptions import ChunkError, ParseError, SourceError, UnsupportedDocumentError
+from docingest.options import IngestOptions
+
+
+def prepare_document(
+    source: Source,
+    doc: SourceDocument,
+    change: ChangeKind,
+    profile: Profile,
+    options: IngestOptions,
+    model: LoadedModel,
+) -> PreparedDocument:
+    """Parse and chunk one document. Never raises for the document's own problems: they become its status."""
+
+    def outcome(status: DocumentStatus, stage: Stage | None = None, error: str | None = None, **kw: Any):
+        return PreparedDocument(document=doc, change=change, status=status, stage=stage, error=error, **kw)
+
+    if doc.error:
+        return outcome(DocumentStatus.FAILURE, Stage.READ, doc.error)
+    try:
+        with source.local_path(doc) as path:
+            parsed = parse_document(path, options.parse, profile.pdf_mode)
+    except UnsupportedDocumentError as exc:
+        return outcome(DocumentStatus.SKIPPED, Stage.PARSE, str(exc))
+    except SourceError as exc:
+        return outcome(DocumentStatus.FAILURE, Stage.READ, str(exc))
+    except ParseError as exc:
+        return outcome(DocumentStatus.FAILURE, Stage.PARSE, str(exc))
+    try:
+        chunks = chunk_document(parsed.document, make_chunker(model, options.chunk))
+    except ChunkError as exc:
+        return outcome(DocumentStatus.FAILURE, Stage.CHUNK, str(exc), parser=parsed.parser)
+    if not chunks:
+        return outcome(DocumentStatus.SKIPPED, Stage.CHUNK, "empty document: no text found (0 chunks)", parser=parsed.parser)
+    return outcome(DocumentStatus.SUCCESS, parser=parsed.parser, chunks=chunks)
+
+
+def build_points(prepared: PreparedDocument, vectors: Any, profile: Profile) -> list[dict[str, Any]]:
+    """Qdrant points for a prepared document, ids from (source, path, version, chunk index)."""
+    doc = prepared.document
+    doc_id = document_id(doc.source_uri, doc.path)
+    version = document_version(doc.content_hash, profile.fingerprint)
+    points = []
+    for chunk, vector in zip(prepared.chunks, vectors, strict=True):
+        points.append(
+            {
+                "id": point_id(doc_id, version, chunk.chunk_index),
+                "vector": vector,
+                "payload": {
+                    "doc_id": doc_id,
+                    "source_uri": doc.source_uri,
+                    "uri": doc.uri,
+                    "path": doc.path,
+                    "content_hash": doc.content_hash,
+                    "version": version,
+                    "fingerprint": profile.fingerprint,
+                    "chunk_index": chunk.chunk_index,
+                    "chunk_count": len(prepared.chunks),
+                    "headings": chunk.headings,
+                    "pages": chunk.pages,
+                    "text": chunk.text,
+                    "parser": prepared.parser,
+                    "model": profile.model.name,
+                    "ingested_at": time.time(),
+                },
+            }
+        )
+    return points
+
+
+def manifest_record(
+    prepared: PreparedDocument, profile: Profile, previous: ManifestRecord | None, status: DocumentStatus,
+    stage: Stage | None = None, error: str | None = None,
+) -> ManifestRecord:
+    doc = prepared.document
+    failed = status is DocumentStatus.FAILURE
+    return ManifestRecord(
+        doc_id=document_id(doc.source_uri, doc.path),
+        source_uri=doc.source_uri,
+        path=doc.path,
+        uri=doc.uri,
+        content_hash=doc.content_hash,
+        fingerprint=profile.fingerprint,
+        version=document_version(doc.content_hash, profile.fingerprint),
+        status=status,
+        chunks=len(prepared.chunks) if status is DocumentStatus.SUCCESS else 0,
+        stage=stage,
+        error=error,
+        attempts=((previous.attempts if previous and previous.status is DocumentStatus.FAILURE else 0) + 1)
+        if failed
+        else 0,
+        updated_at=time.time(),
+    )

@@ -1,0 +1,251 @@
+"""Store: Qdrant collections, points and the per-document manifest, the same API in local mode and on a server."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field, SecretStr
+
+from docingest.datamodel import ManifestRecord, SearchHit
+from docingest.exceptions import ConfigurationError, StoreError
+
+if TYPE_CHECKING:
+    from qdrant_client import QdrantClient
+
+MANIFEST_SUFFIX = "__manifest"
+PAYLOAD_INDEXES = ("doc_id", "source_uri", "version", "path")
+
+
+class QdrantLocation(BaseModel):
+    """Where Qdrant lives: a server URL, or a folder for local (embedded) mode."""
+
+    url: str | None = Field(default=None, description="Server URL, e.g. http://localhost:6333.")
+    path: Path | None = Field(default=None, description="Folder for local mode (used when no URL is given).")
+    api_key: SecretStr | None = Field(default=None, description="API key for a server.")
+    timeout: float = Field(default=30.0, description="Request timeout in seconds.")
+    prefer_grpc: bool = Field(default=False, description="Use gRPC for a server.")
+
+    def describe(self) -> str:
+        return self.url if self.url else f"local:{self.path}"
+
+    def cache_key(self) -> tuple:
+        return (self.url, str(self.path.resolve()) if self.path else None, self.prefer_grpc)
+
+
+_clients: dict[tuple, QdrantClient] = {}
+_clients_lock = threading.Lock()
+
+
+def get_client(location: QdrantLocation) -> QdrantClient:
+    """One client per location and process (local mode allows only one client per folder)."""
+    from qdrant_client import QdrantClient
+
+    key = location.cache_key()
+    with _clients_lock:
+        if key in _clients:
+            return _clients[key]
+        api_key = location.api_key.get_secret_value() if location.api_key else None
+        try:
+            if location.url:
+                client = QdrantClient(
+                    url=location.url, api_key=api_key, timeout=int(location.timeout), prefer_grpc=location.prefer_grpc
+                )
+            else:
+                if location.path is None:
+                    raise ConfigurationError("no Qdrant location: set DOCINGEST_QDRANT_URL or DOCINGEST_QDRANT_PATH")
+                location.path.mkdir(parents=True, exist_ok=True)
+                client = QdrantClient(path=str(location.path))
+        except RuntimeError as exc:
+            if "already accessed" in str(exc):
+                raise ConfigurationError(
+                    f"Qdrant local storage {location.path} is in use by another process; "
+                    "wait for it, or use a Qdrant server (--qdrant-url)"
+                ) from exc
+            raise
+        _clients[key] = client
+        return client
+
+
+def close_clients() -> None:
+    """Close every cached client (releases local-mode folder locks)."""
+    with _clients_lock:
+        for client in _clients.values():
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001
+                pass
+        _clients.clear()
+
+
+def _as_list(vector: Any) -> list[float]:
+    return vector.tolist() if hasattr(vector, "tolist") else list(vector)
+
+
+def _wrap(where: str, action: str, exc: Exception) -> StoreError:
+    return StoreError(f"Qdrant at {where}: {action} failed: {type(exc).__name__}: {exc}")
+
+
+class QdrantStore:
+    """Chunks and manifest records of collections in one Qdrant."""
+
+    def __init__(self, location: QdrantLocation) -> None:
+        self.location = location
+        self.client = get_client(location)
+        self._lock = threading.RLock()
+        self.is_local = not location.url
+
+    @staticmethod
+    def manifest_name(collection: str) -> str:
+        return f"{collection}{MANIFEST_SUFFIX}"
+
+    def _call(self, action: str, fn, *args, **kwargs):
+        try:
+            with self._lock:
+                return fn(*args, **kwargs)
+        except (ConfigurationError, StoreError):
+            raise
+        except ValueError as exc:  # local mode raises ValueError for a missing collection
+            raise ConfigurationError(f"Qdrant {action}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - network and server errors are transient
+            raise _wrap(self.location.describe(), action, exc) from exc
+
+    def collection_exists(self, collection: str) -> bool:
+        return bool(self._call("check collection", self.client.collection_exists, collection))
+
+    def ensure_collection(self, collection: str, dimension: int) -> None:
+        """Create the collection (cosine, the model's dimension) and its manifest, or check they fit."""
+        from qdrant_client import models
+
+        if not collection or any(c in collection for c in "/\\ ") or collection.endswith(MANIFEST_SUFFIX):
+            raise ConfigurationError(f"invalid collection name: {collection!r}")
+        if self.collection_exists(collection):
+            info = self._call("read collection", self.client.get_collection, collection)
+            vectors = info.config.params.vectors
+            size = getattr(vectors, "size", None)
+            if size is not None and size != dimension:
+                raise ConfigurationError(
+                    f"collection {collection!r} holds {size}-dimensional vectors but the model makes {dimension}: "
+                    "use another collection or the model it was built with"
+                )
+        else:
+            self._call(
+                "create collection",
+                self.client.create_collection,
+                collection,
+                vectors_config=models.VectorParams(size=dimension, distance=models.Distance.COSINE),
+            )
+            self._index(collection)
+        manifest = self.manifest_name(collection)
+        if not self.collection_exists(manifest):
+            self._call(
+                "create manifest",
+                self.client.create_collection,
+                manifest,
+                vectors_config=models.VectorParams(size=1, distance=models.Distance.DOT),
+            )
+            self._index(manifest)
+
+    def _index(self, collection: str) -> None:
+        from qdrant_client import models
+
+        if self.is_local:  # payload indexes have no effect in local mode
+            return
+        for field in PAYLOAD_INDEXES:
+            self._call(
+                "create index",
+                self.client.create_payload_index,
+                collection,
+                field_name=field,
+                field_schema=models.PayloadSchemaType.KEYWORD,
+            )
+
+    def require_collection(self, collection: str) -> None:
+        if not self.collection_exists(collection):
+            raise ConfigurationError(f"unknown collection: {collection!r} (ingest into it first)")
+
+    def manifest(self, collection: str, source_uri: str) -> dict[str, ManifestRecord]:
+        """Manifest records of one source, by document path."""
+        from qdrant_client import models
+
+        flt = models.Filter(must=[models.FieldCondition(key="source_uri", match=models.MatchValue(value=source_uri))])
+        records: dict[str, ManifestRecord] = {}
+        offset = None
+        while True:
+            points, offset = self._call(
+                "read manifest",
+                self.client.scroll,
+                self.manifest_name(collection),
+                scroll_filter=flt,
+                limit=1000,
+                offset=offset,
+                with_payload=True,
+                with_vectors=False,
+            )
+            for point in points:
+                record = ManifestRecord.model_validate(point.payload)
+                records[record.path] = record
+            if offset is None:
+                return records
+
+    def write_manifest(self, collection: str, records: list[ManifestRecord]) -> None:
+        from qdrant_client import models
+
+        if not records:
+            return
+        points = [models.PointStruct(id=r.doc_id, vector=[1.0], payload=r.model_dump(mode="json")) for r in records]
+        self._call("write manifest", self.client.upsert, self.manifest_name(collection), points=points, wait=True)
+
+    def upsert(self, collection: str, points: list[dict[str, Any]], batch_size: int = 256) -> int:
+        """Write points ({id, vector, payload}); returns how many were written."""
+        from qdrant_client import models
+
+        for start in range(0, len(points), batch_size):
+            batch = [
+                models.PointStruct(id=p["id"], vector=_as_list(p["vector"]), payload=p["payload"])
+                for p in points[start : start + batch_size]
+            ]
+            self._call("upsert", self.client.upsert, collection, points=batch, wait=True)
+        return len(points)
+
+    def delete_other_versions(self, collection: str, doc_id: str, keep_version: str | None) -> int:
+        """Remove a document's points of every version but ``keep_version`` (all of them if None)."""
+        from qdrant_client import models
+
+        must_not = (
+            [models.FieldCondition(key="version", match=models.MatchValue(value=keep_version))] if keep_version else []
+        )
+        flt = models.Filter(
+            must=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))], must_not=must_not
+        )
+        count = self._call("count", self.client.count, collection, count_filter=flt, exact=True).count
+        if count:
+            self._call(
+                "delete", self.client.delete, collection, points_selector=models.FilterSelector(filter=flt), wait=True
+            )
+        return int(count)
+
+    def count(self, collection: str) -> int:
+        return int(self._call("count", self.client.count, collection, exact=True).count)
+
+    def search(self, collection: str, vector: list[float], limit: int = 5) -> list[SearchHit]:
+        self.require_collection(collection)
+        response = self._call(
+            "search", self.client.query_points, collection, query=vector, limit=limit, with_payload=True
+        )
+        hits = []
+        for point in response.points:
+            payload = point.payload or {}
+            hits.append(
+                SearchHit(
+                    score=float(point.score),
+                    source=payload.get("uri") or payload.get("source_uri", ""),
+                    path=payload.get("path", ""),
+                    chunk_index=int(payload.get("chunk_index", 0)),
+                    text=payload.get("text", ""),
+                    headings=list(payload.get("headings") or []),
+                    pages=list(payload.get("pages") or []),
+                )
+            )
+        return hits

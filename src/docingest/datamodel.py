@@ -1,0 +1,169 @@
+"""Typed records that move between stages and make up a run's result."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class DocumentStatus(str, Enum):
+    """What happened to one document in a run."""
+
+    SUCCESS = "success"
+    UNCHANGED = "unchanged"
+    SKIPPED = "skipped"
+    FAILURE = "failure"
+
+
+class Stage(str, Enum):
+    """The pipeline stage a document outcome refers to."""
+
+    DISCOVER = "discover"
+    READ = "read"
+    PARSE = "parse"
+    CHUNK = "chunk"
+    EMBED = "embed"
+    UPSERT = "upsert"
+
+
+class ChangeKind(str, Enum):
+    """How a document compares with what the collection holds for it."""
+
+    NEW = "new"
+    CHANGED = "changed"
+    UNCHANGED = "unchanged"
+
+
+class SourceDocument(BaseModel):
+    """One document found in a source. ``path`` is relative to the source root, with ``/`` separators."""
+
+    source_uri: str = Field(description="URI of the source root, e.g. file:///data/docs.")
+    path: str = Field(description="Path of the document relative to the source root.")
+    uri: str = Field(description="Stable URI of the document itself.")
+    size: int = Field(description="Size in bytes.")
+    content_hash: str = Field(description="sha256 of the document's bytes, hex.")
+    error: str | None = Field(default=None, description="Why the document could not be read, if it could not.")
+
+
+class Chunk(BaseModel):
+    """One chunk of a document, ready to embed. ``text`` is what is stored; ``embed_text`` adds the headings."""
+
+    chunk_index: int
+    text: str
+    embed_text: str
+    headings: list[str] = Field(default_factory=list)
+    pages: list[int] = Field(default_factory=list)
+    token_count: int = 0
+
+
+class PreparedDocument(BaseModel):
+    """A document after parse and chunk, or the reason it went no further."""
+
+    document: SourceDocument
+    change: ChangeKind
+    status: DocumentStatus
+    stage: Stage | None = None
+    error: str | None = None
+    parser: str | None = None
+    chunks: list[Chunk] = Field(default_factory=list)
+
+
+class DocumentOutcome(BaseModel):
+    """The final outcome of one document in a run."""
+
+    source: str = Field(description="URI of the document.")
+    path: str
+    status: DocumentStatus
+    change: ChangeKind | None = None
+    stage: Stage | None = Field(default=None, description="Stage that failed or skipped the document.")
+    error: str | None = Field(default=None, description="Reason for a failure or a skip.")
+    chunks: int = 0
+
+
+class DocumentCounts(BaseModel):
+    seen: int = 0
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+
+class ChunkCounts(BaseModel):
+    embedded: int = 0
+    upserted: int = 0
+    deleted: int = 0
+
+
+class FailureItem(BaseModel):
+    source: str
+    stage: str
+    error: str
+
+
+class SkippedItem(BaseModel):
+    source: str
+    reason: str
+
+
+class IngestResult(BaseModel):
+    """What an ingest run did. ``to_json_dict()`` gives the CLI's ``--json`` contract."""
+
+    collection: str
+    source: str = ""
+    documents: DocumentCounts = Field(default_factory=DocumentCounts)
+    chunks: ChunkCounts = Field(default_factory=ChunkCounts)
+    failures: list[FailureItem] = Field(default_factory=list)
+    skipped: list[SkippedItem] = Field(default_factory=list)
+    outcomes: list[DocumentOutcome] = Field(default_factory=list)
+    duration_s: float = 0.0
+    flow_run_id: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when no document failed."""
+        return self.documents.failed == 0
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "collection": self.collection,
+            "documents": self.documents.model_dump(),
+            "chunks": self.chunks.model_dump(),
+            "failures": [f.model_dump() for f in self.failures],
+            "skipped": [s.model_dump() for s in self.skipped],
+            "duration_s": round(self.duration_s, 3),
+            "flow_run_id": self.flow_run_id,
+        }
+
+
+class SearchHit(BaseModel):
+    """One search result."""
+
+    score: float
+    source: str
+    path: str
+    chunk_index: int
+    text: str
+    headings: list[str] = Field(default_factory=list)
+    pages: list[int] = Field(default_factory=list)
+
+
+class ManifestRecord(BaseModel):
+    """What the collection knows about one document of a source (kept in ``<collection>__manifest``)."""
+
+    doc_id: str
+    source_uri: str
+    path: str
+    uri: str
+    content_hash: str
+    fingerprint: str
+    version: str
+    status: DocumentStatus
+    chunks: int = 0
+    stage: Stage | None = None
+    error: str | None = None
+    attempts: int = 0
+    updated_at: float = 0.0

@@ -1,0 +1,40 @@
+"""Exceptions raised by docingest.
+
+Per-document problems during a run are *not* raised to the caller: they become
+:class:`~docingest.datamodel.DocumentOutcome` entries. These classes are raised by the
+stage functions (and caught by the flow), or by entry points for configuration errors.
+"""
+
+from __future__ import annotations
+
+
+class DocingestError(Exception):
+    """Root of every docingest error."""
+
+
+class ConfigurationError(DocingestError, ValueError):
+    """Raised before any work when settings, options or a target are invalid (CLI exit code 2)."""
+
+
+class SourceError(DocingestError, OSError):
+    """Raised when a source cannot be listed or a document cannot be read."""
+
+
+class UnsupportedDocumentError(DocingestError):
+    """Raised when a document has a type docingest cannot process here; the document is skipped, not failed."""
+
+
+class ParseError(DocingestError):
+    """Raised when Docling cannot convert a document (corrupt, undecodable or failed conversion)."""
+
+
+class ChunkError(DocingestError):
+    """Raised when a converted document cannot be chunked."""
+
+
+class EmbedError(DocingestError):
+    """Raised when the embedding model fails on a batch."""
+
+
+class StoreError(DocingestError, ConnectionError):
+    """Raised when Qdrant cannot be reached or rejects a request; transient, so Prefect retries it."""

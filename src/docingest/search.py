@@ -1,0 +1,34 @@
+"""Semantic search over a collection, with the model the collection was built with."""
+
+from __future__ import annotations
+
+from docingest.core.embed import embed_texts, load_model
+from docingest.core.store import QdrantStore
+from docingest.datamodel import SearchHit
+from docingest.settings import get_settings
+
+
+def collection_model(store: QdrantStore, collection: str) -> str | None:
+    """The embedding model recorded in the collection's points, if any."""
+    points, _ = store._call("read", store.client.scroll, collection, limit=1, with_payload=["model"])
+    return (points[0].payload or {}).get("model") if points else None
+
+
+def search(
+    query: str,
+    collection: str,
+    limit: int = 5,
+    qdrant_url: str | None = None,
+    qdrant_path: str | None = None,
+    model: str | None = None,
+) -> list[SearchHit]:
+    """Return the ``limit`` chunks closest to ``query``. Raises ConfigurationError for an unknown collection."""
+    from docingest.flows.ingest import QdrantTarget, resolve_location
+
+    store = QdrantStore(resolve_location(QdrantTarget(url=qdrant_url, path=qdrant_path)))
+    store.require_collection(collection)
+    settings = get_settings()
+    name = model or collection_model(store, collection) or settings.embed_model
+    loaded = load_model(name, settings.embed_device)
+    vector = embed_texts(loaded, [query])[0]
+    return store.search(collection, vector.tolist(), limit)

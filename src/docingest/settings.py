@@ -1,0 +1,50 @@
+"""Process-wide settings, read from the environment (prefix ``DOCINGEST_``) and an optional ``.env`` file.
+
+Per-run choices (source, collection, PDF mode...) are flow parameters; where services live (Qdrant, the model)
+and secrets belong here or in a block, so a deployment only needs ``source`` and ``collection``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class DocingestSettings(BaseSettings):
+    """Settings for docingest. Every field can be set with ``DOCINGEST_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="DOCINGEST_", env_file=".env", extra="ignore")
+
+    home: Path = Field(
+        default=Path(".docingest"),
+        description="Working folder for embedded state (Qdrant local storage). Relative to the current directory.",
+    )
+    qdrant_url: str | None = Field(
+        default=None, description="Qdrant server URL, e.g. http://localhost:6333. When set, local mode is not used."
+    )
+    qdrant_path: Path | None = Field(
+        default=None, description="Folder for Qdrant local mode. Defaults to <home>/qdrant when no URL is set."
+    )
+    qdrant_api_key: SecretStr | None = Field(default=None, description="API key for a Qdrant server.")
+    qdrant_timeout: float = Field(default=30.0, description="Qdrant request timeout in seconds.")
+    embed_model: str = Field(
+        default=DEFAULT_MODEL,
+        description="sentence-transformers model name or local path. The default is bundled and loads offline.",
+    )
+    embed_device: str | None = Field(
+        default=None, description="Torch device for embedding (cpu, cuda, mps). Default: CUDA when present, else CPU."
+    )
+
+    def resolved_qdrant_path(self) -> Path:
+        return self.qdrant_path if self.qdrant_path is not None else self.home / "qdrant"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> DocingestSettings:
+    """The settings of this process (cached; call ``get_settings.cache_clear()`` after changing the environment)."""
+    return DocingestSettings()

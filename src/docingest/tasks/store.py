@@ -1,0 +1,43 @@
+"""Qdrant writes: upsert a batch of points, then finish documents (drop old versions, record the manifest)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from docingest.core.store import QdrantLocation, QdrantStore
+from docingest.datamodel import ManifestRecord
+from docingest.tasks.common import RETRY_DELAYS, retry_transient
+
+_store_task = task(
+    retries=3,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_transient,
+    cache_policy=NO_CACHE,
+)
+
+
+@_store_task
+def ensure_collection_task(location: QdrantLocation, collection: str, dimension: int) -> None:
+    """Create the collection with the model's dimension and cosine distance, or check it fits."""
+    QdrantStore(location).ensure_collection(collection, dimension)
+
+
+@_store_task
+def upsert_points_task(location: QdrantLocation, collection: str, points: list[dict[str, Any]], batch_size: int) -> int:
+    """Write the new versions' points (ids are deterministic, so a retry overwrites, never duplicates)."""
+    return QdrantStore(location).upsert(collection, points, batch_size)
+
+
+@_store_task
+def finalize_documents_task(
+    location: QdrantLocation, collection: str, replace: list[tuple[str, str | None]], records: list[ManifestRecord]
+) -> int:
+    """After the new versions are written: remove each document's other versions, then record the manifest."""
+    store = QdrantStore(location)
+    deleted = sum(store.delete_other_versions(collection, doc_id, keep) for doc_id, keep in replace)
+    store.write_manifest(collection, records)
+    return deleted

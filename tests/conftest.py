@@ -1,0 +1,62 @@
+"""Shared fixtures: offline environment, a session Prefect test server, Qdrant local mode in a temp folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+# Offline and quiet, before anything imports Prefect, transformers or Docling.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+for var in ("DOCINGEST_QDRANT_URL", "DOCINGEST_QDRANT_PATH", "DOCINGEST_EMBED_MODEL", "DOCINGEST_HOME"):
+    os.environ.pop(var, None)
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO.parent / "shared" / "corpus" / "docling-testdata"
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    """The shared Docling test corpus (../shared/corpus/docling-testdata), read in place, never copied in."""
+    assert CORPUS.is_dir(), f"shared corpus missing at {CORPUS}: tests need ../shared beside the repository"
+    return CORPUS
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect API for the whole session (real server, SQLite, loopback)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from prefect.logging.configuration import setup_logging
+
+    with prefect_test_harness(server_startup_timeout=120):
+        # Bind Prefect's console handler to the session's stderr now, not to the short-lived stream of the first
+        # CliRunner invocation (which closes it and breaks logging for every later test).
+        setup_logging(incremental=False)
+        yield
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """Fresh DOCINGEST_HOME (so Qdrant local storage is per test) and fresh settings."""
+    from docingest.core.store import close_clients
+    from docingest.settings import get_settings
+
+    monkeypatch.setenv("DOCINGEST_HOME", str(tmp_path / ".docingest"))
+    get_settings.cache_clear()
+    yield tmp_path / ".docingest"
+    close_clients()
+    get_settings.cache_clear()
+
+
+def copy_corpus_files(corpus: Path, dest: Path, rel_paths: list[str]) -> Path:
+    """Copy named corpus files into a test folder (flat), so tests can change them freely."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel in rel_paths:
+        shutil.copy2(corpus / rel, dest / Path(rel).name)
+    return dest

@@ -1,0 +1,113 @@
+"""The CLI contract: JSON shapes, exit codes, one-line errors; once in-process and once as the real console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from docingest.cli import app
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+runner = CliRunner()
+
+
+@pytest.fixture
+def handbook(tmp_path) -> Path:
+    docs = tmp_path / "handbook"
+    docs.mkdir()
+    (docs / "keys.md").write_text(
+        "# Security handbook\n\n## Rotating keys\n\nTo rotate the API keys, run `vault rotate` and restart the gateway."
+        " Old keys stay valid for one hour.\n"
+    )
+    (docs / "holidays.md").write_text("# Holidays\n\nThe office is closed on public holidays and between Christmas"
+                                      " and New Year.\n")
+    return docs
+
+
+def invoke(args):
+    result = runner.invoke(app, args)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_ingest_and_search_json_contract(prefect_server, home, handbook):
+    code, stdout, _ = invoke(["ingest", str(handbook), "--collection", "handbook", "--json"])
+    assert code == 0
+    data = json.loads(stdout)  # stdout is exactly one JSON object
+    assert data["collection"] == "handbook"
+    assert data["documents"] == {"seen": 2, "new": 2, "changed": 0, "unchanged": 0, "deleted": 0, "failed": 0,
+                                 "skipped": 0}
+    assert data["chunks"]["embedded"] == data["chunks"]["upserted"] >= 2
+    assert data["failures"] == [] and data["skipped"] == []
+    assert isinstance(data["duration_s"], float) and data["flow_run_id"]
+
+    code, stdout, _ = invoke(["search", "how do I rotate the keys", "--collection", "handbook", "--limit", "5",
+                              "--json"])
+    assert code == 0
+    hits = json.loads(stdout)["hits"]
+    assert len(hits) == 2
+    assert set(hits[0]) == {"score", "source", "path", "chunk_index", "text", "headings"}
+    assert hits[0]["path"] == "keys.md" and "vault rotate" in hits[0]["text"]
+    assert hits[0]["headings"] == ["Security handbook", "Rotating keys"]
+    assert hits[0]["source"].startswith("file://") and hits[0]["score"] > hits[1]["score"]
+
+    code, stdout, _ = invoke(["ingest", str(handbook), "--collection", "handbook", "--json"])
+    assert code == 0 and json.loads(stdout)["documents"]["unchanged"] == 2
+
+
+def test_exit_1_when_some_documents_fail(prefect_server, home, handbook):
+    (handbook / "broken.pptx").write_bytes(b"PK\x03\x04 truncated")
+    code, stdout, _ = invoke(["ingest", str(handbook), "-c", "partial", "--json"])
+    assert code == 1
+    data = json.loads(stdout)
+    assert data["documents"]["failed"] == 1
+    assert data["failures"][0]["source"].endswith("broken.pptx") and data["failures"][0]["stage"] == "parse"
+
+
+def test_human_output_has_summary_table(prefect_server, home, handbook):
+    code, stdout, _ = invoke(["ingest", str(handbook), "-c", "human"])
+    assert code == 0
+    assert "unchanged" in stdout and "human" in stdout
+    code, stdout, _ = invoke(["search", "holidays", "-c", "human"])
+    assert code == 0 and "holidays.md" in stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ingest", "/definitely/not/here", "-c", "x"], "source not found"),
+        (["ingest", ".", "-c", "x", "--qdrant-url", "http://127.0.0.1:9"], "Qdrant at http://127.0.0.1:9"),
+        (["search", "anything", "-c", "never-created"], "unknown collection"),
+        (["search", "anything", "-c", "x", "--qdrant-url", "http://127.0.0.1:9"], "Qdrant at http://127.0.0.1:9"),
+        (["ingest", ".", "-c", "bad/name"], "invalid collection name"),
+    ],
+)
+def test_configuration_errors_exit_2_with_one_line(prefect_server, home, args, message):
+    code, stdout, stderr = invoke(args)
+    assert code == 2
+    assert message in stderr
+    assert "Traceback" not in stderr + stdout
+    assert len(stderr.strip().splitlines()) == 1
+
+
+def test_console_script_on_embedded_defaults(tmp_path, handbook):
+    """The installed `docingest` command in a fresh process: ephemeral Prefect, local Qdrant under .docingest/."""
+    exe = Path(sys.executable).with_name("docingest")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "DOCINGEST_"))}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.run([str(exe), "ingest", str(handbook), "-c", "handbook", "--json"], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["documents"]["new"] == 2
+    assert (work / ".docingest" / "qdrant" / "collection" / "handbook").is_dir()
+    proc = subprocess.run([str(exe), "search", "rotate keys", "-c", "handbook", "--json"], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["hits"][0]["path"] == "keys.md"

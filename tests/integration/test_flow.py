@@ -1,0 +1,196 @@
+"""The real flow: Prefect test server, Docling, the bundled model and Qdrant local mode."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from conftest import copy_corpus_files
+from docingest.core.store import QdrantLocation, QdrantStore
+from docingest.datamodel import DocumentStatus
+from docingest.flows.ingest import QdrantTarget, ingest_documents
+from docingest.options import IngestOptions
+from docingest.search import search
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# One or more documents of every format that converts offline.
+SLICE = [
+    "md/sources/duck.md",
+    "md/sources/mixed.md",
+    "docx/sources/lorem_ipsum.docx",
+    "docx/sources/word_tables.docx",
+    "pptx/sources/powerpoint_sample.pptx",
+    "xlsx/sources/xlsx_05_table_with_title.xlsx",
+    "html/sources/wiki_duck.html",
+    "asciidoc/sources/asciidoc_02.asciidoc",
+    "csv/sources/csv-comma.csv",
+    "jats/sources/pone.0234687.nxml",
+    "uspto/sources/pg06442728.xml",
+    "latex/sources/example_01.tex",
+    "webvtt/sources/webvtt_example_01.vtt",
+    "odf/sources/text_document_01.odt",
+    "pdf/sources/multi_page.pdf",
+    "pdf/sources/redp5110_sampled.pdf",
+]
+
+
+def all_points(store: QdrantStore, collection: str) -> dict[str, dict]:
+    points, offset, out = [], None, {}
+    while True:
+        points, offset = store.client.scroll(collection, limit=1000, offset=offset, with_payload=True)
+        out.update({str(p.id): p.payload for p in points})
+        if offset is None:
+            return out
+
+
+@pytest.fixture
+def docs(tmp_path, corpus):
+    return copy_corpus_files(corpus, tmp_path / "docs", SLICE)
+
+
+def store_for(home) -> QdrantStore:
+    return QdrantStore(QdrantLocation(path=home / "qdrant"))
+
+
+def test_ingest_every_offline_format_then_search_finds_the_right_document(prefect_server, home, docs):
+    result = ingest_documents(source=str(docs), collection="corpus")
+
+    assert result.documents.seen == len(SLICE)
+    assert result.documents.failed == 0, result.failures
+    assert result.documents.new == len(SLICE) and result.documents.skipped == 0
+    assert result.chunks.embedded == result.chunks.upserted > len(SLICE)
+    assert result.flow_run_id
+    assert all(o.status is DocumentStatus.SUCCESS and o.chunks > 0 for o in result.outcomes)
+
+    store = store_for(home)
+    points = all_points(store, "corpus")
+    assert len(points) == result.chunks.upserted
+    payload = next(iter(points.values()))
+    assert {"source_uri", "uri", "path", "doc_id", "content_hash", "version", "chunk_index", "headings", "pages",
+            "text", "parser", "model"} <= set(payload)
+    pdf_payloads = [p for p in points.values() if p["path"] == "redp5110_sampled.pdf"]
+    assert pdf_payloads and all(p["pages"] for p in pdf_payloads)
+    assert {p["parser"] for p in pdf_payloads} == {"docling-fast"}
+
+    expectations = {
+        "ducks are water birds of the family Anatidae": "wiki_duck.html",
+        "the evolution of the word processor": "multi_page.pdf",
+        "row and column access control in DB2 for i": "redp5110_sampled.pdf",
+        "turbo code decoding methods": "pg06442728.xml",
+    }
+    for query, expected in expectations.items():
+        hits = search(query, "corpus", limit=3)
+        assert hits[0].path == expected, (query, [h.path for h in hits])
+        assert hits[0].score > 0.3
+
+
+def test_rerun_embeds_nothing_and_keeps_identical_points(prefect_server, home, docs):
+    first = ingest_documents(source=str(docs), collection="rerun")
+    before = all_points(store_for(home), "rerun")
+
+    second = ingest_documents(source=str(docs), collection="rerun")
+    after = all_points(store_for(home), "rerun")
+
+    assert second.documents.unchanged == len(SLICE)
+    assert second.documents.new == second.documents.changed == 0
+    assert second.chunks.embedded == second.chunks.upserted == second.chunks.deleted == 0
+    assert set(after) == set(before) and len(after) == first.chunks.upserted
+    assert {k: v["text"] for k, v in after.items()} == {k: v["text"] for k, v in before.items()}
+
+
+def test_edit_replaces_the_old_version_without_stale_chunks(prefect_server, home, tmp_path):
+    docs = tmp_path / "edit"
+    docs.mkdir()
+    (docs / "keys.md").write_text("# Key rotation\n\nRotate the signing keys every ninety days with the vault CLI.\n")
+    (docs / "other.md").write_text("# Lunch\n\nThe cafeteria serves soup on Fridays.\n")
+    ingest_documents(source=str(docs), collection="edit")
+
+    (docs / "keys.md").write_text("# Key rotation\n\nKeys are now rotated automatically by the platform team.\n")
+    result = ingest_documents(source=str(docs), collection="edit")
+
+    assert (result.documents.changed, result.documents.unchanged) == (1, 1)
+    assert result.chunks.deleted == 1 and result.chunks.upserted == 1
+    texts = [p["text"] for p in all_points(store_for(home), "edit").values()]
+    assert not any("ninety days" in t for t in texts)  # the stale version is gone
+    assert any("rotated automatically" in t for t in texts)
+    assert len(texts) == 2
+
+
+def test_settings_change_re_embeds(prefect_server, home, tmp_path, corpus):
+    few = SLICE[:4]
+    docs = copy_corpus_files(corpus, tmp_path / "few", few)
+    first = ingest_documents(source=str(docs), collection="settings")
+    result = ingest_documents(source=str(docs), collection="settings",
+                              options=IngestOptions.model_validate({"chunk": {"max_tokens": 64}}))
+    assert result.documents.changed == len(few) and result.documents.unchanged == 0
+    assert result.chunks.deleted == first.chunks.upserted
+    assert result.chunks.upserted > first.chunks.upserted  # smaller chunks, more of them
+    points = all_points(store_for(home), "settings")
+    assert len(points) == result.chunks.upserted  # old versions removed, nothing duplicated
+
+
+def test_bad_inputs_fail_or_skip_per_document_and_never_stop_the_run(prefect_server, home, tmp_path, corpus):
+    docs = tmp_path / "bad"
+    docs.mkdir()
+    (docs / "good.md").write_text("# Good\n\nThis document is perfectly fine and about penguins.\n")
+    (docs / "corrupt.docx").write_bytes(b"PK\x03\x04 not a real office file")
+    (docs / "corrupt.pdf").write_bytes(b"%PDF-1.4\n%%EOF garbage")
+    (docs / "binary.html").write_bytes(bytes(range(256)) * 4)
+    (docs / "empty.md").write_text("")
+    (docs / "blob.bin").write_bytes(b"\x00\x01")
+    shutil.copy2(corpus / "ocr/sources/qr_bill_example.jpg", docs / "scan.jpg")
+
+    result = ingest_documents(source=str(docs), collection="bad",
+                              options=IngestOptions.model_validate({"parse": {"ocr": "off"}}))
+
+    failed = {f.source.rsplit("/", 1)[-1]: f for f in result.failures}
+    assert set(failed) == {"corrupt.docx", "corrupt.pdf"}
+    assert all(f.stage == "parse" and f.error for f in failed.values())
+    skipped = {s.source.rsplit("/", 1)[-1]: s.reason for s in result.skipped}
+    assert "unsupported file type" in skipped["blob.bin"]
+    assert "empty document" in skipped["empty.md"]
+    assert "OCR is off" in skipped["scan.jpg"]
+    assert result.documents.seen == 7
+    # Undecodable HTML either yields no text or some text, but never a crash of the run.
+    paths = {p["path"] for p in all_points(store_for(home), "bad").values()}
+    assert "good.md" in paths
+    assert not paths & {"corrupt.docx", "corrupt.pdf", "empty.md", "blob.bin"}  # nothing half-written
+
+    # Failed documents are retried on the next run even though they did not change.
+    again = ingest_documents(source=str(docs), collection="bad",
+                             options=IngestOptions.model_validate({"parse": {"ocr": "off"}}))
+    assert again.documents.changed == 2 and again.documents.failed == 2
+
+
+def test_transient_qdrant_errors_are_retried(prefect_server, home, tmp_path, monkeypatch):
+    from docingest.core import store as store_module
+    from docingest.exceptions import StoreError
+
+    docs = tmp_path / "retry"
+    docs.mkdir()
+    (docs / "a.md").write_text("# A\n\nRetries make flaky networks bearable.\n")
+    real_upsert = store_module.QdrantStore.upsert
+    calls = {"n": 0}
+
+    def flaky(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise StoreError("Qdrant at test: upsert failed: 503 Service Unavailable")
+        return real_upsert(self, *args, **kwargs)
+
+    monkeypatch.setattr(store_module.QdrantStore, "upsert", flaky)
+    result = ingest_documents(source=str(docs), collection="retry")
+    assert calls["n"] == 2
+    assert result.documents.failed == 0 and result.chunks.upserted == 1
+
+
+def test_qdrant_target_parameter_overrides_settings(prefect_server, home, tmp_path):
+    docs = tmp_path / "t"
+    docs.mkdir()
+    (docs / "a.md").write_text("# A\n\nSomewhere else entirely.\n")
+    elsewhere = tmp_path / "elsewhere"
+    ingest_documents(source=str(docs), collection="t", qdrant=QdrantTarget(path=str(elsewhere)))
+    assert (elsewhere / "collection" / "t").is_dir()
+    assert not (home / "qdrant").exists()

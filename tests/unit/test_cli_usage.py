@@ -1,0 +1,30 @@
+import pytest
+from typer.testing import CliRunner
+
+from docingest.cli import app
+
+pytestmark = pytest.mark.unit
+runner = CliRunner()
+
+
+def test_help_lists_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    assert "ingest" in result.output and "search" in result.output
+
+
+def test_conflicting_qdrant_options_exit_2_with_one_line(tmp_path):
+    result = runner.invoke(app, ["ingest", str(tmp_path), "-c", "x", "--qdrant-path", "q", "--qdrant-url", "http://h"])
+    assert result.exit_code == 2
+    assert "either --qdrant-path or --qdrant-url" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_collection_is_a_usage_error(tmp_path):
+    result = runner.invoke(app, ["ingest", str(tmp_path)])
+    assert result.exit_code == 2
+
+
+def test_bad_pdf_mode_is_a_usage_error(tmp_path):
+    result = runner.invoke(app, ["ingest", str(tmp_path), "-c", "x", "--pdf-mode", "magic"])
+    assert result.exit_code == 2
