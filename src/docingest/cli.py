@@ -48,8 +48,11 @@ def _quiet_environment(verbose: bool) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if not verbose:
+        import warnings
+
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         logging.getLogger("docling").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", module=r"docling(_core)?\..*")
 
 
 def _fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:

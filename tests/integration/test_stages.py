@@ -103,3 +103,25 @@ def test_corrupt_files_raise_parse_error_naming_the_problem(tmp_path):
     bad_pdf.write_bytes(b"%PDF-1.7\n garbage")
     with pytest.raises(ParseError):
         parse_document(bad_pdf, ParseOptions(), PdfMode.FAST)
+
+
+def test_images_are_read_with_tesseract_when_installed(corpus):
+    from docingest.core.parse import tesseract_available
+
+    if not tesseract_available():
+        pytest.skip("Tesseract is not installed here (apt install tesseract-ocr); the skip path is tested instead")
+    parsed = parse_document(corpus / "ocr/sources/qr_bill_example.jpg", ParseOptions(), PdfMode.FAST)
+    text = " ".join(t.text for t in parsed.document.texts)
+    assert parsed.parser == "tesseract"
+    assert "Rutschmann" in text
+
+
+def test_images_without_ocr_are_skipped_with_reason(corpus, monkeypatch):
+    from docingest.core import parse
+    from docingest.exceptions import UnsupportedDocumentError
+
+    monkeypatch.setattr(parse.shutil, "which", lambda name: None)
+    with pytest.raises(UnsupportedDocumentError, match="no OCR engine"):
+        parse_document(corpus / "ocr/sources/qr_bill_example.jpg", ParseOptions(), PdfMode.FAST)
+    with pytest.raises(UnsupportedDocumentError, match="LibreOffice"):
+        parse_document(corpus / "doc/sources/legacy_sample.doc", ParseOptions(), PdfMode.FAST)

@@ -45,7 +45,10 @@ def prepare_document(
     except ChunkError as exc:
         return outcome(DocumentStatus.FAILURE, Stage.CHUNK, str(exc), parser=parsed.parser)
     if not chunks:
-        return outcome(DocumentStatus.SKIPPED, Stage.CHUNK, "empty document: no text found (0 chunks)", parser=parsed.parser)
+        reason = "empty document: no text found (0 chunks)"
+        if parsed.parser == "docling-fast":
+            reason += "; the PDF has no text layer (scanned?), it needs --pdf-mode accurate with OCR"
+        return outcome(DocumentStatus.SKIPPED, Stage.CHUNK, reason, parser=parsed.parser)
     return outcome(DocumentStatus.SUCCESS, parser=parsed.parser, chunks=chunks)
 
 

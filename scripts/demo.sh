@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Set everything up, then run the main job on embedded defaults: ingest a sample folder, then search it.
+# Uses the shared Docling test corpus when it sits beside the repository, else the bundled examples/sample-docs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+export HF_HUB_OFFLINE=1
+docs=examples/sample-docs
+[ -d ../shared/corpus/docling-testdata ] && docs=../shared/corpus/docling-testdata
+echo "== docingest ingest $docs --collection demo" >&2
+set +e
+.venv/bin/docingest ingest "$docs" --collection demo
+code=$?
+set -e
+[ "$code" -le 1 ] || exit "$code"   # 1 = some documents failed (reported above); the run itself finished
+echo "== docingest search 'how do I rotate the keys' --collection demo" >&2
+.venv/bin/docingest search "how do I rotate the keys" --collection demo --limit 3
+echo "== docingest search 'what do ducks eat' --collection demo" >&2
+.venv/bin/docingest search "what do ducks eat" --collection demo --limit 3
