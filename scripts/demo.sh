@@ -5,14 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export HF_HUB_OFFLINE=1
-docs=examples/sample-docs
-[ -d ../shared/corpus/docling-testdata ] && docs=../shared/corpus/docling-testdata
-echo "== docingest ingest $docs --collection demo" >&2
-set +e
-.venv/bin/docingest ingest "$docs" --collection demo
-code=$?
-set -e
-[ "$code" -le 1 ] || exit "$code"   # 1 = some documents failed (reported above); the run itself finished
+sources=(examples/sample-docs)
+[ -d ../shared/corpus/docling-testdata ] && sources+=(../shared/corpus/docling-testdata)
+for docs in "${sources[@]}"; do   # two sources, one collection: each is its own scope
+  echo "== docingest ingest $docs --collection demo" >&2
+  set +e
+  .venv/bin/docingest ingest "$docs" --collection demo
+  code=$?
+  set -e
+  [ "$code" -le 1 ] || exit "$code"   # 1 = some documents failed (listed above); the run itself finished
+done
 echo "== docingest search 'how do I rotate the keys' --collection demo" >&2
 .venv/bin/docingest search "how do I rotate the keys" --collection demo --limit 3
 echo "== docingest search 'what do ducks eat' --collection demo" >&2

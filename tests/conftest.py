@@ -30,9 +30,8 @@ def corpus() -> Path:
 @pytest.fixture(scope="session")
 def prefect_server():
     """One temporary Prefect API for the whole session (real server, SQLite, loopback)."""
-    from prefect.testing.utilities import prefect_test_harness
-
     from prefect.logging.configuration import setup_logging
+    from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
         # Bind Prefect's console handler to the session's stderr now, not to the short-lived stream of the first

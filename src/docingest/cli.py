@@ -36,6 +36,16 @@ class PdfModeArg(str, Enum):
     accurate = "accurate"
 
 
+class ModeArg(str, Enum):
+    incremental = "incremental"
+    full = "full"
+
+
+class IsolationArg(str, Enum):
+    process = "process"
+    none = "none"
+
+
 class OcrArg(str, Enum):
     auto = "auto"
     off = "off"
@@ -51,6 +61,9 @@ def _quiet_environment(verbose: bool) -> None:
         import warnings
 
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        # Per-document problems are in the summary; a flow's own error is printed by us as one line.
+        os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "CRITICAL")
+        os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL", "CRITICAL")
         logging.getLogger("docling").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", module=r"docling(_core)?\..*")
 
@@ -100,6 +113,29 @@ def ingest(
         int | None, typer.Option("--max-tokens", help="Chunk size in tokens (default and cap: the model's).")
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Chunks per embedding call.")] = 64,
+    mode: Annotated[
+        ModeArg, typer.Option("--mode", help="incremental: never delete; full: remove documents gone from SOURCE.")
+    ] = ModeArg.incremental,
+    max_delete_ratio: Annotated[
+        float, typer.Option("--max-delete-ratio", help="Refuse a full sync deleting more than this share.")
+    ] = 0.5,
+    force: Annotated[bool, typer.Option("--force", help="Delete even past --max-delete-ratio.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and write nothing.")] = False,
+    doc_timeout: Annotated[float, typer.Option("--doc-timeout", help="Seconds per document to parse.")] = 120.0,
+    doc_memory_mb: Annotated[int, typer.Option("--doc-memory-mb", help="Memory limit per parse worker.")] = 4096,
+    isolation: Annotated[
+        IsolationArg, typer.Option("--isolation", help="process: parse in killable worker processes.")
+    ] = IsolationArg.process,
+    workers: Annotated[int, typer.Option("--workers", help="Documents parsed at the same time.")] = 2,
+    max_doc_attempts: Annotated[
+        int, typer.Option("--max-doc-attempts", help="Failures before a document is dead-lettered.")
+    ] = 3,
+    max_failure_ratio: Annotated[
+        float, typer.Option("--max-failure-ratio", help="Stop when more than this share of documents failed...")
+    ] = 0.5,
+    breaker_min_docs: Annotated[
+        int, typer.Option("--breaker-min-docs", help="...after at least this many documents.")
+    ] = 20,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -108,33 +144,48 @@ def ingest(
     from pydantic import ValidationError
 
     from docingest.core import progress
-    from docingest.exceptions import ConfigurationError, DocingestError
-    from docingest.flows.ingest import ingest_documents, preflight
+    from docingest.exceptions import CircuitBreakerOpen, ConfigurationError, DocingestError
+    from docingest.flows.ingest import ingest_documents, plan_documents, preflight
     from docingest.options import (
         ChunkOptions,
         EmbedOptions,
         IngestOptions,
+        Isolation,
         OcrMode,
         ParseOptions,
         PdfMode,
         SourceOptions,
+        SyncMode,
     )
 
     target = _qdrant_target(qdrant_path, qdrant_url)
     try:
         options = IngestOptions(
             source=SourceOptions(include=include or ["**/*"], exclude=exclude or []),
-            parse=ParseOptions(pdf_mode=PdfMode(pdf_mode.value), ocr=OcrMode(ocr.value)),
+            parse=ParseOptions(pdf_mode=PdfMode(pdf_mode.value), ocr=OcrMode(ocr.value), timeout_s=doc_timeout,
+                               max_memory_mb=doc_memory_mb, isolation=Isolation(isolation.value)),
             chunk=ChunkOptions(max_tokens=max_tokens),
             embed=EmbedOptions(model=model, batch_size=batch_size),
+            workers=workers,
+            mode=SyncMode(mode.value),
+            max_delete_ratio=max_delete_ratio,
+            force=force,
+            max_doc_attempts=max_doc_attempts,
+            max_failure_ratio=max_failure_ratio,
+            breaker_min_docs=breaker_min_docs,
         )
     except ValidationError as exc:
         raise _fail(f"invalid option: {exc.errors()[0]['loc'][-1]}: {exc.errors()[0]['msg']}") from None
 
     try:
         preflight(source, options, target)
+        if dry_run:
+            plan = plan_documents(source, collection, options, target)
     except DocingestError as exc:
         raise _fail(str(exc)) from None
+    if dry_run:
+        _print_plan(plan, collection, as_json)
+        raise typer.Exit(EXIT_OK)
 
     bar = None
     if not as_json and err.is_terminal or (not as_json and os.environ.get("DOCINGEST_FORCE_PROGRESS")):
@@ -149,8 +200,11 @@ def ingest(
 
         progress.add_listener(on_progress)
         bar.start()
+    aborted = None
     try:
         result = ingest_documents(source=source, collection=collection, options=options, qdrant=target)
+    except CircuitBreakerOpen as exc:
+        result, aborted = exc.result, str(exc)
     except ConfigurationError as exc:
         raise _fail(str(exc)) from None
     except DocingestError as exc:  # e.g. Qdrant unreachable before any document was processed
@@ -162,15 +216,36 @@ def ingest(
         sys.stdout.write(json.dumps(result.to_json_dict()) + "\n")
     else:
         _print_summary(result)
-    raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED_DOCS)
+    if aborted:
+        err.print(f"error: {aborted}", markup=False, highlight=False)
+    raise typer.Exit(EXIT_OK if result.ok and not aborted else EXIT_FAILED_DOCS)
+
+
+def _print_plan(plan, collection: str, as_json: bool) -> None:
+    data = plan.to_json_dict(collection)
+    if as_json:
+        sys.stdout.write(json.dumps(data) + "\n")
+        return
+    table = Table(title=f"plan for {collection!r} ({data['mode']}, dry run: nothing written)")
+    for key in data["counts"]:
+        table.add_column(key.replace("_", " "), justify="right")
+    table.add_row(*map(str, data["counts"].values()))
+    out.print(table)
+    for key in ("new", "changed", "deleted", "dead_letter"):
+        for path in data[key]:
+            out.print(f"  {key:<11} {path}", highlight=False)
+    for item in data["skipped"]:
+        out.print(f"  {'skipped':<11} {item['path']}: {item['reason']}", highlight=False)
 
 
 def _print_summary(result) -> None:
     d, c = result.documents, result.chunks
     table = Table(title=f"collection {result.collection!r}", show_header=True)
-    for col in ("seen", "new", "changed", "unchanged", "skipped", "failed", "chunks upserted", "chunks deleted"):
+    for col in ("seen", "new", "changed", "unchanged", "deleted", "skipped", "failed", "chunks upserted",
+                "chunks deleted"):
         table.add_column(col, justify="right")
-    table.add_row(*map(str, (d.seen, d.new, d.changed, d.unchanged, d.skipped, d.failed, c.upserted, c.deleted)))
+    table.add_row(*map(str, (d.seen, d.new, d.changed, d.unchanged, d.deleted, d.skipped, d.failed, c.upserted,
+                             c.deleted)))
     out.print(table)
     if result.failures:
         failures = Table(title="failed documents", show_header=True)

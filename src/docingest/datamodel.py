@@ -109,6 +109,13 @@ class SkippedItem(BaseModel):
     reason: str
 
 
+class DeadLetterItem(BaseModel):
+    source: str
+    stage: str
+    error: str
+    attempts: int
+
+
 class IngestResult(BaseModel):
     """What an ingest run did. ``to_json_dict()`` gives the CLI's ``--json`` contract."""
 
@@ -118,6 +125,12 @@ class IngestResult(BaseModel):
     chunks: ChunkCounts = Field(default_factory=ChunkCounts)
     failures: list[FailureItem] = Field(default_factory=list)
     skipped: list[SkippedItem] = Field(default_factory=list)
+    dead_letter: list[DeadLetterItem] = Field(
+        default_factory=list, description="Documents that failed max_doc_attempts times and are not retried until they change."
+    )
+    deleted: list[str] = Field(default_factory=list, description="URIs of documents removed (full sync).")
+    mode: str = "incremental"
+    aborted: str | None = Field(default=None, description="Why the run stopped early (circuit breaker), if it did.")
     outcomes: list[DocumentOutcome] = Field(default_factory=list)
     duration_s: float = 0.0
     flow_run_id: str = ""
@@ -134,6 +147,9 @@ class IngestResult(BaseModel):
             "chunks": self.chunks.model_dump(),
             "failures": [f.model_dump() for f in self.failures],
             "skipped": [s.model_dump() for s in self.skipped],
+            "dead_letter": [d.model_dump() for d in self.dead_letter],
+            "mode": self.mode,
+            "aborted": self.aborted,
             "duration_s": round(self.duration_s, 3),
             "flow_run_id": self.flow_run_id,
         }

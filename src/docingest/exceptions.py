@@ -38,3 +38,15 @@ class EmbedError(DocingestError):
 
 class StoreError(DocingestError, ConnectionError):
     """Raised when Qdrant cannot be reached or rejects a request; transient, so Prefect retries it."""
+
+
+class DeleteGuardError(ConfigurationError):
+    """Raised before any work when a full sync would delete more of a scope than ``max_delete_ratio`` allows."""
+
+
+class CircuitBreakerOpen(DocingestError):
+    """Raised at the end of a run stopped early because too many documents failed; ``result`` holds what was done."""
+
+    def __init__(self, message: str, result=None) -> None:
+        super().__init__(message)
+        self.result = result

@@ -25,6 +25,20 @@ class OcrMode(str, Enum):
     OFF = "off"
 
 
+class SyncMode(str, Enum):
+    """Whether documents that vanished from the source are removed from the collection."""
+
+    INCREMENTAL = "incremental"
+    FULL = "full"
+
+
+class Isolation(str, Enum):
+    """Where documents are parsed."""
+
+    PROCESS = "process"
+    NONE = "none"
+
+
 class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -56,6 +70,20 @@ class ParseOptions(_Options):
     )
     ocr_lang: str = Field(default="eng", description="Tesseract language codes, e.g. 'eng+deu'.")
     max_file_size_mb: float = Field(default=200.0, gt=0, description="Larger files are skipped with a reason.")
+    timeout_s: float = Field(
+        default=120.0, gt=0, description="Per-document time limit for parse and chunk; past it the document fails."
+    )
+    max_memory_mb: int = Field(
+        default=4096, ge=256, description="Per-document memory limit (resident set of the parse worker process)."
+    )
+    isolation: Isolation = Field(
+        default=Isolation.PROCESS,
+        description=(
+            "process: parse in worker processes that are killed and replaced on a timeout, crash or memory blow-up. "
+            "none: parse in the flow's own process (no limits; for debugging)."
+        ),
+    )
+    recycle_after: int = Field(default=200, ge=1, description="Replace a parse worker after this many documents.")
 
 
 class ChunkOptions(_Options):
@@ -96,3 +124,19 @@ class IngestOptions(_Options):
     window: int = Field(
         default=32, ge=1, le=4096, description="Documents in flight at once (bounds memory on large sources)."
     )
+    workers: int = Field(default=2, ge=1, le=64, description="Documents parsed at the same time.")
+    mode: SyncMode = Field(
+        default=SyncMode.INCREMENTAL,
+        description="incremental: never delete. full: also remove documents that vanished from this source's scope.",
+    )
+    max_delete_ratio: float = Field(
+        default=0.5, ge=0, le=1, description="Refuse a full sync that would delete more than this share of the scope."
+    )
+    force: bool = Field(default=False, description="Delete even past max_delete_ratio.")
+    max_doc_attempts: int = Field(
+        default=3, ge=1, description="A document that failed this many times in a row is dead-lettered until it changes."
+    )
+    max_failure_ratio: float = Field(
+        default=0.5, gt=0, le=1, description="Stop the run when more than this share of processed documents failed..."
+    )
+    breaker_min_docs: int = Field(default=20, ge=1, description="...after at least this many documents were processed.")

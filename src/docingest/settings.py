@@ -40,6 +40,18 @@ class DocingestSettings(BaseSettings):
         default=None, description="Torch device for embedding (cpu, cuda, mps). Default: CUDA when present, else CPU."
     )
 
+    lock_lease_s: float = Field(
+        default=60.0,
+        ge=60,  # Prefect's minimum lease
+        description=(
+            "Lease of the per-collection-and-scope run lock (a Prefect global concurrency limit). A live run renews "
+            "it; a crashed run's lock is freed at most this long (plus Prefect's 15 s repossessor loop) later."
+        ),
+    )
+    lock_timeout_s: float | None = Field(
+        default=None, description="Give up waiting for another run on the same collection and scope after this long."
+    )
+
     def resolved_qdrant_path(self) -> Path:
         return self.qdrant_path if self.qdrant_path is not None else self.home / "qdrant"
 

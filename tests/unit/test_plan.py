@@ -39,3 +39,54 @@ def test_settings_that_shape_output_change_the_fingerprint():
     assert other_model.fingerprint != base.fingerprint
     assert same.fingerprint == base.fingerprint  # throughput knobs do not re-embed anything
     assert classify(doc(), record(base), smaller) is ChangeKind.CHANGED
+
+
+from docingest.core.plan import Action, make_plan  # noqa: E402
+from docingest.exceptions import DeleteGuardError  # noqa: E402
+
+
+def docs(*names, h="aa"):
+    return [SourceDocument(source_uri="file:///s", path=n, uri=f"file:///s/{n}", size=1, content_hash=h)
+            for n in names]
+
+
+def known(profile, *names, status=DocumentStatus.SUCCESS, attempts=0):
+    return {n: ManifestRecord(doc_id=n, source_uri="file:///s", path=n, uri=f"file:///s/{n}", content_hash="aa",
+                              fingerprint=profile.fingerprint, version="v", status=status, attempts=attempts)
+            for n in names}
+
+
+def test_plan_incremental_never_deletes_full_lists_vanished():
+    o = IngestOptions(parse=ParseOptions(pdf_mode="fast"))
+    profile = resolve_profile(o, MODEL)
+    k = known(profile, "a.md", "b.md", "c.md")
+    incremental = make_plan("file:///s", docs("a.md", "b.md", "d.md", "e.bin"), k, profile, o)
+    assert incremental.deleted == []
+    assert incremental.counts() == {"seen": 4, "new": 1, "changed": 0, "unchanged": 2, "deleted": 0, "skipped": 1,
+                                    "dead_letter": 0}
+    full = make_plan("file:///s", docs("a.md", "b.md", "d.md"), k, profile,
+                     IngestOptions(parse=ParseOptions(pdf_mode="fast"), mode="full"))
+    assert [r.path for r in full.deleted] == ["c.md"]
+
+
+def test_delete_guard_refuses_past_the_ratio_unless_forced():
+    o = IngestOptions(parse=ParseOptions(pdf_mode="fast"), mode="full")
+    profile = resolve_profile(o, MODEL)
+    k = known(profile, "a.md", "b.md", "c.md", "d.md")
+    with pytest.raises(DeleteGuardError, match=r"refusing to delete 4 of 4 documents \(100%\)"):
+        make_plan("file:///s", [], k, profile, o)  # e.g. an unmounted share looks empty
+    assert len(make_plan("file:///s", [], k, profile, IngestOptions(parse=ParseOptions(pdf_mode="fast"), mode="full", force=True)).deleted) == 4
+    assert len(make_plan("file:///s", docs("a.md", "b.md"), k, profile, o).deleted) == 2  # 50% is allowed
+
+
+def test_repeated_failures_are_dead_lettered_until_the_document_changes():
+    o = IngestOptions(parse=ParseOptions(pdf_mode="fast"), max_doc_attempts=3)
+    profile = resolve_profile(o, MODEL)
+    assert make_plan("file:///s", docs("a.md"), known(profile, "a.md", status=DocumentStatus.FAILURE, attempts=2),
+                     profile, o).documents[0].action is Action.PROCESS
+    dead = make_plan("file:///s", docs("a.md"), known(profile, "a.md", status=DocumentStatus.FAILURE, attempts=3),
+                     profile, o).documents[0]
+    assert dead.action is Action.DEAD_LETTER and "dead-lettered after 3" in dead.reason
+    changed = make_plan("file:///s", docs("a.md", h="bb"),
+                        known(profile, "a.md", status=DocumentStatus.FAILURE, attempts=3), profile, o)
+    assert changed.documents[0].action is Action.PROCESS

@@ -8,12 +8,13 @@ from typing import Any
 from docingest.core.chunk import chunk_document, make_chunker
 from docingest.core.embed import LoadedModel
 from docingest.core.ids import document_id, document_version, point_id
-from docingest.core.parse import parse_document
+from docingest.core.parse import check_supported, parse_document
 from docingest.core.plan import Profile
 from docingest.core.sources import Source
+from docingest.core.worker import WorkerConfig, get_pool
 from docingest.datamodel import ChangeKind, DocumentStatus, ManifestRecord, PreparedDocument, SourceDocument, Stage
 from docingest.exceptions import ChunkError, ParseError, SourceError, UnsupportedDocumentError
-from docingest.options import IngestOptions
+from docingest.options import IngestOptions, Isolation
 
 
 def prepare_document(
@@ -31,6 +32,8 @@ def prepare_document(
 
     if doc.error:
         return outcome(DocumentStatus.FAILURE, Stage.READ, doc.error)
+    if options.parse.isolation is Isolation.PROCESS:
+        return _prepare_in_worker(source, doc, profile, options, model, outcome)
     try:
         with source.local_path(doc) as path:
             parsed = parse_document(path, options.parse, profile.pdf_mode)
@@ -44,12 +47,40 @@ def prepare_document(
         chunks = chunk_document(parsed.document, make_chunker(model, options.chunk))
     except ChunkError as exc:
         return outcome(DocumentStatus.FAILURE, Stage.CHUNK, str(exc), parser=parsed.parser)
+    return _finish(outcome, parsed.parser, chunks)
+
+
+def _finish(outcome, parser: str | None, chunks: list) -> PreparedDocument:
     if not chunks:
         reason = "empty document: no text found (0 chunks)"
-        if parsed.parser == "docling-fast":
+        if parser == "docling-fast":
             reason += "; the PDF has no text layer (scanned?), it needs --pdf-mode accurate with OCR"
-        return outcome(DocumentStatus.SKIPPED, Stage.CHUNK, reason, parser=parsed.parser)
-    return outcome(DocumentStatus.SUCCESS, parser=parsed.parser, chunks=chunks)
+        return outcome(DocumentStatus.SKIPPED, Stage.CHUNK, reason, parser=parser)
+    return outcome(DocumentStatus.SUCCESS, parser=parser, chunks=chunks)
+
+
+def _prepare_in_worker(source, doc, profile, options, model, outcome) -> PreparedDocument:
+    """Parse and chunk in a worker process under the document's time and memory limits."""
+    config = WorkerConfig(
+        parse=options.parse,
+        chunk=options.chunk,
+        pdf_mode=profile.pdf_mode,
+        tokenizer_location=model.info.location,
+        max_tokens=profile.max_tokens,
+    )
+    try:
+        check_supported(doc.path, options.parse)
+        with source.local_path(doc) as path:
+            result = get_pool(config, options.workers).run(path)
+    except UnsupportedDocumentError as exc:
+        return outcome(DocumentStatus.SKIPPED, Stage.PARSE, str(exc))
+    except SourceError as exc:
+        return outcome(DocumentStatus.FAILURE, Stage.READ, str(exc))
+    if result.kind == "skip":
+        return outcome(DocumentStatus.SKIPPED, Stage(result.stage), result.error)
+    if result.kind == "fail":
+        return outcome(DocumentStatus.FAILURE, Stage(result.stage), result.error, parser=result.parser)
+    return _finish(outcome, result.parser, result.chunks or [])
 
 
 def build_points(prepared: PreparedDocument, vectors: Any, profile: Profile) -> list[dict[str, Any]]:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 
 from docingest import __version_schema__
 from docingest.core.chunk import effective_max_tokens
 from docingest.core.embed import ModelInfo
 from docingest.core.ids import fingerprint
-from docingest.core.parse import resolve_ocr, resolve_pdf_mode
+from docingest.core.parse import check_supported, resolve_ocr, resolve_pdf_mode
 from docingest.datamodel import ChangeKind, DocumentStatus, ManifestRecord, SourceDocument
-from docingest.options import IngestOptions, PdfMode
+from docingest.exceptions import DeleteGuardError, UnsupportedDocumentError
+from docingest.options import IngestOptions, PdfMode, SyncMode
 
 
 @dataclass(frozen=True)
@@ -48,3 +50,102 @@ def classify(doc: SourceDocument, known: ManifestRecord | None, profile: Profile
     same = known.content_hash == doc.content_hash and known.fingerprint == profile.fingerprint
     finished = known.status in (DocumentStatus.SUCCESS, DocumentStatus.UNCHANGED, DocumentStatus.SKIPPED)
     return ChangeKind.UNCHANGED if same and finished else ChangeKind.CHANGED
+
+
+class Action(str, Enum):
+    PROCESS = "process"
+    UNCHANGED = "unchanged"
+    SKIP = "skip"
+    DEAD_LETTER = "dead_letter"
+
+
+@dataclass
+class PlannedDocument:
+    doc: SourceDocument
+    change: ChangeKind
+    action: Action
+    known: ManifestRecord | None = None
+    reason: str | None = None
+
+
+@dataclass
+class Plan:
+    """What a run will do, per document, computed before any work."""
+
+    scope: str
+    mode: SyncMode
+    documents: list[PlannedDocument] = field(default_factory=list)
+    deleted: list[ManifestRecord] = field(default_factory=list)
+    known: int = 0
+
+    def by_action(self, action: Action) -> list[PlannedDocument]:
+        return [p for p in self.documents if p.action is action]
+
+    def counts(self) -> dict[str, int]:
+        active = [p for p in self.documents if p.action is not Action.SKIP]
+        return {
+            "seen": len(self.documents),
+            "new": sum(p.change is ChangeKind.NEW for p in active),
+            "changed": sum(p.change is ChangeKind.CHANGED for p in active),
+            "unchanged": sum(p.change is ChangeKind.UNCHANGED for p in active),
+            "deleted": len(self.deleted),
+            "skipped": len(self.documents) - len(active),
+            "dead_letter": len(self.by_action(Action.DEAD_LETTER)),
+        }
+
+    def to_json_dict(self, collection: str) -> dict:
+        def paths(kind: ChangeKind) -> list[str]:
+            return [p.doc.path for p in self.documents if p.action is Action.PROCESS and p.change is kind]
+
+        return {
+            "collection": collection,
+            "source": self.scope,
+            "mode": self.mode.value,
+            "dry_run": True,
+            "counts": self.counts(),
+            "new": paths(ChangeKind.NEW),
+            "changed": paths(ChangeKind.CHANGED),
+            "deleted": [r.path for r in self.deleted],
+            "skipped": [{"path": p.doc.path, "reason": p.reason} for p in self.by_action(Action.SKIP)],
+            "dead_letter": [p.doc.path for p in self.by_action(Action.DEAD_LETTER)],
+        }
+
+
+def make_plan(
+    scope: str, documents: list[SourceDocument], known: dict[str, ManifestRecord], profile: Profile,
+    options: IngestOptions,
+) -> Plan:
+    """Classify every document against the manifest; in full mode, list what vanished. Raises DeleteGuardError."""
+    plan = Plan(scope=scope, mode=options.mode, known=len(known))
+    for doc in documents:
+        record = known.get(doc.path)
+        change = classify(doc, record, profile)
+        try:
+            check_supported(doc.path, options.parse)
+        except UnsupportedDocumentError as exc:
+            plan.documents.append(PlannedDocument(doc, change, Action.SKIP, record, str(exc)))
+            continue
+        if change is ChangeKind.UNCHANGED:
+            plan.documents.append(PlannedDocument(doc, change, Action.UNCHANGED, record))
+        elif (
+            record is not None
+            and record.status is DocumentStatus.FAILURE
+            and record.content_hash == doc.content_hash
+            and record.fingerprint == profile.fingerprint
+            and record.attempts >= options.max_doc_attempts
+        ):
+            reason = f"dead-lettered after {record.attempts} failed attempts: {record.error}"
+            # Same bytes and settings as its last failed attempt: unchanged, and not retried until it changes.
+            plan.documents.append(PlannedDocument(doc, ChangeKind.UNCHANGED, Action.DEAD_LETTER, record, reason))
+        else:
+            plan.documents.append(PlannedDocument(doc, change, Action.PROCESS, record))
+    if options.mode is SyncMode.FULL:
+        present = {d.path for d in documents}
+        plan.deleted = [r for path, r in sorted(known.items()) if path not in present]
+        ratio = len(plan.deleted) / len(known) if known else 0.0
+        if plan.deleted and ratio > options.max_delete_ratio and not options.force:
+            raise DeleteGuardError(
+                f"refusing to delete {len(plan.deleted)} of {len(known)} documents ({ratio:.0%}) in scope {scope}: "
+                f"more than --max-delete-ratio {options.max_delete_ratio:g}; check the source, or pass --force"
+            )
+    return plan

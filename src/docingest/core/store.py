@@ -197,6 +197,13 @@ class QdrantStore:
         points = [models.PointStruct(id=r.doc_id, vector=[1.0], payload=r.model_dump(mode="json")) for r in records]
         self._call("write manifest", self.client.upsert, self.manifest_name(collection), points=points, wait=True)
 
+    def delete_manifest(self, collection: str, doc_ids: list[str]) -> None:
+        from qdrant_client import models
+
+        if doc_ids:
+            self._call("delete manifest", self.client.delete, self.manifest_name(collection),
+                       points_selector=models.PointIdsList(points=doc_ids), wait=True)
+
     def upsert(self, collection: str, points: list[dict[str, Any]], batch_size: int = 256) -> int:
         """Write points ({id, vector, payload}); returns how many were written."""
         from qdrant_client import models

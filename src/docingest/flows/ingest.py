@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 import time
 from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -12,16 +15,18 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel, Field
 
-from docingest.core import progress
+from docingest.core import faults, progress
 from docingest.core.embed import load_model
 from docingest.core.ids import document_id
-from docingest.core.parse import accurate_models_status, check_supported
+from docingest.core.parse import accurate_models_status
 from docingest.core.pipeline import build_points, manifest_record
-from docingest.core.plan import Profile, classify, resolve_profile
+from docingest.core.plan import Action, Plan, Profile, make_plan, resolve_profile
 from docingest.core.sources import open_source
 from docingest.core.store import QdrantLocation, QdrantStore
+from docingest.core.worker import close_pools
 from docingest.datamodel import (
     ChangeKind,
+    DeadLetterItem,
     DocumentOutcome,
     DocumentStatus,
     FailureItem,
@@ -31,12 +36,17 @@ from docingest.datamodel import (
     SkippedItem,
     Stage,
 )
-from docingest.exceptions import DocingestError, UnsupportedDocumentError
-from docingest.options import IngestOptions, PdfMode
+from docingest.exceptions import CircuitBreakerOpen, DocingestError
+from docingest.options import IngestOptions, Isolation, PdfMode
 from docingest.settings import get_settings
 from docingest.tasks.embed import embed_batch_task
 from docingest.tasks.prepare import prepare_document_task
-from docingest.tasks.store import ensure_collection_task, finalize_documents_task, upsert_points_task
+from docingest.tasks.store import (
+    delete_documents_task,
+    ensure_collection_task,
+    finalize_documents_task,
+    upsert_points_task,
+)
 
 
 class QdrantTarget(BaseModel):
@@ -85,6 +95,16 @@ class _Run:
         self.result.documents.seen = total
         self.total = total
         self.done = 0
+
+    def tripped(self, options: IngestOptions) -> str | None:
+        """The circuit breaker: a reason to stop when too many of the documents processed so far failed."""
+        processed = [o for o in self.result.outcomes if o.status in (DocumentStatus.SUCCESS, DocumentStatus.FAILURE)]
+        failed = sum(o.status is DocumentStatus.FAILURE for o in processed)
+        if len(processed) >= options.breaker_min_docs and failed / len(processed) > options.max_failure_ratio:
+            return (f"circuit breaker: {failed} of {len(processed)} processed documents failed "
+                    f"({failed / len(processed):.0%} > --max-failure-ratio {options.max_failure_ratio:g}); "
+                    "stopped submitting new documents")
+        return None
 
     def record(self, outcome: DocumentOutcome) -> None:
         counts = self.result.documents
@@ -189,12 +209,14 @@ class _Writer:
             for d in docs:
                 self._fail(d, Stage.UPSERT, str(exc))
             return
+        faults.checkpoint("after-upsert")
         records = [manifest_record(d, self.profile, self.known.get(d.document.path), DocumentStatus.SUCCESS)
                    for d in docs]
         replace = [(r.doc_id, r.version) for r in records]
         self.run.result.chunks.deleted += finalize_documents_task(
             self.location, self.collection, quote(replace), quote(records)
         )
+        faults.checkpoint("after-finalize")
         for d in docs:
             self.run.record(_outcome(d))
 
@@ -219,19 +241,20 @@ def ingest_documents(
 ) -> IngestResult:
     """Sync a folder of documents into a Qdrant collection.
 
-    Unchanged documents (same bytes, same settings) are skipped without parsing; new and changed ones are parsed
-    with Docling, chunked with HybridChunker, embedded in batches across documents and upserted. A document that
-    fails is reported in the result and never stops the run.
+    Every run first plans each document against the collection's manifest (content hash + settings fingerprint):
+    unchanged documents are not parsed; new and changed ones are parsed with Docling in isolated worker processes,
+    chunked with HybridChunker, embedded in batches across documents and upserted; a changed document's new version
+    is written before its old one is removed. A failing document is reported and never stops the run (until the
+    circuit breaker trips). With ``options.mode = "full"``, documents that vanished from the source are removed,
+    only within this source's scope and never past ``max_delete_ratio`` unless forced.
 
     Args:
         source: Folder (or file) to ingest.
         collection: Qdrant collection to keep in sync.
-        options: Parse, chunk, embed and store options.
+        options: Parse, chunk, embed, store and sync options.
         qdrant: Where Qdrant lives for this run; default from settings (DOCINGEST_QDRANT_URL / _PATH).
         qdrant_block: Name of a saved QdrantConnection block to use instead of settings.
     """
-    from prefect.runtime import flow_run
-
     logger = get_run_logger()
     started = time.monotonic()
     options = options or IngestOptions()
@@ -243,46 +266,185 @@ def ingest_documents(
     model = load_model(options.embed.model or settings.embed_model, settings.embed_device)
     profile = resolve_profile(options, model.info)
     ensure_collection_task(location, collection, model.info.dimension)
+    logger.info("ingesting %s into %r on %s (model %s, %d-token chunks, mode %s)", src.uri, collection,
+                location.describe(), model.info.name, profile.max_tokens, options.mode.value)
     if options.parse.pdf_mode is PdfMode.AUTO:
-        available, why = accurate_models_status()
-        logger.info("pdf-mode auto: PDFs use %s conversion (%s)", profile.pdf_mode.value, why)
-    logger.info("ingesting %s into %r on %s (model %s, pdf-mode %s, %d-token chunks)", src.uri, collection,
-                location.describe(), model.info.name, profile.pdf_mode.value, profile.max_tokens)
+        logger.info("pdf-mode auto: PDFs use %s conversion (%s)", profile.pdf_mode.value, accurate_models_status()[1])
 
-    # 2. Discover and plan every document before any work: hash each file, compare with the manifest.
+    # One run at a time per collection and scope: an OS file lock on this machine (freed by the kernel if the
+    # process dies), and with a Prefect server also a global concurrency limit with a lease (freed by the server's
+    # repossessor when a crashed run's lease expires), which serializes runs on different machines.
+    with scope_lock(collection, src.uri, settings), _server_limit(collection, src.uri, settings):
+        try:
+            result = _sync(src, collection, options, location, model, profile)
+        finally:
+            if options.parse.isolation is Isolation.PROCESS:
+                close_pools()
+    result.duration_s = time.monotonic() - started
+    _publish_artifacts(collection, result)
+    d = result.documents
+    logger.info("done in %.1fs: %d seen, %d new, %d changed, %d unchanged, %d deleted, %d skipped, %d failed; "
+                "%d chunks upserted, %d deleted", result.duration_s, d.seen, d.new, d.changed, d.unchanged, d.deleted,
+                d.skipped, d.failed, result.chunks.upserted, result.chunks.deleted)
+    if result.aborted:
+        raise CircuitBreakerOpen(result.aborted, result)
+    return result
+
+
+def plan_documents(source: str, collection: str, options: IngestOptions | None = None,
+                   qdrant: QdrantTarget | None = None, qdrant_block: str | None = None) -> Plan:
+    """The plan a run would follow, computed without writing anything (``--dry-run``)."""
+    options = options or IngestOptions()
+    settings = get_settings()
+    location = resolve_location(qdrant, qdrant_block)
+    src = open_source(source, options.source)
+    model = load_model(options.embed.model or settings.embed_model, settings.embed_device)
+    profile = resolve_profile(options, model.info)
+    store = QdrantStore(location)
+    known = store.manifest(collection, src.uri) if store.collection_exists(store.manifest_name(collection)) else {}
+    return make_plan(src.uri, list(src.iter_documents()), known, profile, options)
+
+
+def _scope_name(collection: str, scope: str) -> str:
+    return f"docingest-{collection}-{hashlib.sha256(scope.encode()).hexdigest()[:12]}"
+
+
+@contextmanager
+def _server_limit(collection: str, scope: str, settings):
+    """A limit-1 Prefect global concurrency limit for (collection, scope), when a Prefect server is configured.
+
+    Not with the ephemeral API: it runs no repossessor, so a crashed run's slot would never be freed there.
+    """
+    from prefect.concurrency.sync import concurrency
+    from prefect.context import FlowRunContext
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        yield
+        return
+    name = _scope_name(collection, scope)
+    FlowRunContext.get().client.upsert_global_concurrency_limit_by_name(name, limit=1)
+    with concurrency(name, occupy=1, lease_duration=settings.lock_lease_s, timeout_seconds=settings.lock_timeout_s):
+        yield
+
+
+@contextmanager
+def scope_lock(collection: str, scope: str, settings):
+    """An exclusive flock on ``<home>/locks/<collection>-<scope hash>.lock``; waits for a run holding it."""
+    import fcntl
+
+    folder = settings.home / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{_scope_name(collection, scope)}.lock", "w") as fh:
+        deadline = None if settings.lock_timeout_s is None else time.monotonic() + settings.lock_timeout_s
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"another run holds {collection!r} / {scope}") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation, model, profile: Profile
+          ) -> IngestResult:
+    from prefect.runtime import flow_run
+
+    logger = get_run_logger()
+    # 2. Plan every document before any work: hash each file, compare with the manifest; full mode lists deletions
+    #    (and refuses past the delete guard before anything is written).
     known = QdrantStore(location).manifest(collection, src.uri)
-    documents = list(src.iter_documents())
-    run = _Run(collection, src.uri, len(documents))
+    plan = make_plan(src.uri, list(src.iter_documents()), known, profile, options)
+    counts = plan.counts()
+    logger.info("plan: %s", ", ".join(f"{v} {k}" for k, v in counts.items()))
+    run = _Run(collection, src.uri, len(plan.documents))
+    run.result.mode = options.mode.value
     run.result.flow_run_id = str(flow_run.get_id() or "")
     writer = _Writer(run, location, collection, profile, options, model, known)
 
+    for p in plan.documents:
+        if p.action is Action.SKIP:
+            run.record(DocumentOutcome(source=p.doc.uri, path=p.doc.path, status=DocumentStatus.SKIPPED,
+                                       change=p.change, stage=Stage.DISCOVER, error=p.reason))
+        elif p.action is Action.UNCHANGED:
+            run.record(DocumentOutcome(source=p.doc.uri, path=p.doc.path, status=DocumentStatus.UNCHANGED,
+                                       change=p.change, chunks=p.known.chunks if p.known else 0))
+        elif p.action is Action.DEAD_LETTER:
+            stage = p.known.stage or Stage.PARSE
+            run.result.dead_letter.append(DeadLetterItem(source=p.doc.uri, stage=stage.value,
+                                                         error=p.known.error or "", attempts=p.known.attempts))
+            run.record(DocumentOutcome(source=p.doc.uri, path=p.doc.path, status=DocumentStatus.FAILURE,
+                                       change=p.change, stage=stage, error=p.reason))
+
     # 3. Parse+chunk new and changed documents in a bounded window; embed+upsert in batches as they finish.
     window: deque[PrefectFuture] = deque()
-    for doc in documents:
-        change = classify(doc, known.get(doc.path), profile)
-        try:
-            check_supported(doc.path, options.parse)
-        except UnsupportedDocumentError as exc:
-            run.record(DocumentOutcome(source=doc.uri, path=doc.path, status=DocumentStatus.SKIPPED,
-                                       change=change, stage=Stage.DISCOVER, error=str(exc)))
-            continue
-        if change is ChangeKind.UNCHANGED:
-            run.record(DocumentOutcome(source=doc.uri, path=doc.path, status=DocumentStatus.UNCHANGED,
-                                       change=change, chunks=known[doc.path].chunks))
-            continue
-        window.append(prepare_document_task.submit(quote(src), doc, change, quote(profile), options, quote(model)))
+    for p in plan.by_action(Action.PROCESS):
+        if run.result.aborted:
+            break
+        attempt = p.known.attempts if p.known and p.known.stage in (Stage.READ, Stage.PARSE, Stage.CHUNK) else 0
+        window.append(prepare_document_task.submit(quote(src), p.doc, p.change, quote(profile), options,
+                                                   quote(model), attempt))
         while len(window) >= options.window:
-            writer.add(window.popleft().result())
+            _take(window.popleft(), writer, run, options)
     while window:
-        writer.add(window.popleft().result())
+        _take(window.popleft(), writer, run, options)
     writer.flush()
 
-    result = run.result
-    result.duration_s = time.monotonic() - started
-    d = result.documents
-    logger.info("done in %.1fs: %d seen, %d new, %d changed, %d unchanged, %d skipped, %d failed; %d chunks upserted",
-                result.duration_s, d.seen, d.new, d.changed, d.unchanged, d.skipped, d.failed, result.chunks.upserted)
-    return result
+    # 4. Full sync: remove what vanished from this source's scope, only after a run that was not aborted.
+    if plan.deleted and not run.result.aborted:
+        run.result.chunks.deleted += delete_documents_task(location, collection, quote(plan.deleted))
+        run.result.documents.deleted = len(plan.deleted)
+        run.result.deleted = [r.uri for r in plan.deleted]
+    return run.result
+
+
+def _take(future: PrefectFuture, writer: _Writer, run: _Run, options: IngestOptions) -> None:
+    writer.add(future.result())
+    faults.checkpoint("after-prepare")
+    if not run.result.aborted and (reason := run.tripped(options)):
+        run.result.aborted = reason
+        get_run_logger().error(reason)
+
+
+def _artifact_key(collection: str, suffix: str) -> str:
+    slug = re.sub(r"[^a-z0-9-]+", "-", collection.lower()).strip("-") or "collection"
+    return f"docingest-{slug}-{suffix}"
+
+
+def _publish_artifacts(collection: str, result: IngestResult) -> None:
+    """Markdown summary and failures table, under keys stable per collection so the latest is easy to find."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    d, c = result.documents, result.chunks
+    lines = [
+        f"# Ingest into `{collection}`",
+        f"Source `{result.source}`, mode **{result.mode}**, {result.duration_s:.1f} s"
+        + (f" — **aborted**: {result.aborted}" if result.aborted else ""),
+        "",
+        "| seen | new | changed | unchanged | deleted | skipped | failed | dead letter |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {d.seen} | {d.new} | {d.changed} | {d.unchanged} | {d.deleted} | {d.skipped} | {d.failed} "
+        f"| {len(result.dead_letter)} |",
+        "",
+        f"Chunks: {c.embedded} embedded, {c.upserted} upserted, {c.deleted} deleted.",
+    ]
+    if result.duration_s > 0 and c.embedded:
+        lines.append(f"Throughput: {c.embedded / result.duration_s:.1f} chunks/s.")
+    try:
+        create_markdown_artifact(key=_artifact_key(collection, "summary"), markdown="\n".join(lines),
+                                 description=f"Latest docingest run on {collection}")
+        rows = [{"document": f.source, "stage": f.stage, "error": f.error} for f in result.failures]
+        rows += [{"document": s.source, "stage": "skipped", "error": s.reason} for s in result.skipped]
+        create_table_artifact(key=_artifact_key(collection, "documents"), table=rows or [{"document": "", "stage": "",
+                              "error": "no failed or skipped documents"}],
+                              description=f"Failed documents first, then skipped ones ({collection})")
+    except Exception as exc:  # noqa: BLE001 - reporting must never fail a finished sync
+        get_run_logger().warning("could not publish artifacts: %s", exc)
 
 
 if __name__ == "__main__":

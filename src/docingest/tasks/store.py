@@ -41,3 +41,17 @@ def finalize_documents_task(
     deleted = sum(store.delete_other_versions(collection, doc_id, keep) for doc_id, keep in replace)
     store.write_manifest(collection, records)
     return deleted
+
+
+@_store_task
+def delete_documents_task(location: QdrantLocation, collection: str, records: list[ManifestRecord]) -> int:
+    """Full sync: remove documents that vanished from the source (all their points, then their manifest records)."""
+    from docingest.core import faults
+
+    store = QdrantStore(location)
+    deleted = 0
+    for record in records:
+        deleted += store.delete_other_versions(collection, record.doc_id, None)
+        store.delete_manifest(collection, [record.doc_id])
+        faults.checkpoint("mid-delete")
+    return deleted

@@ -1,0 +1,42 @@
+"""Fault injection for crash tests: ``DOCINGEST_FAULT=<point>:<n>`` SIGKILLs this process the n-th time the flow
+passes <point>. Unset (always, outside tests) it does nothing. Points: after-prepare, after-upsert, after-finalize,
+mid-delete; and inside parse workers segfault:<file name> and hog:<file name>."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+_counts: dict[str, int] = {}
+_lock = threading.Lock()
+
+
+def checkpoint(point: str) -> None:
+    spec = os.environ.get("DOCINGEST_FAULT")
+    if not spec:
+        return
+    name, _, n = spec.partition(":")
+    if name != point:
+        return
+    with _lock:
+        _counts[point] = _counts.get(point, 0) + 1
+        if _counts[point] >= int(n or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def in_parser(name: str) -> None:
+    """Inside a parse worker: ``DOCINGEST_FAULT=segfault:<file>`` crashes it, ``hog:<file>`` eats memory."""
+    spec = os.environ.get("DOCINGEST_FAULT", "")
+    kind, _, target = spec.partition(":")
+    if target != name:
+        return
+    if kind == "segfault":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if kind == "hog":
+        import time
+
+        hog = []
+        while True:
+            hog.append(b"x" * (64 << 20))  # written, so it is resident
+            time.sleep(0.02)

@@ -1,0 +1,232 @@
+"""Poison isolation: parse and chunk documents in worker processes that can be killed and replaced.
+
+A document that hangs the parser (Docling on very deep HTML), crashes it (segfault in a native library) or blows up
+its memory only fails itself: the parent waits with a time limit, watches the worker's resident memory, kills the
+worker when a limit is passed and starts a fresh one for the next document. Workers are also recycled after a number
+of documents, since long-running parsers grow in memory.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from docingest.datamodel import Chunk
+from docingest.options import ChunkOptions, ParseOptions, PdfMode
+
+_POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a worker needs to parse and chunk like the flow would (picklable)."""
+
+    parse: ParseOptions
+    chunk: ChunkOptions
+    pdf_mode: PdfMode
+    tokenizer_location: str
+    max_tokens: int
+
+
+@dataclass
+class WorkerResult:
+    """``kind`` is ok, skip or fail; ``stage`` names the failing stage."""
+
+    kind: str
+    parser: str | None = None
+    chunks: list[Chunk] | None = None
+    stage: str | None = None
+    error: str | None = None
+
+
+def _worker_main(conn, config: WorkerConfig) -> None:  # runs in the child process
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+    import warnings
+
+    logging.getLogger("docling").setLevel(logging.ERROR)  # outcomes go back to the flow, not to our stderr
+    warnings.filterwarnings("ignore")
+    from docling_core.transforms.chunker.hybrid_chunker import HybridChunker
+    from docling_core.transforms.chunker.tokenizer.huggingface import HuggingFaceTokenizer
+    from transformers import AutoTokenizer
+
+    from docingest.core import faults
+    from docingest.core.chunk import chunk_document
+    from docingest.core.parse import parse_document
+    from docingest.exceptions import ChunkError, ParseError, UnsupportedDocumentError
+
+    tokenizer = HuggingFaceTokenizer(
+        tokenizer=AutoTokenizer.from_pretrained(config.tokenizer_location), max_tokens=config.max_tokens
+    )
+    chunker = HybridChunker(tokenizer=tokenizer, merge_peers=config.chunk.merge_peers)
+    conn.send(("ready",))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):  # parent gone (even after SIGKILL): exit quietly
+            return
+        if message is None:
+            return
+        path = Path(message)
+        faults.in_parser(path.name)
+        try:
+            parsed = parse_document(path, config.parse, config.pdf_mode)
+            result = WorkerResult("ok", parser=parsed.parser)
+            result.chunks = chunk_document(parsed.document, chunker)
+        except UnsupportedDocumentError as exc:
+            result = WorkerResult("skip", stage="parse", error=str(exc))
+        except ParseError as exc:
+            result = WorkerResult("fail", stage="parse", error=str(exc))
+        except ChunkError as exc:
+            result = WorkerResult("fail", stage="chunk", error=str(exc), parser=parsed.parser)
+        except MemoryError:
+            result = WorkerResult("fail", stage="parse", error="out of memory while parsing")
+        except Exception as exc:  # noqa: BLE001 - anything else is this document's failure
+            result = WorkerResult("fail", stage="parse", error=f"{type(exc).__name__}: {exc}")
+        try:
+            conn.send(("result", result))
+        except (EOFError, OSError, BrokenPipeError):
+            return
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class ParseWorker:
+    """One worker process; ``run`` parses one document under the time and memory limits."""
+
+    def __init__(self, config: WorkerConfig, startup_timeout_s: float = 300.0) -> None:
+        self.config = config
+        self.startup_timeout_s = startup_timeout_s
+        self.proc: Any = None
+        self.conn: Any = None
+        self.done = 0
+
+    def _start(self) -> None:
+        ctx = mp.get_context("spawn")  # fork is unsafe with threads, torch and tokenizers in the parent
+        parent, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child, self.config), daemon=True, name="docingest-parse")
+        self.proc.start()
+        child.close()
+        self.conn = parent
+        self.done = 0
+        if not parent.poll(self.startup_timeout_s):
+            self.stop()
+            raise RuntimeError("parse worker did not start in time")
+        try:
+            parent.recv()
+        except EOFError as exc:
+            self.stop()
+            raise RuntimeError(f"parse worker died at start (exit code {self.proc.exitcode})") from exc
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.is_alive()
+
+    def run(self, path: Path) -> WorkerResult:
+        if not self.alive() or self.done >= self.config.parse.recycle_after:
+            self.stop()
+            self._start()
+        limit_s, limit_mb = self.config.parse.timeout_s, self.config.parse.max_memory_mb
+        self.conn.send(str(path))
+        deadline = time.monotonic() + limit_s
+        while not self.conn.poll(_POLL_S):
+            if not self.proc.is_alive():
+                return self._crashed()
+            if time.monotonic() > deadline:
+                self.stop()
+                return WorkerResult("fail", stage="parse", error=f"timeout: parsing took longer than {limit_s:g} s")
+            rss = _rss_mb(self.proc.pid)
+            if rss > limit_mb:
+                self.stop()
+                return WorkerResult(
+                    "fail", stage="parse", error=f"memory limit: parser used {rss:.0f} MB > {limit_mb} MB"
+                )
+        try:
+            _, result = self.conn.recv()
+        except (EOFError, OSError):  # the pipe closed: the worker died
+            return self._crashed()
+        self.done += 1
+        return result
+
+    def _crashed(self) -> WorkerResult:
+        self.proc.join(5)
+        code = self.proc.exitcode
+        self.stop()
+        why = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        return WorkerResult("fail", stage="parse", error=f"parser crashed ({why})")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.is_alive():
+            try:
+                self.conn.send(None)
+            except (OSError, BrokenPipeError):
+                pass
+            self.proc.join(0.5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+        self.proc = self.conn = None
+
+
+class WorkerPool:
+    """A fixed number of parse workers shared by the flow's threads; each thread borrows one per document."""
+
+    def __init__(self, config: WorkerConfig, size: int) -> None:
+        self.config = config
+        self._idle: queue.Queue[ParseWorker] = queue.Queue()
+        self._all = [ParseWorker(config) for _ in range(size)]
+        for w in self._all:
+            self._idle.put(w)
+
+    def run(self, path: Path) -> WorkerResult:
+        worker = self._idle.get()
+        try:
+            return worker.run(path)
+        finally:
+            self._idle.put(worker)
+
+    def close(self) -> None:
+        for w in self._all:
+            w.stop()
+
+
+_pools: dict[tuple, WorkerPool] = {}  # one pool per process and configuration
+_pools_lock = threading.Lock()
+
+
+def get_pool(config: WorkerConfig, size: int) -> WorkerPool:
+    key = (config.parse.model_dump_json(), config.chunk.model_dump_json(), config.pdf_mode, config.tokenizer_location,
+           config.max_tokens, size)
+    with _pools_lock:
+        if key not in _pools:
+            _pools[key] = WorkerPool(config, size)
+        return _pools[key]
+
+
+def close_pools() -> None:
+    with _pools_lock:
+        for pool in _pools.values():
+            pool.close()
+        _pools.clear()

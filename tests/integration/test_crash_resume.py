@@ -1,0 +1,123 @@
+"""kill -9 the ingest process at several points; a re-run must end with exactly the collection a clean run makes.
+
+Each crash leaves a v2 sync half done (parsed but not written, new points without manifest, manifest without old
+versions removed, deletions half done); the re-run must finish it. The run lock is a file lock, freed by the kernel
+when the process dies, so the re-run never waits for a dead run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from docingest.core.store import QdrantLocation, QdrantStore, close_clients
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+FAULTS = {"kb-prepare": "after-prepare:3", "kb-upsert": "after-upsert:1", "kb-finalize": "after-finalize:1",
+          "kb-delete": "mid-delete:1"}
+DOCS = {
+    f"doc{i:02}.md": f"# Topic {i}\n\n" + " ".join(f"Paragraph {i}.{j} talks about subject {i * 7 + j}." for j in range(40))
+    for i in range(8)
+}
+
+
+def write_version(docs: Path, version: int) -> None:
+    """v1: doc00-doc07. v2: doc01, doc03, doc04, doc06 edited, doc07 deleted, doc08 added."""
+    docs.mkdir(exist_ok=True)
+    for name, text in DOCS.items():
+        if version == 2 and name == "doc07.md":
+            (docs / name).unlink(missing_ok=True)
+            continue
+        edited = version == 2 and name in ("doc01.md", "doc03.md", "doc04.md", "doc06.md")
+        (docs / name).write_text(text + ("\n\nRevised in version two." if edited else ""))
+    if version == 2:
+        (docs / "doc08.md").write_text("# Topic 8\n\nA document added in version two.")
+    else:
+        (docs / "doc08.md").unlink(missing_ok=True)
+
+
+def cli(args: list[str], qdrant: Path, tmp_path: Path, fault: str | None = None) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("docingest")
+    # Embedded defaults, as a user runs it: the ephemeral Prefect API in each process, Qdrant local mode.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCINGEST_", "PREFECT_API"))}
+    env.update(DOCINGEST_QDRANT_PATH=str(qdrant), DOCINGEST_HOME=str(tmp_path / "home"),
+               PREFECT_HOME=str(tmp_path / "prefect-home"))
+    if fault:
+        env["DOCINGEST_FAULT"] = fault
+    # Output to files, not pipes: a SIGKILLed CLI's ephemeral Prefect server outlives it for a moment and would keep
+    # a pipe open.
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with open(out, "w") as fo, open(err, "w") as fe:
+        code = subprocess.run([str(exe), *args], env=env, stdout=fo, stderr=fe, timeout=600).returncode
+    return subprocess.CompletedProcess(args, code, out.read_text(), err.read_text())
+
+
+def snapshot(store: QdrantStore, collection: str) -> dict:
+    """Point id -> payload (without the write timestamp) and vector; the manifest's versions and statuses."""
+    points, offset = {}, None
+    while True:
+        batch, offset = store.client.scroll(collection, limit=1000, offset=offset, with_payload=True,
+                                            with_vectors=True)
+        for p in batch:
+            payload = {k: v for k, v in p.payload.items() if k != "ingested_at"}
+            points[str(p.id)] = {"payload": payload, "vector": [round(x, 5) for x in p.vector]}
+        if offset is None:
+            break
+    scope = next(iter(points.values()))["payload"]["source_uri"]
+    manifest = {r.path: (r.version, r.status.value, r.chunks) for r in store.manifest(collection, scope).values()}
+    return {"points": points, "manifest": manifest}
+
+
+@pytest.fixture
+def reap_orphans(tmp_path):
+    """A SIGKILLed CLI cannot stop its ephemeral Prefect server: kill the ones started with this test's PREFECT_HOME."""
+    yield
+    marker = f"PREFECT_HOME={tmp_path / 'prefect-home'}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, PermissionError):
+            pass
+
+
+def test_kill_9_at_four_points_then_rerun_equals_clean_run(tmp_path, reap_orphans):
+    docs, q = tmp_path / "docs", tmp_path / "qdrant"
+
+    def ingest(collection: str, fault: str | None = None) -> subprocess.CompletedProcess:
+        return cli(["ingest", str(docs), "-c", collection, "--mode", "full", "--json"], q, tmp_path, fault)
+
+    write_version(docs, 1)
+    for collection in FAULTS:
+        assert ingest(collection).returncode == 0
+    write_version(docs, 2)
+    for collection, fault in FAULTS.items():
+        crashed = ingest(collection, fault)
+        assert crashed.returncode == -signal.SIGKILL, (collection, crashed.returncode, crashed.stderr[-2000:])
+    reference = ingest("clean")  # a clean sync of the same folder at v2: same scope, so the same point ids
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    for collection in FAULTS:  # (all crashes first, then all resumes: a lock leaked by a crash would show here)
+        resumed = ingest(collection)
+        assert resumed.returncode == 0, (collection, resumed.stderr[-2000:])
+        assert json.loads(resumed.stdout)["documents"]["failed"] == 0
+
+    close_clients()
+    store = QdrantStore(QdrantLocation(path=q))
+    expected = snapshot(store, "clean")
+    assert sorted(expected["manifest"]) == [f"doc{i:02}.md" for i in range(9) if i != 7]
+    for collection in FAULTS:
+        final = snapshot(store, collection)
+        assert final["manifest"] == expected["manifest"], collection
+        assert set(final["points"]) == set(expected["points"]), collection  # same ids, no orphans or duplicates
+        assert final["points"] == expected["points"], collection  # same payloads and vectors
+    close_clients()
