@@ -240,12 +240,17 @@ def _print_plan(plan, collection: str, as_json: bool) -> None:
 
 def _print_summary(result) -> None:
     d, c = result.documents, result.chunks
-    table = Table(title=f"collection {result.collection!r}", show_header=True)
-    for col in ("seen", "new", "changed", "unchanged", "deleted", "skipped", "failed", "chunks upserted",
-                "chunks deleted"):
-        table.add_column(col, justify="right")
-    table.add_row(*map(str, (d.seen, d.new, d.changed, d.unchanged, d.deleted, d.skipped, d.failed, c.upserted,
-                             c.deleted)))
+    table = Table(title=f"collection {result.collection!r} ({result.mode})", show_header=True)
+    table.add_column("documents")
+    table.add_column("", justify="right")
+    table.add_column("chunks")
+    table.add_column("", justify="right")
+    rows = [("seen", d.seen, "embedded", c.embedded), ("new", d.new, "upserted", c.upserted),
+            ("changed", d.changed, "deleted", c.deleted), ("unchanged", d.unchanged, "", ""),
+            ("deleted", d.deleted, "", ""), ("skipped", d.skipped, "", ""), ("failed", d.failed, "", ""),
+            ("dead letter", len(result.dead_letter), "", "")]
+    for row in rows:
+        table.add_row(*map(str, row))
     out.print(table)
     if result.failures:
         failures = Table(title="failed documents", show_header=True)

@@ -50,6 +50,15 @@ def docs(tmp_path, corpus):
     return copy_corpus_files(corpus, tmp_path / "docs", SLICE)
 
 
+def task_states(flow_run_id: str, task_name: str) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return [r.state.name for r in runs if r.name.startswith(task_name)]
+
+
 def store_for(home) -> QdrantStore:
     return QdrantStore(QdrantLocation(path=home / "qdrant"))
 
@@ -218,6 +227,8 @@ def test_failed_update_leaves_the_old_version_searchable(prefect_server, home, t
 
     fixed = ingest_documents(source=str(docs), collection="safe")  # retried although unchanged since the failure
     assert fixed.documents.changed == 1 and fixed.documents.failed == 0
+    # Parsed once: the retry reuses the persisted parse-and-chunk result (same content, settings and code).
+    assert task_states(fixed.flow_run_id, "parse-and-chunk") == ["Cached"]
     texts = [p["text"] for p in all_points(store_for(home), "safe").values()]
     assert texts and all("portal" in t for t in texts)
 
