@@ -9,13 +9,14 @@ import json
 import logging
 import os
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from docingest.options import Isolation, OcrMode, PdfMode, SyncMode  # light: pydantic only
 
 app = typer.Typer(
     name="docingest",
@@ -28,27 +29,6 @@ out = Console()
 err = Console(stderr=True)
 
 EXIT_OK, EXIT_FAILED_DOCS, EXIT_CONFIG = 0, 1, 2
-
-
-class PdfModeArg(str, Enum):
-    auto = "auto"
-    fast = "fast"
-    accurate = "accurate"
-
-
-class ModeArg(str, Enum):
-    incremental = "incremental"
-    full = "full"
-
-
-class IsolationArg(str, Enum):
-    process = "process"
-    none = "none"
-
-
-class OcrArg(str, Enum):
-    auto = "auto"
-    off = "off"
 
 
 def _quiet_environment(verbose: bool) -> None:
@@ -84,10 +64,10 @@ def _qdrant_target(qdrant_path: Path | None, qdrant_url: str | None):
 
 
 QdrantPathOpt = Annotated[
-    Path | None, typer.Option("--qdrant-path", help="Folder for Qdrant local mode [env: DOCINGEST_QDRANT_PATH].")
+    Path | None, typer.Option("--qdrant-path", help="Folder for Qdrant local mode \\[env: DOCINGEST_QDRANT_PATH].")
 ]
 QdrantUrlOpt = Annotated[
-    str | None, typer.Option("--qdrant-url", help="Qdrant server URL [env: DOCINGEST_QDRANT_URL].")
+    str | None, typer.Option("--qdrant-url", help="Qdrant server URL \\[env: DOCINGEST_QDRANT_URL].")
 ]
 CollectionOpt = Annotated[str, typer.Option("--collection", "-c", help="Qdrant collection name.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
@@ -101,11 +81,11 @@ def ingest(
     qdrant_path: QdrantPathOpt = None,
     qdrant_url: QdrantUrlOpt = None,
     pdf_mode: Annotated[
-        PdfModeArg, typer.Option("--pdf-mode", help="auto: accurate if Docling's models are installed, else fast.")
-    ] = PdfModeArg.auto,
-    ocr: Annotated[OcrArg, typer.Option("--ocr", help="auto: OCR images with Tesseract when installed.")] = OcrArg.auto,
+        PdfMode, typer.Option("--pdf-mode", help="auto: accurate if Docling's models are installed, else fast.")
+    ] = PdfMode.AUTO,
+    ocr: Annotated[OcrMode, typer.Option("--ocr", help="auto: OCR images with Tesseract when installed.")] = OcrMode.AUTO,
     model: Annotated[
-        str | None, typer.Option("--model", help="sentence-transformers model name or path [env: DOCINGEST_EMBED_MODEL].")
+        str | None, typer.Option("--model", help="sentence-transformers model name or path \\[env: DOCINGEST_EMBED_MODEL].")
     ] = None,
     include: Annotated[list[str] | None, typer.Option("--include", help="Glob to include (repeatable).")] = None,
     exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Glob to leave out (repeatable).")] = None,
@@ -114,8 +94,8 @@ def ingest(
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Chunks per embedding call.")] = 64,
     mode: Annotated[
-        ModeArg, typer.Option("--mode", help="incremental: never delete; full: remove documents gone from SOURCE.")
-    ] = ModeArg.incremental,
+        SyncMode, typer.Option("--mode", help="incremental: never delete; full: remove documents gone from SOURCE.")
+    ] = SyncMode.INCREMENTAL,
     max_delete_ratio: Annotated[
         float, typer.Option("--max-delete-ratio", help="Refuse a full sync deleting more than this share.")
     ] = 0.5,
@@ -124,8 +104,8 @@ def ingest(
     doc_timeout: Annotated[float, typer.Option("--doc-timeout", help="Seconds per document to parse.")] = 120.0,
     doc_memory_mb: Annotated[int, typer.Option("--doc-memory-mb", help="Memory limit per parse worker.")] = 4096,
     isolation: Annotated[
-        IsolationArg, typer.Option("--isolation", help="process: parse in killable worker processes.")
-    ] = IsolationArg.process,
+        Isolation, typer.Option("--isolation", help="process: parse in killable worker processes.")
+    ] = Isolation.PROCESS,
     workers: Annotated[int, typer.Option("--workers", help="Documents parsed at the same time.")] = 2,
     max_doc_attempts: Annotated[
         int, typer.Option("--max-doc-attempts", help="Failures before a document is dead-lettered.")
@@ -150,24 +130,20 @@ def ingest(
         ChunkOptions,
         EmbedOptions,
         IngestOptions,
-        Isolation,
-        OcrMode,
         ParseOptions,
-        PdfMode,
         SourceOptions,
-        SyncMode,
     )
 
     target = _qdrant_target(qdrant_path, qdrant_url)
     try:
         options = IngestOptions(
             source=SourceOptions(include=include or ["**/*"], exclude=exclude or []),
-            parse=ParseOptions(pdf_mode=PdfMode(pdf_mode.value), ocr=OcrMode(ocr.value), timeout_s=doc_timeout,
-                               max_memory_mb=doc_memory_mb, isolation=Isolation(isolation.value)),
+            parse=ParseOptions(pdf_mode=pdf_mode, ocr=ocr, timeout_s=doc_timeout, max_memory_mb=doc_memory_mb,
+                               isolation=isolation),
             chunk=ChunkOptions(max_tokens=max_tokens),
             embed=EmbedOptions(model=model, batch_size=batch_size),
             workers=workers,
-            mode=SyncMode(mode.value),
+            mode=mode,
             max_delete_ratio=max_delete_ratio,
             force=force,
             max_doc_attempts=max_doc_attempts,

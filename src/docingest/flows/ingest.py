@@ -261,10 +261,7 @@ def ingest_documents(
     settings = get_settings()
 
     # 1. Where things live, and what shapes the output (model, PDF mode, chunk size -> fingerprint).
-    location = resolve_location(qdrant, qdrant_block)
-    src = open_source(source, options.source)
-    model = load_model(options.embed.model or settings.embed_model, settings.embed_device)
-    profile = resolve_profile(options, model.info)
+    location, src, model, profile = _resolve(source, options, qdrant, qdrant_block)
     ensure_collection_task(location, collection, model.info.dimension)
     logger.info("ingesting %s into %r on %s (model %s, %d-token chunks, mode %s)", src.uri, collection,
                 location.describe(), model.info.name, profile.max_tokens, options.mode.value)
@@ -295,14 +292,19 @@ def plan_documents(source: str, collection: str, options: IngestOptions | None =
                    qdrant: QdrantTarget | None = None, qdrant_block: str | None = None) -> Plan:
     """The plan a run would follow, computed without writing anything (``--dry-run``)."""
     options = options or IngestOptions()
+    location, src, _, profile = _resolve(source, options, qdrant, qdrant_block)
+    store = QdrantStore(location)
+    known = store.manifest(collection, src.uri) if store.collection_exists(store.manifest_name(collection)) else {}
+    return make_plan(src.uri, list(src.iter_documents()), known, profile, options)
+
+
+def _resolve(source: str, options: IngestOptions, qdrant: QdrantTarget | None, qdrant_block: str | None):
+    """Qdrant location, source, loaded model and the profile (settings fingerprint) of a run."""
     settings = get_settings()
     location = resolve_location(qdrant, qdrant_block)
     src = open_source(source, options.source)
     model = load_model(options.embed.model or settings.embed_model, settings.embed_device)
-    profile = resolve_profile(options, model.info)
-    store = QdrantStore(location)
-    known = store.manifest(collection, src.uri) if store.collection_exists(store.manifest_name(collection)) else {}
-    return make_plan(src.uri, list(src.iter_documents()), known, profile, options)
+    return location, src, model, resolve_profile(options, model.info)
 
 
 def _scope_name(collection: str, scope: str) -> str:
