@@ -76,7 +76,9 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect 
 
 @app.command()
 def ingest(
-    source: Annotated[str, typer.Argument(help="Folder or file to ingest (local path or file:// URI).")],
+    source: Annotated[
+        str, typer.Argument(help="Folder or file, file:// URI, s3://bucket/prefix, or a git URL (with --git-ref/--git-path).")
+    ],
     collection: CollectionOpt,
     qdrant_path: QdrantPathOpt = None,
     qdrant_url: QdrantUrlOpt = None,
@@ -89,6 +91,8 @@ def ingest(
     ] = None,
     include: Annotated[list[str] | None, typer.Option("--include", help="Glob to include (repeatable).")] = None,
     exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Glob to leave out (repeatable).")] = None,
+    git_ref: Annotated[str | None, typer.Option("--git-ref", help="Git source: branch, tag or commit.")] = None,
+    git_path: Annotated[str | None, typer.Option("--git-path", help="Git source: folder in the repository.")] = None,
     max_tokens: Annotated[
         int | None, typer.Option("--max-tokens", help="Chunk size in tokens (default and cap: the model's).")
     ] = None,
@@ -137,7 +141,8 @@ def ingest(
     target = _qdrant_target(qdrant_path, qdrant_url)
     try:
         options = IngestOptions(
-            source=SourceOptions(include=include or ["**/*"], exclude=exclude or []),
+            source=SourceOptions(include=include or ["**/*"], exclude=exclude or [], git_ref=git_ref,
+                                 git_path=git_path),
             parse=ParseOptions(pdf_mode=pdf_mode, ocr=ocr, timeout_s=doc_timeout, max_memory_mb=doc_memory_mb,
                                isolation=isolation),
             chunk=ChunkOptions(max_tokens=max_tokens),

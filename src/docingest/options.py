@@ -52,6 +52,8 @@ class SourceOptions(_Options):
     exclude: list[str] = Field(
         default_factory=list, description="Glob patterns to leave out. Hidden files and folders are always left out."
     )
+    git_ref: str | None = Field(default=None, description="Git sources: branch, tag or commit (default: HEAD).")
+    git_path: str | None = Field(default=None, description="Git sources: folder inside the repository.")
 
 
 class ParseOptions(_Options):

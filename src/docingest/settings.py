@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -40,6 +40,21 @@ class DocingestSettings(BaseSettings):
         default=None, description="Torch device for embedding (cpu, cuda, mps). Default: CUDA when present, else CPU."
     )
 
+    s3_endpoint: str | None = Field(
+        default=None, description="S3-compatible endpoint, e.g. http://localhost:9000 (MinIO). Default: AWS S3."
+    )
+    s3_region: str | None = Field(default=None, description="S3 region.")
+    s3_access_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DOCINGEST_S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID"),
+        description="S3 access key (or AWS_ACCESS_KEY_ID).",
+    )
+    s3_secret_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DOCINGEST_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"),
+        description="S3 secret key (or AWS_SECRET_ACCESS_KEY).",
+    )
+    git_token: SecretStr | None = Field(default=None, description="Token for git over HTTPS (GitLab/GitHub).")
     lock_lease_s: float = Field(
         default=60.0,
         ge=60,  # Prefect's minimum lease

@@ -27,13 +27,25 @@ class Source(Protocol):
         ...
 
 
-def open_source(source: str, options: SourceOptions | None = None) -> Source:
-    """Open a source from its CLI/flow string. Raises ConfigurationError for an unusable source."""
+def open_source(source: str, options: SourceOptions | None = None, settings=None) -> Source:
+    """Open a source from its CLI/flow string: a local path or file:// URI, s3://bucket/prefix, or a git URL
+    (``*.git``, ``git+…``, or any URL with ``git_ref``/``git_path`` set). Raises ConfigurationError when unusable."""
+    from docingest.core.sources.git import GitSource, is_git_url
     from docingest.core.sources.local import LocalFolderSource
+    from docingest.core.sources.s3 import S3Source
+    from docingest.settings import get_settings
 
     options = options or SourceOptions()
+    settings = settings or get_settings()
+    secret = lambda s: s.get_secret_value() if s else None  # noqa: E731
+    if source.startswith("s3://"):
+        return S3Source(source, options, endpoint=settings.s3_endpoint, access_key=secret(settings.s3_access_key),
+                        secret_key=secret(settings.s3_secret_key), region=settings.s3_region)
+    if is_git_url(source) or options.git_ref or options.git_path:
+        return GitSource(source, options.git_ref or "HEAD", options.git_path or "", options,
+                         token=secret(settings.git_token), cache_dir=settings.home / "git")
     if "://" in source and not source.startswith("file://"):
         scheme = source.split("://", 1)[0]
-        raise ConfigurationError(f"unsupported source scheme {scheme!r}: use a local folder or file:// path")
+        raise ConfigurationError(f"unsupported source scheme {scheme!r}: use a folder, file://, s3:// or a git URL")
     path = Path(source.removeprefix("file://")).expanduser()
     return LocalFolderSource(path, options)
