@@ -76,10 +76,11 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect 
 
 @app.command()
 def ingest(
-    source: Annotated[
-        str, typer.Argument(help="Folder or file, file:// URI, s3://bucket/prefix, or a git URL (with --git-ref/--git-path).")
-    ],
     collection: CollectionOpt,
+    source: Annotated[
+        str | None,
+        typer.Argument(help="Folder or file, file:// URI, s3://bucket/prefix, or a git URL (with --git-ref/--git-path)."),
+    ] = None,
     qdrant_path: QdrantPathOpt = None,
     qdrant_url: QdrantUrlOpt = None,
     pdf_mode: Annotated[
@@ -91,6 +92,9 @@ def ingest(
     ] = None,
     include: Annotated[list[str] | None, typer.Option("--include", help="Glob to include (repeatable).")] = None,
     exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Glob to leave out (repeatable).")] = None,
+    source_block: Annotated[
+        str | None, typer.Option("--source-block", help="Saved S3BucketSource / GitRepositorySource block, instead of SOURCE.")
+    ] = None,
     git_ref: Annotated[str | None, typer.Option("--git-ref", help="Git source: branch, tag or commit.")] = None,
     git_path: Annotated[str | None, typer.Option("--git-path", help="Git source: folder in the repository.")] = None,
     max_tokens: Annotated[
@@ -139,6 +143,8 @@ def ingest(
     )
 
     target = _qdrant_target(qdrant_path, qdrant_url)
+    if bool(source) == bool(source_block):
+        raise _fail("give either SOURCE or --source-block")
     try:
         options = IngestOptions(
             source=SourceOptions(include=include or ["**/*"], exclude=exclude or [], git_ref=git_ref,
@@ -159,9 +165,9 @@ def ingest(
         raise _fail(f"invalid option: {exc.errors()[0]['loc'][-1]}: {exc.errors()[0]['msg']}") from None
 
     try:
-        preflight(source, options, target)
+        preflight(source, options, target, source_block=source_block)
         if dry_run:
-            plan = plan_documents(source, collection, options, target)
+            plan = plan_documents(source, collection, options, target, source_block=source_block)
     except DocingestError as exc:
         raise _fail(str(exc)) from None
     if dry_run:
@@ -183,7 +189,8 @@ def ingest(
         bar.start()
     aborted = None
     try:
-        result = ingest_documents(source=source, collection=collection, options=options, qdrant=target)
+        result = ingest_documents(source=source, collection=collection, options=options, qdrant=target,
+                                  source_block=source_block)
     except CircuitBreakerOpen as exc:
         result, aborted = exc.result, str(exc)
     except ConfigurationError as exc:

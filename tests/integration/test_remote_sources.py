@@ -144,3 +144,36 @@ def test_git_configuration_errors(home, repo):
         open_source(url, SourceOptions(git_ref="main", git_path="missing"))
     with pytest.raises(ConfigurationError, match="cannot fetch"):
         open_source("file:///definitely/not/a/repo.git")
+
+
+def test_saved_source_blocks_through_the_cli(prefect_server, s3, s3_endpoint, repo):
+    import json
+
+    from typer.testing import CliRunner
+
+    from docingest.blocks import GitRepositorySource, S3BucketSource, S3Credentials
+    from docingest.cli import app
+
+    url, _ = repo
+    GitRepositorySource(url=url, ref="main", path="30-Aprovados", token="glpat-never-shown").save(
+        "approved-docs", overwrite=True)
+    put(s3, "blocks/a.md", "# A\n\nStored in a bucket reached through a block.\n")
+    S3BucketSource(bucket="handbook", prefix="blocks", credentials=S3Credentials(
+        endpoint=s3_endpoint, access_key="testing", secret_key="testing-secret")).save("bucket-docs", overwrite=True)
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["ingest", "--source-block", "approved-docs", "-c", "blk", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["documents"]["new"] == 2
+    assert "glpat-never-shown" not in result.output
+
+    result = runner.invoke(app, ["ingest", "--source-block", "docingest-s3-bucket-source/bucket-docs", "-c", "blk3",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["documents"]["new"] == 1
+
+    both = runner.invoke(app, ["ingest", "./x", "--source-block", "approved-docs", "-c", "blk"])
+    assert both.exit_code == 2 and "either SOURCE or --source-block" in both.stderr
+    missing = runner.invoke(app, ["ingest", "--source-block", "nope", "-c", "blk"])
+    assert missing.exit_code == 2 and "no docingest source block named 'nope'" in missing.stderr

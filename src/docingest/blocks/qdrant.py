@@ -9,15 +9,27 @@ from pydantic import Field, SecretStr
 
 from docingest.core.store import QdrantLocation
 
+LOGO = "https://qdrant.tech/images/logo_with_text.png"
+DOCS = "https://github.com/docingest/docingest#configuration"
+
 
 class QdrantConnection(Block):
-    """Where a Qdrant lives. Give ``url`` for a server, or ``path`` for local (embedded) mode."""
+    """Where a Qdrant lives: a server (``url`` and ``api_key``) or a local-mode folder (``path``).
+
+    Example:
+        Load a saved connection and pass its name to the flow as ``qdrant_block``:
+        ```python
+        from docingest.blocks import QdrantConnection
+
+        connection = QdrantConnection.load("BLOCK_NAME")
+        client = connection.get_client()
+        ```
+    """
 
     _block_type_name = "Docingest Qdrant Connection"
     _block_type_slug = "docingest-qdrant-connection"
-    _logo_url = "https://qdrant.tech/images/logo_with_text.png"  # type: ignore[assignment]
-    _description = "Connection to a Qdrant server (URL and API key) or a local-mode folder, for docingest."
-    _documentation_url = "https://github.com/docingest/docingest#configuration"  # type: ignore[assignment]
+    _logo_url = LOGO  # type: ignore[assignment]
+    _documentation_url = DOCS  # type: ignore[assignment]
 
     url: str | None = Field(default=None, description="Qdrant server URL, e.g. http://qdrant:6333.")
     path: str | None = Field(default=None, description="Folder for Qdrant local mode, used when no URL is set.")

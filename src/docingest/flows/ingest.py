@@ -21,7 +21,7 @@ from docingest.core.ids import document_id
 from docingest.core.parse import accurate_models_status
 from docingest.core.pipeline import build_points, manifest_record
 from docingest.core.plan import Action, Plan, Profile, make_plan, resolve_profile
-from docingest.core.sources import open_source
+from docingest.core.sources import open_source, open_source_block
 from docingest.core.store import QdrantLocation, QdrantStore
 from docingest.core.worker import close_pools
 from docingest.datamodel import (
@@ -36,7 +36,7 @@ from docingest.datamodel import (
     SkippedItem,
     Stage,
 )
-from docingest.exceptions import CircuitBreakerOpen, DocingestError
+from docingest.exceptions import CircuitBreakerOpen, ConfigurationError, DocingestError
 from docingest.options import IngestOptions, Isolation, PdfMode
 from docingest.settings import get_settings
 from docingest.tasks.embed import embed_batch_task
@@ -77,12 +77,12 @@ def resolve_location(qdrant: QdrantTarget | None = None, qdrant_block: str | Non
     return location
 
 
-def preflight(source: str, options: IngestOptions, qdrant: QdrantTarget | None = None,
-              qdrant_block: str | None = None) -> None:
+def preflight(source: str | None, options: IngestOptions, qdrant: QdrantTarget | None = None,
+              qdrant_block: str | None = None, source_block: str | None = None) -> None:
     """Check configuration before a run starts (raises ConfigurationError / StoreError): source, PDF mode, Qdrant."""
     from docingest.core.parse import resolve_pdf_mode
 
-    open_source(source, options.source)
+    _open(source, options, source_block)
     resolve_pdf_mode(options.parse.pdf_mode)
     QdrantStore(resolve_location(qdrant, qdrant_block)).collection_exists("docingest-preflight")
 
@@ -233,11 +233,12 @@ class _Writer:
     log_prints=True,
 )
 def ingest_documents(
-    source: str,
+    source: str | None,
     collection: str,
     options: IngestOptions | None = None,
     qdrant: QdrantTarget | None = None,
     qdrant_block: str | None = None,
+    source_block: str | None = None,
 ) -> IngestResult:
     """Sync a folder of documents into a Qdrant collection.
 
@@ -249,11 +250,12 @@ def ingest_documents(
     only within this source's scope and never past ``max_delete_ratio`` unless forced.
 
     Args:
-        source: Folder (or file) to ingest.
+        source: Folder or file, file:// URI, s3://bucket/prefix, or a git URL (see options.source.git_ref/_path).
         collection: Qdrant collection to keep in sync.
         options: Parse, chunk, embed, store and sync options.
         qdrant: Where Qdrant lives for this run; default from settings (DOCINGEST_QDRANT_URL / _PATH).
         qdrant_block: Name of a saved QdrantConnection block to use instead of settings.
+        source_block: Name of a saved S3BucketSource or GitRepositorySource block, instead of ``source``.
     """
     logger = get_run_logger()
     started = time.monotonic()
@@ -261,7 +263,7 @@ def ingest_documents(
     settings = get_settings()
 
     # 1. Where things live, and what shapes the output (model, PDF mode, chunk size -> fingerprint).
-    location, src, model, profile = _resolve(source, options, qdrant, qdrant_block)
+    location, src, model, profile = _resolve(source, options, qdrant, qdrant_block, source_block)
     ensure_collection_task(location, collection, model.info.dimension)
     logger.info("ingesting %s into %r on %s (model %s, %d-token chunks, mode %s)", src.uri, collection,
                 location.describe(), model.info.name, profile.max_tokens, options.mode.value)
@@ -288,21 +290,31 @@ def ingest_documents(
     return result
 
 
-def plan_documents(source: str, collection: str, options: IngestOptions | None = None,
-                   qdrant: QdrantTarget | None = None, qdrant_block: str | None = None) -> Plan:
+def plan_documents(source: str | None, collection: str, options: IngestOptions | None = None,
+                   qdrant: QdrantTarget | None = None, qdrant_block: str | None = None,
+                   source_block: str | None = None) -> Plan:
     """The plan a run would follow, computed without writing anything (``--dry-run``)."""
     options = options or IngestOptions()
-    location, src, _, profile = _resolve(source, options, qdrant, qdrant_block)
+    location, src, _, profile = _resolve(source, options, qdrant, qdrant_block, source_block)
     store = QdrantStore(location)
     known = store.manifest(collection, src.uri) if store.collection_exists(store.manifest_name(collection)) else {}
     return make_plan(src.uri, list(src.iter_documents()), known, profile, options)
 
 
-def _resolve(source: str, options: IngestOptions, qdrant: QdrantTarget | None, qdrant_block: str | None):
+def _open(source: str | None, options: IngestOptions, source_block: str | None):
+    if source_block:
+        return open_source_block(source_block, options.source)
+    if not source:
+        raise ConfigurationError("give a source or a source block")
+    return open_source(source, options.source)
+
+
+def _resolve(source: str | None, options: IngestOptions, qdrant: QdrantTarget | None, qdrant_block: str | None,
+             source_block: str | None = None):
     """Qdrant location, source, loaded model and the profile (settings fingerprint) of a run."""
     settings = get_settings()
     location = resolve_location(qdrant, qdrant_block)
-    src = open_source(source, options.source)
+    src = _open(source, options, source_block)
     model = load_model(options.embed.model or settings.embed_model, settings.embed_device)
     return location, src, model, resolve_profile(options, model.info)
 
