@@ -244,3 +244,15 @@ def test_qdrant_connection_block_is_used_by_the_flow(prefect_server, home, tmp_p
     result = ingest_documents(source=str(docs), collection="blk", qdrant_block="test-local-qdrant")
     assert result.chunks.upserted == 1
     assert (target / "collection" / "blk").is_dir()
+
+
+def test_embedder_settings_block(prefect_server, home, tmp_path):
+    from docingest.blocks import EmbedderSettings
+
+    docs = tmp_path / "emb"
+    docs.mkdir()
+    (docs / "a.md").write_text("# A\n\nEmbedded with the model the block names.\n")
+    EmbedderSettings(model="sentence-transformers/all-MiniLM-L6-v2", batch_size=8).save("minilm", overwrite=True)
+    result = ingest_documents(source=str(docs), collection="emb", embedder_block="minilm")
+    assert result.chunks.embedded == 1
+    assert {p["model"] for p in all_points(store_for(home), "emb").values()} == {"sentence-transformers/all-MiniLM-L6-v2"}

@@ -3,12 +3,14 @@
 import pytest
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
-from docingest.blocks import GitRepositorySource, QdrantConnection, S3BucketSource, S3Credentials
+from docingest.blocks import EmbedderSettings, GitRepositorySource, QdrantConnection, S3BucketSource, S3Credentials
 
 pytestmark = pytest.mark.unit
 
 
-@pytest.mark.parametrize("block", [QdrantConnection, S3Credentials, S3BucketSource, GitRepositorySource])
+@pytest.mark.parametrize(
+    "block", [QdrantConnection, S3Credentials, S3BucketSource, GitRepositorySource, EmbedderSettings]
+)
 class TestAllBlocksAdhereToStandards(BlockStandardTestSuite):
     @pytest.fixture
     def block(self, block):

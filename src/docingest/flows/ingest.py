@@ -239,6 +239,7 @@ def ingest_documents(
     qdrant: QdrantTarget | None = None,
     qdrant_block: str | None = None,
     source_block: str | None = None,
+    embedder_block: str | None = None,
 ) -> IngestResult:
     """Sync a folder of documents into a Qdrant collection.
 
@@ -256,6 +257,7 @@ def ingest_documents(
         qdrant: Where Qdrant lives for this run; default from settings (DOCINGEST_QDRANT_URL / _PATH).
         qdrant_block: Name of a saved QdrantConnection block to use instead of settings.
         source_block: Name of a saved S3BucketSource or GitRepositorySource block, instead of ``source``.
+        embedder_block: Name of a saved EmbedderSettings block (model, device, batch size).
     """
     logger = get_run_logger()
     started = time.monotonic()
@@ -263,7 +265,7 @@ def ingest_documents(
     settings = get_settings()
 
     # 1. Where things live, and what shapes the output (model, PDF mode, chunk size -> fingerprint).
-    location, src, model, profile = _resolve(source, options, qdrant, qdrant_block, source_block)
+    location, src, model, profile = _resolve(source, options, qdrant, qdrant_block, source_block, embedder_block)
     ensure_collection_task(location, collection, model.info.dimension)
     logger.info("ingesting %s into %r on %s (model %s, %d-token chunks, mode %s)", src.uri, collection,
                 location.describe(), model.info.name, profile.max_tokens, options.mode.value)
@@ -310,12 +312,19 @@ def _open(source: str | None, options: IngestOptions, source_block: str | None):
 
 
 def _resolve(source: str | None, options: IngestOptions, qdrant: QdrantTarget | None, qdrant_block: str | None,
-             source_block: str | None = None):
+             source_block: str | None = None, embedder_block: str | None = None):
     """Qdrant location, source, loaded model and the profile (settings fingerprint) of a run."""
     settings = get_settings()
     location = resolve_location(qdrant, qdrant_block)
     src = _open(source, options, source_block)
-    model = load_model(options.embed.model or settings.embed_model, settings.embed_device)
+    name, device = settings.embed_model, settings.embed_device
+    if embedder_block:  # block over settings; an explicit options.embed.model over both
+        from docingest.blocks.embedder import EmbedderSettings
+
+        embedder = EmbedderSettings.load(embedder_block)
+        name, device = embedder.model, embedder.device or device
+        options.embed.batch_size = embedder.batch_size
+    model = load_model(options.embed.model or name, device)
     return location, src, model, resolve_profile(options, model.info)
 
 
