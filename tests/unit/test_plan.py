@@ -75,7 +75,8 @@ def test_delete_guard_refuses_past_the_ratio_unless_forced():
     k = known(profile, "a.md", "b.md", "c.md", "d.md")
     with pytest.raises(DeleteGuardError, match=r"refusing to delete 4 of 4 documents \(100%\)"):
         make_plan("file:///s", [], k, profile, o)  # an unmounted share looks empty
-    assert len(make_plan("file:///s", [], k, profile, IngestOptions(parse=ParseOptions(pdf_mode="fast"), mode="full", force=True)).deleted) == 4
+    forced = IngestOptions(parse=ParseOptions(pdf_mode="fast"), mode="full", force=True)
+    assert len(make_plan("file:///s", [], k, profile, forced).deleted) == 4
     assert len(make_plan("file:///s", docs("a.md", "b.md"), k, profile, o).deleted) == 2  # 50% is allowed
 
 
