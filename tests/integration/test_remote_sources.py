@@ -177,3 +177,32 @@ def test_saved_source_blocks_through_the_cli(prefect_server, s3, s3_endpoint, re
     assert both.exit_code == 2 and "either SOURCE or --source-block" in both.stderr
     missing = runner.invoke(app, ["ingest", "--source-block", "nope", "-c", "blk"])
     assert missing.exit_code == 2 and "no docingest source block named 'nope'" in missing.stderr
+
+
+def test_s3_download_errors_are_retried_then_fail_the_document_alone(prefect_server, s3, monkeypatch):
+    from minio import Minio
+    from urllib3.exceptions import ProtocolError
+
+    from docingest.core.sources import s3 as s3_module
+
+    monkeypatch.setattr(s3_module, "DOWNLOAD_BACKOFF_S", 0.01)
+    put(s3, "flaky/a.md", "# A\n\nSurvives two dropped connections.\n")
+    put(s3, "flaky/b.md", "# B\n\nNever arrives.\n")
+    real = Minio.fget_object
+    calls = {"a.md": 0, "b.md": 0}
+
+    def flaky(self, bucket, key, path, *args, **kwargs):
+        name = key.rsplit("/", 1)[-1]
+        calls[name] += 1
+        if name == "b.md" or calls[name] <= 2:
+            raise ProtocolError("Connection aborted.")
+        return real(self, bucket, key, path, *args, **kwargs)
+
+    monkeypatch.setattr(Minio, "fget_object", flaky)
+    result = ingest_documents(source="s3://handbook/flaky", collection="flaky",
+                              options=IngestOptions.model_validate({"parse": {"isolation": "none"}}))
+    assert calls == {"a.md": 3, "b.md": 3}
+    assert result.documents.failed == 1 and result.chunks.upserted == 1
+    failure = result.failures[0]
+    assert failure.source == "s3://handbook/flaky/b.md" and failure.stage == "read"
+    assert "after 3 attempts" in failure.error

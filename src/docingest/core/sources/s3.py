@@ -16,6 +16,8 @@ from docingest.datamodel import SourceDocument
 from docingest.exceptions import ConfigurationError, SourceError
 from docingest.options import SourceOptions
 
+DOWNLOAD_ATTEMPTS = 3
+DOWNLOAD_BACKOFF_S = 0.5
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken"}
 
 
@@ -88,8 +90,25 @@ class S3Source:
         key = doc.uri.removeprefix(f"s3://{self.bucket}/")
         with tempfile.TemporaryDirectory(prefix="docingest-s3-") as tmp:
             target = Path(tmp) / PurePosixPath(key).name
+            self._download(key, target, doc.uri)
+            yield target
+
+    def _download(self, key: str, target: Path, uri: str) -> None:
+        """Stream one object to disk; network errors are retried with exponential backoff and jitter, an S3 error
+        answer (the object is gone, access denied) is not."""
+        import random
+        import time
+
+        from minio.error import S3Error
+
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
             try:
                 self.client.fget_object(self.bucket, key, str(target))  # streamed to disk in parts
-            except Exception as exc:  # noqa: BLE001
-                raise SourceError(f"cannot download {doc.uri}: {exc}") from exc
-            yield target
+                return
+            except S3Error as exc:
+                raise SourceError(f"cannot download {uri}: {exc.code}: {exc.message}") from exc
+            except Exception as exc:  # noqa: BLE001 - urllib3/socket errors are transient
+                if attempt == DOWNLOAD_ATTEMPTS:
+                    raise SourceError(f"cannot download {uri} after {attempt} attempts: {type(exc).__name__}: {exc}"
+                                      ) from exc
+                time.sleep(DOWNLOAD_BACKOFF_S * 2 ** (attempt - 1) * (1 + random.random() / 2))
