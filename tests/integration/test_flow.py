@@ -256,3 +256,17 @@ def test_embedder_settings_block(prefect_server, home, tmp_path):
     result = ingest_documents(source=str(docs), collection="emb", embedder_block="minilm")
     assert result.chunks.embedded == 1
     assert {p["model"] for p in all_points(store_for(home), "emb").values()} == {"sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def test_document_that_becomes_empty_loses_its_old_chunks(prefect_server, home, tmp_path):
+    docs = tmp_path / "empty"
+    docs.mkdir()
+    (docs / "a.md").write_text("# A\n\nSoon to be emptied.\n")
+    (docs / "b.md").write_text("# B\n\nStays.\n")
+    ingest_documents(source=str(docs), collection="emptied")
+    (docs / "a.md").write_text("")
+    result = ingest_documents(source=str(docs), collection="emptied")
+    assert result.documents.skipped == 1 and result.chunks.deleted == 1
+    assert [p["path"] for p in all_points(store_for(home), "emptied").values()] == ["b.md"]
+    store = store_for(home)
+    assert set(store.manifest("emptied", result.source)) == {"b.md"}

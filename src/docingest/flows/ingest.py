@@ -95,20 +95,23 @@ class _Run:
         self.result.documents.seen = total
         self.total = total
         self.done = 0
+        self.processed = self.processed_failed = 0  # documents parsed this run (not unchanged, skipped, dead)
 
     def tripped(self, options: IngestOptions) -> str | None:
         """The circuit breaker: a reason to stop when too many of the documents processed so far failed."""
-        processed = [o for o in self.result.outcomes if o.status in (DocumentStatus.SUCCESS, DocumentStatus.FAILURE)]
-        failed = sum(o.status is DocumentStatus.FAILURE for o in processed)
-        if len(processed) >= options.breaker_min_docs and failed / len(processed) > options.max_failure_ratio:
-            return (f"circuit breaker: {failed} of {len(processed)} processed documents failed "
-                    f"({failed / len(processed):.0%} > --max-failure-ratio {options.max_failure_ratio:g}); "
+        n, failed = self.processed, self.processed_failed
+        if n >= options.breaker_min_docs and failed / n > options.max_failure_ratio:
+            return (f"circuit breaker: {failed} of {n} processed documents failed "
+                    f"({failed / n:.0%} > --max-failure-ratio {options.max_failure_ratio:g}); "
                     "stopped submitting new documents")
         return None
 
-    def record(self, outcome: DocumentOutcome) -> None:
+    def record(self, outcome: DocumentOutcome, processed: bool = True) -> None:
         counts = self.result.documents
         self.result.outcomes.append(outcome)
+        if processed and outcome.status in (DocumentStatus.SUCCESS, DocumentStatus.FAILURE):
+            self.processed += 1
+            self.processed_failed += outcome.status is DocumentStatus.FAILURE
         if outcome.status is DocumentStatus.SKIPPED:
             counts.skipped += 1
             self.result.skipped.append(SkippedItem(source=outcome.source, reason=outcome.error or ""))
@@ -402,7 +405,7 @@ def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation
             run.result.dead_letter.append(DeadLetterItem(source=p.doc.uri, stage=stage.value,
                                                          error=p.known.error or "", attempts=p.known.attempts))
             run.record(DocumentOutcome(source=p.doc.uri, path=p.doc.path, status=DocumentStatus.FAILURE,
-                                       change=p.change, stage=stage, error=p.reason))
+                                       change=p.change, stage=stage, error=p.reason), processed=False)
 
     # 3. Parse+chunk new and changed documents in a bounded window; embed+upsert in batches as they finish.
     window: deque[PrefectFuture] = deque()

@@ -36,10 +36,14 @@ def upsert_points_task(location: QdrantLocation, collection: str, points: list[d
 def finalize_documents_task(
     location: QdrantLocation, collection: str, replace: list[tuple[str, str | None]], records: list[ManifestRecord]
 ) -> int:
-    """After the new versions are written: remove each document's other versions, then record the manifest."""
+    """After the new versions are written: remove each document's other versions, then record the manifest.
+
+    A ``(doc_id, None)`` entry removes every version, and the document's manifest record too (it became empty).
+    """
     store = QdrantStore(location)
     deleted = sum(store.delete_other_versions(collection, doc_id, keep) for doc_id, keep in replace)
     store.write_manifest(collection, records)
+    store.delete_manifest(collection, [doc_id for doc_id, keep in replace if keep is None])
     return deleted
 
 
