@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Persisted task results (the parse cache) of this session only: never reuse a developer's or an earlier run's.
+os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = tempfile.mkdtemp(prefix="docingest-test-results-")
 for var in ("DOCINGEST_QDRANT_URL", "DOCINGEST_QDRANT_PATH", "DOCINGEST_EMBED_MODEL", "DOCINGEST_HOME"):
     os.environ.pop(var, None)
 

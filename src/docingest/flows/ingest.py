@@ -40,7 +40,7 @@ from docingest.exceptions import CircuitBreakerOpen, ConfigurationError, Docinge
 from docingest.options import IngestOptions, Isolation, PdfMode
 from docingest.settings import get_settings
 from docingest.tasks.embed import embed_batch_task
-from docingest.tasks.prepare import prepare_document_task
+from docingest.tasks.prepare import PrepareFailed, prepare_document_task
 from docingest.tasks.store import (
     delete_documents_task,
     ensure_collection_task,
@@ -430,7 +430,11 @@ def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation
 
 
 def _take(future: PrefectFuture, writer: _Writer, run: _Run, options: IngestOptions) -> None:
-    writer.add(future.result())
+    try:
+        prepared = future.result()
+    except PrepareFailed as failed:  # the document's own failure (the task run shows Failed in the UI)
+        prepared = failed.prepared
+    writer.add(prepared)
     faults.checkpoint("after-prepare")
     if not run.result.aborted and (reason := run.tripped(options)):
         run.result.aborted = reason

@@ -14,7 +14,7 @@ from docingest.core.embed import LoadedModel
 from docingest.core.pipeline import prepare_document
 from docingest.core.plan import Profile
 from docingest.core.sources import Source
-from docingest.datamodel import ChangeKind, PreparedDocument, SourceDocument
+from docingest.datamodel import ChangeKind, DocumentStatus, PreparedDocument, SourceDocument
 from docingest.options import IngestOptions
 
 
@@ -43,6 +43,16 @@ def prepare_cache_key(context: TaskRunContext, parameters: dict) -> str:
     return "docingest-prepare-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
+class PrepareFailed(Exception):  # noqa: N818 - a task outcome, not an error of ours
+    """Raised by the task for a failed document, so Prefect marks the run Failed and never caches the failure
+    (a transient read error must not be replayed to a later run); carries the document's outcome."""
+
+    def __init__(self, prepared: PreparedDocument) -> None:
+        super().__init__(f"{prepared.document.path}: {prepared.stage.value if prepared.stage else '?'}: "
+                         f"{prepared.error}")
+        self.prepared = prepared
+
+
 @task(
     name="parse-and-chunk",
     task_run_name="parse-and-chunk {doc.path}",
@@ -62,6 +72,9 @@ def prepare_document_task(
     """Convert one document with Docling and split it with HybridChunker; failures come back as its status.
 
     The result is persisted and cached by content: after a crash, a document parsed before the crash is not parsed
-    again on the re-run.
+    again on the re-run. Failures are raised (PrepareFailed), so they are never cached.
     """
-    return prepare_document(source, doc, change, profile, options, model)
+    prepared = prepare_document(source, doc, change, profile, options, model)
+    if prepared.status is DocumentStatus.FAILURE:
+        raise PrepareFailed(prepared)
+    return prepared
