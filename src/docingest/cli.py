@@ -70,19 +70,35 @@ QdrantUrlOpt = Annotated[
     str | None, typer.Option("--qdrant-url", help="Qdrant server URL \\[env: DOCINGEST_QDRANT_URL].")
 ]
 CollectionOpt = Annotated[str, typer.Option("--collection", "-c", help="Qdrant collection name.")]
+OptCollectionOpt = Annotated[
+    str | None, typer.Option("--collection", "-c", help="Qdrant collection name (or --collection-block).")
+]
+CollectionBlockOpt = Annotated[
+    str | None, typer.Option("--collection-block", help="Saved QdrantCollection block: connection + collection.")
+]
+QdrantBlockOpt = Annotated[str | None, typer.Option("--qdrant-block", help="Saved QdrantConnection block.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect and Docling logs on stderr.")]
 
 
 @app.command()
 def ingest(
-    collection: CollectionOpt,
+    collection: OptCollectionOpt = None,
     source: Annotated[
         str | None,
         typer.Argument(help="Folder or file, file:// URI, s3://bucket/prefix, or a git URL (with --git-ref/--git-path)."),
     ] = None,
     qdrant_path: QdrantPathOpt = None,
     qdrant_url: QdrantUrlOpt = None,
+    collection_block: CollectionBlockOpt = None,
+    qdrant_block: QdrantBlockOpt = None,
+    embedder_block: Annotated[
+        str | None, typer.Option("--embedder-block", help="Saved EmbedderSettings block (model, device, batch).")
+    ] = None,
+    result_storage: Annotated[
+        str | None, typer.Option("--result-storage", help="Saved block for the shared parse cache, e.g. "
+                                 "docingest-s3-result-storage/NAME \\[env: DOCINGEST_RESULT_STORAGE].")
+    ] = None,
     pdf_mode: Annotated[
         PdfMode, typer.Option("--pdf-mode", help="auto: accurate if Docling's models are installed, else fast.")
     ] = PdfMode.AUTO,
@@ -133,7 +149,7 @@ def ingest(
 
     from docingest.core import progress
     from docingest.exceptions import CircuitBreakerOpen, ConfigurationError, DocingestError
-    from docingest.flows.ingest import ingest_documents, plan_documents, preflight
+    from docingest.flows.ingest import ingest_documents, plan_documents, preflight, resolve_target
     from docingest.options import (
         ChunkOptions,
         EmbedOptions,
@@ -145,6 +161,9 @@ def ingest(
     target = _qdrant_target(qdrant_path, qdrant_url)
     if bool(source) == bool(source_block):
         raise _fail("give either SOURCE or --source-block")
+    if not collection and not collection_block:
+        raise _fail("give --collection or --collection-block")
+    blocks = dict(qdrant_block=qdrant_block, source_block=source_block, collection_block=collection_block)
     try:
         options = IngestOptions(
             source=SourceOptions(include=include or ["**/*"], exclude=exclude or [], git_ref=git_ref,
@@ -165,9 +184,10 @@ def ingest(
         raise _fail(f"invalid option: {exc.errors()[0]['loc'][-1]}: {exc.errors()[0]['msg']}") from None
 
     try:
-        preflight(source, options, target, source_block=source_block)
+        preflight(source, options, target, collection=collection, result_storage=result_storage, **blocks)
         if dry_run:
-            plan = plan_documents(source, collection, options, target, source_block=source_block)
+            collection = resolve_target(collection, target, qdrant_block, collection_block)[0]
+            plan = plan_documents(source, collection, options, target, embedder_block=embedder_block, **blocks)
     except DocingestError as exc:
         raise _fail(str(exc)) from None
     if dry_run:
@@ -190,7 +210,7 @@ def ingest(
     aborted = None
     try:
         result = ingest_documents(source=source, collection=collection, options=options, qdrant=target,
-                                  source_block=source_block)
+                                  embedder_block=embedder_block, result_storage=result_storage, **blocks)
     except CircuitBreakerOpen as exc:
         result, aborted = exc.result, str(exc)
     except ConfigurationError as exc:

@@ -55,6 +55,11 @@ class DocingestSettings(BaseSettings):
         description="S3 secret key (or AWS_SECRET_ACCESS_KEY).",
     )
     git_token: SecretStr | None = Field(default=None, description="Token for git over HTTPS (GitLab/GitHub).")
+    result_storage: str | None = Field(
+        default=None,
+        description="Saved block for the parse cache shared by workers (docingest-s3-result-storage/NAME or any "
+        "Prefect WritableFileSystem block slug). Default: Prefect's local result storage.",
+    )
     lock_lease_s: float = Field(
         default=60.0,
         ge=60,  # Prefect's minimum lease

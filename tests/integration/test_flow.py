@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from support import task_states
 
 from conftest import copy_corpus_files
 from docingest.core.store import QdrantLocation, QdrantStore
@@ -48,15 +49,6 @@ def all_points(store: QdrantStore, collection: str) -> dict[str, dict]:
 @pytest.fixture
 def docs(tmp_path, corpus):
     return copy_corpus_files(corpus, tmp_path / "docs", SLICE)
-
-
-def task_states(flow_run_id: str, task_name: str) -> list[str]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return [r.state.name for r in runs if r.name.startswith(task_name)]
 
 
 def store_for(home) -> QdrantStore:

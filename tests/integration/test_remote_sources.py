@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from io import BytesIO
 from pathlib import Path
 
 import pytest
+from support import AuthenticatingS3, GitHttpServer, free_port, task_states
 
 from docingest.core.sources import open_source
 from docingest.exceptions import ConfigurationError
@@ -16,12 +16,6 @@ from docingest.options import IngestOptions, SourceOptions
 from docingest.search import search
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +167,23 @@ def test_saved_source_blocks_through_the_cli(prefect_server, s3, s3_endpoint, re
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["documents"]["new"] == 1
 
+    from docingest.blocks import QdrantCollection, QdrantConnection
+    from docingest.core.store import QdrantLocation, QdrantStore
+
+    elsewhere = repo[1].parent / "block-qdrant"
+    QdrantCollection(collection_name="approved", connection=QdrantConnection(path=str(elsewhere))).save(
+        "approved-kb", overwrite=True)
+    result = runner.invoke(app, ["ingest", "--source-block", "approved-docs", "--collection-block", "approved-kb",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["collection"] == "approved"
+    assert QdrantStore(QdrantLocation(path=elsewhere)).count("approved") > 0
+
+    none = runner.invoke(app, ["ingest", "--source-block", "approved-docs"])
+    assert none.exit_code == 2 and "give --collection or --collection-block" in none.stderr
+    wrong = runner.invoke(app, ["ingest", "--source-block", "approved-docs", "--collection-block", "nope"])
+    assert wrong.exit_code == 2 and "no Docingest Qdrant Collection block named 'nope'" in wrong.stderr
+
     both = runner.invoke(app, ["ingest", "./x", "--source-block", "approved-docs", "-c", "blk"])
     assert both.exit_code == 2 and "either SOURCE or --source-block" in both.stderr
     missing = runner.invoke(app, ["ingest", "--source-block", "nope", "-c", "blk"])
@@ -206,3 +217,163 @@ def test_s3_download_errors_are_retried_then_fail_the_document_alone(prefect_ser
     failure = result.failures[0]
     assert failure.source == "s3://handbook/flaky/b.md" and failure.stage == "read"
     assert "after 3 attempts" in failure.error
+
+
+def test_wrong_s3_credentials_are_one_line_exit_2(tmp_path, home, monkeypatch):
+    """A moto server that checks signatures: the right keys list the bucket; a wrong secret or an unknown key is a
+    configuration error (exit 2, one line), never a per-document failure or a traceback."""
+    from minio import Minio
+    from typer.testing import CliRunner
+
+    from docingest.cli import app
+    from docingest.core.sources.s3 import S3Source
+
+    with AuthenticatingS3(tmp_path / "moto.log") as server:
+        client = Minio(server.endpoint.removeprefix("http://"), access_key=server.access_key,
+                       secret_key=server.secret_key, secure=False)
+        client.make_bucket("locked")
+        client.put_object("locked", "docs/a.md", BytesIO(b"# A\n\nText.\n"), 11)
+        ok = S3Source("s3://locked/docs", endpoint=server.endpoint, access_key=server.access_key,
+                      secret_key=server.secret_key)
+        assert [d.path for d in ok.iter_documents()] == ["a.md"]
+        with pytest.raises(ConfigurationError, match=r"access denied for bucket 'locked' \(SignatureDoesNotMatch\)"):
+            S3Source("s3://locked/docs", endpoint=server.endpoint, access_key=server.access_key, secret_key="wrong")
+        with pytest.raises(ConfigurationError, match=r"\(InvalidAccessKeyId\): check the credentials"):
+            S3Source("s3://locked/docs", endpoint=server.endpoint, access_key="AKIANOBODY", secret_key="x")
+
+        monkeypatch.setenv("DOCINGEST_S3_ENDPOINT", server.endpoint)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", server.access_key)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        from docingest.settings import get_settings
+
+        get_settings.cache_clear()
+        result = CliRunner().invoke(app, ["ingest", "s3://locked/docs", "-c", "locked"])
+        assert result.exit_code == 2
+        assert result.stderr.strip().splitlines() == [
+            f"error: S3 {server.endpoint.removeprefix('http://')}: access denied for bucket 'locked' "
+            "(SignatureDoesNotMatch): check the credentials"]
+        assert "not-the-secret" not in result.output
+
+
+def test_git_token_over_http(prefect_server, home, repo, monkeypatch, tmp_path):
+    """git smart HTTP on loopback that accepts only ``oauth2:<token>`` basic auth (GitLab's scheme for access
+    tokens): the token comes from DOCINGEST_GIT_TOKEN, travels as a header (never in argv, URLs or results), and a
+    missing or wrong token is a one-line configuration error."""
+    from docingest.settings import get_settings
+
+    url, _ = repo
+    origin = Path(url.removeprefix("file://"))
+    with GitHttpServer(origin.parent, token="glpat-loopback-123") as server:
+        http_url = f"{server.url}/{origin.name}"
+        opts = IngestOptions(source=SourceOptions(git_ref="main", git_path="30-Aprovados"))
+        with pytest.raises(ConfigurationError, match="needs a token"):
+            open_source(http_url, opts.source)
+        monkeypatch.setenv("DOCINGEST_GIT_TOKEN", "glpat-wrong")
+        get_settings.cache_clear()
+        with pytest.raises(ConfigurationError, match="token was refused") as refused:
+            open_source(http_url, opts.source)
+        assert "glpat" not in str(refused.value)
+
+        monkeypatch.setenv("DOCINGEST_GIT_TOKEN", "glpat-loopback-123")
+        get_settings.cache_clear()
+        result = ingest_documents(source=http_url, collection="gitlab", options=opts)
+        assert (result.documents.new, result.documents.failed) == (2, 0)
+        assert any(r.startswith("POST /origin.git/git-upload-pack auth=True") for r in server.requests)
+        hit = search("is the train preferred", "gitlab", limit=1)[0]
+        assert hit.source == f"git+{http_url}@main:30-Aprovados/policy.md"
+        assert "glpat" not in result.model_dump_json()
+        from docingest.core.store import QdrantLocation, get_client
+
+        client = get_client(QdrantLocation(path=home / "qdrant"))
+        for name in ("gitlab", "gitlab__manifest"):  # every payload, chunks and manifest
+            points, _ = client.scroll(name, limit=100, with_payload=True)
+            assert points and all("glpat" not in str(p.payload) for p in points)
+
+
+def test_shared_result_storage_on_s3(prefect_server, s3, s3_endpoint, home, monkeypatch, tmp_path):
+    """Two 'machines' (separate Qdrant folders and local result folders) share one S3 result storage block: the
+    second one finds every parse-and-chunk result cached by the first and parses nothing."""
+    from docingest.blocks import S3Credentials, S3ResultStorage
+    from docingest.core.store import close_clients
+    from docingest.settings import get_settings
+
+    if not s3.bucket_exists("prefect-results"):
+        s3.make_bucket("prefect-results")
+    S3ResultStorage(bucket="prefect-results", basepath="cache", credentials=S3Credentials(
+        endpoint=s3_endpoint, access_key="testing", secret_key="testing-secret")).save("shared", overwrite=True)
+    put(s3, "shared/one.md", "# One\n\nThe first shared document.\n")
+    put(s3, "shared/two.md", "# Two\n\nThe second shared document.\n")
+
+    monkeypatch.setenv("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(tmp_path / "machine-a-results"))
+    first = ingest_documents(source="s3://handbook/shared", collection="shared", result_storage="shared")
+    assert first.documents.new == 2 and task_states(first.flow_run_id, "parse-and-chunk") == ["Completed"] * 2
+    stored = [o.object_name for o in s3.list_objects("prefect-results", prefix="cache/", recursive=True)]
+    assert len(stored) == 2 and all(name.startswith("cache/docingest-prepare-") for name in stored)
+
+    close_clients()  # machine B: its own Qdrant, its own (empty) local result folder, the same shared block
+    monkeypatch.setenv("DOCINGEST_HOME", str(tmp_path / "machine-b"))
+    monkeypatch.setenv("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(tmp_path / "machine-b-results"))
+    monkeypatch.setenv("DOCINGEST_RESULT_STORAGE", "docingest-s3-result-storage/shared")
+    get_settings.cache_clear()
+    second = ingest_documents(source="s3://handbook/shared", collection="shared")
+    assert second.documents.new == 2 and second.chunks.upserted == first.chunks.upserted
+    assert task_states(second.flow_run_id, "parse-and-chunk") == ["Cached"] * 2
+    assert search("first shared", "shared", limit=1)[0].path == "one.md"
+
+    with pytest.raises(ConfigurationError, match="no Docingest S3 Result Storage block named 'nope'"):
+        ingest_documents(source="s3://handbook/shared", collection="shared", result_storage="nope")
+
+
+def test_s3_endpoint_stopped_mid_run_and_restarted_loses_nothing(prefect_server, home, monkeypatch):
+    """The S3 server goes down at the first download and comes back 0.8 s later, inside the retry window (the minio
+    client's connection retries, then ours: 3 attempts with backoff): every document is ingested, none failed."""
+    import threading
+
+    from minio import Minio
+    from moto.server import ThreadedMotoServer
+
+    from docingest.settings import get_settings
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("DOCINGEST_S3_ENDPOINT", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
+    get_settings.cache_clear()
+    client = Minio(f"127.0.0.1:{port}", access_key="testing", secret_key="testing-secret", secure=False)
+    client.make_bucket("outage")
+    for i in range(4):
+        body = f"# Note {i}\n\nOutage drill note number {i}.\n".encode()
+        client.put_object("outage", f"notes/n{i}.md", BytesIO(body), len(body))
+
+    real = Minio.fget_object
+    state = {"down": False, "calls_while_down": 0}
+    restarted = threading.Event()
+
+    def restart():
+        nonlocal server
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)  # moto keeps its state
+        server.start()
+        restarted.set()
+
+    def outage(self, *args, **kwargs):
+        if not state["down"]:
+            state["down"] = True
+            server.stop()
+            threading.Timer(0.8, restart).start()
+        if not restarted.is_set():
+            state["calls_while_down"] += 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Minio, "fget_object", outage)
+    try:
+        result = ingest_documents(source="s3://outage/notes", collection="outage",
+                                  options=IngestOptions.model_validate({"parse": {"isolation": "none"}}))
+    finally:
+        restarted.wait(10)
+        server.stop()
+    assert restarted.is_set() and state["calls_while_down"] >= 1  # downloads really started during the outage
+    assert (result.documents.new, result.documents.failed) == (4, 0)
+    assert {h.path for h in search("outage drill note", "outage", limit=10)} == {f"n{i}.md" for i in range(4)}

@@ -52,3 +52,31 @@ class QdrantConnection(Block):
         from docingest.core.store import get_client
 
         return get_client(self.location())
+
+
+class QdrantCollection(Block):
+    """A collection on a Qdrant connection: what a deployment syncs into, saved once and named in runs.
+
+    Example:
+        ```python
+        from docingest.blocks import QdrantCollection, QdrantConnection
+
+        QdrantCollection(collection_name="handbook",
+                         connection=QdrantConnection(url="http://qdrant:6333")).save("handbook")
+        # docingest ingest ./docs --collection-block handbook
+        collection = QdrantCollection.load("BLOCK_NAME")
+        ```
+    """
+
+    _block_type_name = "Docingest Qdrant Collection"
+    _block_type_slug = "docingest-qdrant-collection"
+    _logo_url = LOGO  # type: ignore[assignment]
+    _documentation_url = DOCS  # type: ignore[assignment]
+
+    connection: QdrantConnection = Field(default_factory=QdrantConnection,
+                                         description="The Qdrant that holds the collection.")
+    collection_name: str = Field(description="Collection name (its manifest lives in <name>__manifest).")
+
+    def get_client(self):
+        """A qdrant_client.QdrantClient for the collection's connection (cached per process)."""
+        return self.connection.get_client()

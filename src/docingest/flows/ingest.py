@@ -15,6 +15,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel, Field
 
+from docingest.blocks.loading import load_block
 from docingest.core import faults, progress
 from docingest.core.embed import load_model
 from docingest.core.ids import document_id
@@ -62,7 +63,7 @@ def resolve_location(qdrant: QdrantTarget | None = None, qdrant_block: str | Non
     if qdrant_block:
         from docingest.blocks.qdrant import QdrantConnection
 
-        location = QdrantConnection.load(qdrant_block).location()
+        location = load_block(qdrant_block, QdrantConnection).location()
     else:
         location = QdrantLocation(
             url=settings.qdrant_url,
@@ -70,21 +71,63 @@ def resolve_location(qdrant: QdrantTarget | None = None, qdrant_block: str | Non
             api_key=settings.qdrant_api_key,
             timeout=settings.qdrant_timeout,
         )
+    return _override(location, qdrant)
+
+
+def _override(location: QdrantLocation, qdrant: QdrantTarget | None) -> QdrantLocation:
     if qdrant and qdrant.url:
-        location = location.model_copy(update={"url": qdrant.url, "path": None})
-    elif qdrant and qdrant.path:
-        location = location.model_copy(update={"url": None, "path": Path(qdrant.path)})
+        return location.model_copy(update={"url": qdrant.url, "path": None})
+    if qdrant and qdrant.path:
+        return location.model_copy(update={"url": None, "path": Path(qdrant.path)})
     return location
 
 
+def resolve_target(collection: str | None, qdrant: QdrantTarget | None = None, qdrant_block: str | None = None,
+                   collection_block: str | None = None) -> tuple[str, QdrantLocation]:
+    """The collection name and where it lives: a QdrantCollection block gives both (``collection`` still renames,
+    ``qdrant`` still relocates); otherwise ``collection`` with ``resolve_location``."""
+    if collection_block:
+        from docingest.blocks.qdrant import QdrantCollection
+
+        block = load_block(collection_block, QdrantCollection)
+        return collection or block.collection_name, _override(block.connection.location(), qdrant)
+    if not collection:
+        raise ConfigurationError("give a collection or a collection block")
+    return collection, resolve_location(qdrant, qdrant_block)
+
+
+def resolve_result_storage(name: str | None):
+    """The saved result-storage block (``DOCINGEST_RESULT_STORAGE`` or the flow's ``result_storage``): any Prefect
+    WritableFileSystem block, e.g. ``docingest-s3-result-storage/parse-cache``; None keeps Prefect's default
+    (local files, PREFECT_RESULTS_LOCAL_STORAGE_PATH)."""
+    from prefect.filesystems import WritableFileSystem
+
+    name = name or get_settings().result_storage
+    if not name:
+        return None
+    if "/" in name:
+        block = load_block(name, WritableFileSystem)
+    else:
+        from docingest.blocks.results import S3ResultStorage
+
+        block = load_block(name, S3ResultStorage)
+    if hasattr(block, "check"):
+        block.check()
+    return block
+
+
 def preflight(source: str | None, options: IngestOptions, qdrant: QdrantTarget | None = None,
-              qdrant_block: str | None = None, source_block: str | None = None) -> None:
-    """Check configuration before a run starts (raises ConfigurationError / StoreError): source, PDF mode, Qdrant."""
+              qdrant_block: str | None = None, source_block: str | None = None, collection: str | None = None,
+              collection_block: str | None = None, result_storage: str | None = None) -> None:
+    """Check configuration before a run starts (raises ConfigurationError / StoreError): source, PDF mode, Qdrant,
+    result storage."""
     from docingest.core.parse import resolve_pdf_mode
 
     _open(source, options, source_block)
     resolve_pdf_mode(options.parse.pdf_mode)
-    QdrantStore(resolve_location(qdrant, qdrant_block)).collection_exists("docingest-preflight")
+    _, location = resolve_target(collection or "preflight", qdrant, qdrant_block, collection_block)
+    QdrantStore(location).collection_exists("docingest-preflight")
+    resolve_result_storage(result_storage)
 
 
 class _Run:
@@ -236,13 +279,15 @@ class _Writer:
     log_prints=True,
 )
 def ingest_documents(
-    source: str | None,
-    collection: str,
+    source: str | None = None,
+    collection: str | None = None,
     options: IngestOptions | None = None,
     qdrant: QdrantTarget | None = None,
     qdrant_block: str | None = None,
     source_block: str | None = None,
     embedder_block: str | None = None,
+    collection_block: str | None = None,
+    result_storage: str | None = None,
 ) -> IngestResult:
     """Sync a folder of documents into a Qdrant collection.
 
@@ -261,6 +306,11 @@ def ingest_documents(
         qdrant_block: Name of a saved QdrantConnection block to use instead of settings.
         source_block: Name of a saved S3BucketSource or GitRepositorySource block, instead of ``source``.
         embedder_block: Name of a saved EmbedderSettings block (model, device, batch size).
+        collection_block: Name of a saved QdrantCollection block (connection + collection), instead of
+            ``collection`` and ``qdrant_block``.
+        result_storage: Saved block for the parse cache (``docingest-s3-result-storage/NAME`` or any Prefect
+            WritableFileSystem block), shared by workers on other machines; default DOCINGEST_RESULT_STORAGE, else
+            Prefect's local result storage.
     """
     logger = get_run_logger()
     started = time.monotonic()
@@ -268,7 +318,10 @@ def ingest_documents(
     settings = get_settings()
 
     # 1. Where things live, and what shapes the output (model, PDF mode, chunk size -> fingerprint).
-    location, src, model, profile = _resolve(source, options, qdrant, qdrant_block, source_block, embedder_block)
+    collection, location = resolve_target(collection, qdrant, qdrant_block, collection_block)
+    src, model, profile = _resolve(source, options, source_block, embedder_block)
+    storage = resolve_result_storage(result_storage)
+    prepare = prepare_document_task.with_options(result_storage=storage) if storage else prepare_document_task
     ensure_collection_task(location, collection, model.info.dimension)
     logger.info("ingesting %s into %r on %s (model %s, %d-token chunks, mode %s)", src.uri, collection,
                 location.describe(), model.info.name, profile.max_tokens, options.mode.value)
@@ -280,7 +333,7 @@ def ingest_documents(
     # repossessor when a crashed run's lease expires), which serializes runs on different machines.
     with scope_lock(collection, src.uri, settings), _server_limit(collection, src.uri, settings):
         try:
-            result = _sync(src, collection, options, location, model, profile)
+            result = _sync(src, collection, options, location, model, profile, prepare)
         finally:
             if options.parse.isolation is Isolation.PROCESS:
                 close_pools()
@@ -295,12 +348,14 @@ def ingest_documents(
     return result
 
 
-def plan_documents(source: str | None, collection: str, options: IngestOptions | None = None,
+def plan_documents(source: str | None, collection: str | None, options: IngestOptions | None = None,
                    qdrant: QdrantTarget | None = None, qdrant_block: str | None = None,
-                   source_block: str | None = None) -> Plan:
+                   source_block: str | None = None, collection_block: str | None = None,
+                   embedder_block: str | None = None) -> Plan:
     """The plan a run would follow, computed without writing anything (``--dry-run``)."""
     options = options or IngestOptions()
-    location, src, _, profile = _resolve(source, options, qdrant, qdrant_block, source_block)
+    collection, location = resolve_target(collection, qdrant, qdrant_block, collection_block)
+    src, _, profile = _resolve(source, options, source_block, embedder_block)
     store = QdrantStore(location)
     known = store.manifest(collection, src.uri) if store.collection_exists(store.manifest_name(collection)) else {}
     return make_plan(src.uri, list(src.iter_documents()), known, profile, options)
@@ -314,21 +369,20 @@ def _open(source: str | None, options: IngestOptions, source_block: str | None):
     return open_source(source, options.source)
 
 
-def _resolve(source: str | None, options: IngestOptions, qdrant: QdrantTarget | None, qdrant_block: str | None,
-             source_block: str | None = None, embedder_block: str | None = None):
-    """Qdrant location, source, loaded model and the profile (settings fingerprint) of a run."""
+def _resolve(source: str | None, options: IngestOptions, source_block: str | None = None,
+             embedder_block: str | None = None):
+    """Source, loaded model and the profile (settings fingerprint) of a run."""
     settings = get_settings()
-    location = resolve_location(qdrant, qdrant_block)
     src = _open(source, options, source_block)
     name, device = settings.embed_model, settings.embed_device
     if embedder_block:  # block over settings; an explicit options.embed.model over both
         from docingest.blocks.embedder import EmbedderSettings
 
-        embedder = EmbedderSettings.load(embedder_block)
+        embedder = load_block(embedder_block, EmbedderSettings)
         name, device = embedder.model, embedder.device or device
         options.embed.batch_size = embedder.batch_size
     model = load_model(options.embed.model or name, device)
-    return location, src, model, resolve_profile(options, model.info)
+    return src, model, resolve_profile(options, model.info)
 
 
 def _scope_name(collection: str, scope: str) -> str:
@@ -377,8 +431,8 @@ def scope_lock(collection: str, scope: str, settings):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation, model, profile: Profile
-          ) -> IngestResult:
+def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation, model, profile: Profile,
+          prepare=prepare_document_task) -> IngestResult:
     from prefect.runtime import flow_run
 
     logger = get_run_logger()
@@ -413,7 +467,7 @@ def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation
         if run.result.aborted:
             break
         attempt = p.known.attempts if p.known and p.known.stage in (Stage.READ, Stage.PARSE, Stage.CHUNK) else 0
-        window.append(prepare_document_task.submit(quote(src), p.doc, p.change, quote(profile), options,
+        window.append(prepare.submit(quote(src), p.doc, p.change, quote(profile), options,
                                                    quote(model), attempt))
         while len(window) >= options.window:
             _take(window.popleft(), writer, run, options)

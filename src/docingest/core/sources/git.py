@@ -21,6 +21,9 @@ from docingest.datamodel import SourceDocument
 from docingest.exceptions import ConfigurationError, SourceError
 from docingest.options import SourceOptions
 
+# What git prints when the server wants (other) credentials and prompting is off.
+_AUTH_SIGNS = ("Authentication failed", "could not read Username", "could not read Password", " 401", " 403")
+
 
 def is_git_url(source: str) -> bool:
     return source.startswith(("git+", "git@", "ssh://")) or source.rstrip("/").endswith(".git")
@@ -70,8 +73,10 @@ class GitSource:
                          "+refs/heads/*:refs/remotes/origin/*", "+HEAD:refs/remotes/origin/HEAD", check=False)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
-            if "Authentication failed" in proc.stderr or "403" in proc.stderr or "401" in proc.stderr:
-                raise ConfigurationError(f"git: authentication failed for {self.url}: check DOCINGEST_GIT_TOKEN")
+            if any(sign in proc.stderr for sign in _AUTH_SIGNS):
+                hint = ("the token was refused: check DOCINGEST_GIT_TOKEN or the block's token" if self._token
+                        else "the repository needs a token: set DOCINGEST_GIT_TOKEN or the block's token")
+                raise ConfigurationError(f"git: authentication failed for {self.url}: {hint}")
             raise ConfigurationError(f"git: cannot fetch {self.url}: {last}")
 
     def _resolve_ref(self) -> str:

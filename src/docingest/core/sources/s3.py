@@ -30,41 +30,50 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
+def make_client(endpoint: str | None, access_key: str | None, secret_key: str | None, region: str | None = None,
+                secure: bool | None = None):
+    """A minio client for an endpoint URL (``http://host:port``, ``https://...`` or a bare host; AWS S3 when
+    empty), and the endpoint's host:port for messages."""
+    from minio import Minio
+
+    endpoint = endpoint or "s3.amazonaws.com"
+    if "://" in endpoint:
+        scheme, endpoint = endpoint.split("://", 1)
+        secure = scheme == "https" if secure is None else secure
+    endpoint = endpoint.rstrip("/")
+    client = Minio(endpoint, access_key=access_key, secret_key=secret_key, region=region,
+                   secure=True if secure is None else secure)
+    return client, endpoint
+
+
+def check_bucket(client, bucket: str, endpoint: str) -> None:
+    """Fail early, with one line, on wrong credentials, a missing bucket or an unreachable endpoint."""
+    from minio.error import S3Error
+
+    try:
+        exists = client.bucket_exists(bucket)
+    except S3Error as exc:
+        if exc.code in _AUTH_CODES:
+            raise ConfigurationError(f"S3 {endpoint}: access denied for bucket {bucket!r} ({exc.code}): "
+                                     "check the credentials") from None
+        raise ConfigurationError(f"S3 {endpoint}: {exc.code}: {exc.message}") from None
+    except Exception as exc:  # noqa: BLE001 - connection errors come in many types
+        raise ConfigurationError(f"S3 endpoint {endpoint} unreachable: {type(exc).__name__}") from None
+    if not exists:
+        raise ConfigurationError(f"S3 bucket not found: {bucket!r} on {endpoint}")
+
+
 class S3Source:
     """Objects of one bucket under one prefix; the scope is ``s3://bucket/prefix``."""
 
     def __init__(self, uri: str, options: SourceOptions | None = None, *, endpoint: str | None = None,
                  access_key: str | None = None, secret_key: str | None = None, region: str | None = None,
                  secure: bool | None = None) -> None:
-        from minio import Minio
-
         self.options = options or SourceOptions()
         self.bucket, self.prefix = parse_s3_uri(uri)
         self.uri = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
-        endpoint = endpoint or "s3.amazonaws.com"
-        if "://" in endpoint:
-            scheme, endpoint = endpoint.split("://", 1)
-            secure = scheme == "https" if secure is None else secure
-        self.endpoint = endpoint.rstrip("/")
-        self.client = Minio(self.endpoint, access_key=access_key, secret_key=secret_key, region=region,
-                            secure=True if secure is None else secure)
-        self._check()
-
-    def _check(self) -> None:
-        """Fail early, with one line, on wrong credentials, a missing bucket or an unreachable endpoint."""
-        from minio.error import S3Error
-
-        try:
-            exists = self.client.bucket_exists(self.bucket)
-        except S3Error as exc:
-            if exc.code in _AUTH_CODES:
-                raise ConfigurationError(f"S3 {self.endpoint}: access denied for bucket {self.bucket!r} "
-                                         f"({exc.code}): check the credentials") from None
-            raise ConfigurationError(f"S3 {self.endpoint}: {exc.code}: {exc.message}") from None
-        except Exception as exc:  # noqa: BLE001 - connection errors come in many types
-            raise ConfigurationError(f"S3 endpoint {self.endpoint} unreachable: {type(exc).__name__}") from None
-        if not exists:
-            raise ConfigurationError(f"S3 bucket not found: {self.bucket!r} on {self.endpoint}")
+        self.client, self.endpoint = make_client(endpoint, access_key, secret_key, region, secure)
+        check_bucket(self.client, self.bucket, self.endpoint)
 
     def iter_documents(self) -> Iterator[SourceDocument]:
         prefix = f"{self.prefix}/" if self.prefix else ""

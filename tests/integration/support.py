@@ -1,0 +1,139 @@
+"""Test support: small real servers on 127.0.0.1 only (git smart HTTP with token auth, an authenticating S3 from
+moto) and Prefect API look-ups."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GitHttpServer:
+    """``git http-backend`` behind a tiny HTTP server that wants ``Authorization: Basic base64(oauth2:<token>)`` —
+    what GitLab accepts for a personal/project access token over HTTPS (TLS aside, the exchange is the same)."""
+
+    def __init__(self, root: Path, token: str) -> None:
+        self.root, self.token = root, token
+        expected = "Basic " + base64.b64encode(f"oauth2:{token}".encode()).decode()
+        self.requests: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_GET(self):  # noqa: N802
+                self._serve()
+
+            def do_POST(self):  # noqa: N802
+                self._serve()
+
+            def _serve(self):
+                outer.requests.append(f"{self.command} {self.path} auth={'Authorization' in self.headers}")
+                if self.headers.get("Authorization") != expected:
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="git"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                path, _, query = self.path.partition("?")
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                env = dict(os.environ, GIT_PROJECT_ROOT=str(outer.root), GIT_HTTP_EXPORT_ALL="1",
+                           REQUEST_METHOD=self.command, PATH_INFO=path, QUERY_STRING=query,
+                           CONTENT_TYPE=self.headers.get("Content-Type", ""), CONTENT_LENGTH=str(len(body)),
+                           REMOTE_USER="oauth2", REMOTE_ADDR="127.0.0.1")
+                if self.headers.get("Content-Encoding"):
+                    env["HTTP_CONTENT_ENCODING"] = self.headers["Content-Encoding"]
+                out = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True).stdout
+                head, _, payload = out.partition(b"\r\n\r\n")
+                status, headers = 200, []
+                for line in head.decode().split("\r\n"):
+                    name, _, value = line.partition(":")
+                    if name.lower() == "status":
+                        status = int(value.strip().split()[0])
+                    elif name:
+                        headers.append((name, value.strip()))
+                self.send_response(status)
+                for name, value in headers:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> GitHttpServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class AuthenticatingS3:
+    """A moto S3 server in its own process that checks signatures (IAM auth on); ``access_key``/``secret_key`` are a
+    real user's keys created through the first unauthenticated IAM calls."""
+
+    def __init__(self, log: Path) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                     env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3"),
+                                     stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+    def __enter__(self) -> AuthenticatingS3:
+        import boto3
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.__exit__()
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.1)
+        iam = boto3.client("iam", endpoint_url=self.endpoint, region_name="us-east-1",
+                           aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+        iam.create_user(UserName="ingest")
+        iam.put_user_policy(UserName="ingest", PolicyName="all", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+        key = iam.create_access_key(UserName="ingest")["AccessKey"]
+        self.access_key, self.secret_key = key["AccessKeyId"], key["SecretAccessKey"]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def task_states(flow_run_id: str, task_name: str) -> list[str]:
+    """State names of a flow run's task runs whose name starts with ``task_name``, read from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return [r.state.name for r in runs if r.name.startswith(task_name)]
