@@ -68,6 +68,7 @@ class PreparedDocument(BaseModel):
     error: str | None = None
     parser: str | None = None
     chunks: list[Chunk] = Field(default_factory=list)
+    timings: dict[str, float] = Field(default_factory=dict, description="Seconds spent in read, parse and chunk.")
 
 
 class DocumentOutcome(BaseModel):

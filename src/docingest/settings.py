@@ -55,6 +55,11 @@ class DocingestSettings(BaseSettings):
         description="S3 secret key (or AWS_SECRET_ACCESS_KEY).",
     )
     git_token: SecretStr | None = Field(default=None, description="Token for git over HTTPS (GitLab/GitHub).")
+    pushgateway_url: str | None = Field(
+        default=None,
+        description="Prometheus Pushgateway (e.g. http://pushgateway:9091) that each run pushes its metrics to "
+        "every 15 s and at its end. Default: metrics are not pushed.",
+    )
     result_storage: str | None = Field(
         default=None,
         description="Saved block for the parse cache shared by workers (docingest-s3-result-storage/NAME or any "

@@ -34,29 +34,35 @@ def prepare_document(
         return outcome(DocumentStatus.FAILURE, Stage.READ, doc.error)
     if options.parse.isolation is Isolation.PROCESS:
         return _prepare_in_worker(source, doc, profile, options, model, outcome)
+    timings: dict[str, float] = {}
     try:
+        started = time.perf_counter()
         with source.local_path(doc) as path:
+            timings["read"] = time.perf_counter() - started
             parsed = parse_document(path, options.parse, profile.pdf_mode)
+            timings["parse"] = time.perf_counter() - started - timings["read"]
     except UnsupportedDocumentError as exc:
         return outcome(DocumentStatus.SKIPPED, Stage.PARSE, str(exc))
     except SourceError as exc:
         return outcome(DocumentStatus.FAILURE, Stage.READ, str(exc))
     except ParseError as exc:
-        return outcome(DocumentStatus.FAILURE, Stage.PARSE, str(exc))
+        return outcome(DocumentStatus.FAILURE, Stage.PARSE, str(exc), timings=timings)
     try:
+        started = time.perf_counter()
         chunks = chunk_document(parsed.document, make_chunker(model, options.chunk))
+        timings["chunk"] = time.perf_counter() - started
     except ChunkError as exc:
-        return outcome(DocumentStatus.FAILURE, Stage.CHUNK, str(exc), parser=parsed.parser)
-    return _finish(outcome, parsed.parser, chunks)
+        return outcome(DocumentStatus.FAILURE, Stage.CHUNK, str(exc), parser=parsed.parser, timings=timings)
+    return _finish(outcome, parsed.parser, chunks, timings)
 
 
-def _finish(outcome, parser: str | None, chunks: list) -> PreparedDocument:
+def _finish(outcome, parser: str | None, chunks: list, timings: dict[str, float]) -> PreparedDocument:
     if not chunks:
         reason = "empty document: no text found (0 chunks)"
         if parser == "docling-fast":
             reason += "; the PDF has no text layer (scanned?), it needs --pdf-mode accurate with OCR"
-        return outcome(DocumentStatus.SKIPPED, Stage.CHUNK, reason, parser=parser)
-    return outcome(DocumentStatus.SUCCESS, parser=parser, chunks=chunks)
+        return outcome(DocumentStatus.SKIPPED, Stage.CHUNK, reason, parser=parser, timings=timings)
+    return outcome(DocumentStatus.SUCCESS, parser=parser, chunks=chunks, timings=timings)
 
 
 def _prepare_in_worker(source, doc, profile, options, model, outcome) -> PreparedDocument:
@@ -70,7 +76,9 @@ def _prepare_in_worker(source, doc, profile, options, model, outcome) -> Prepare
     )
     try:
         check_supported(doc.path, options.parse)
+        started = time.perf_counter()
         with source.local_path(doc) as path:
+            read_s = time.perf_counter() - started
             result = get_pool(config, options.workers).run(path)
     except UnsupportedDocumentError as exc:
         return outcome(DocumentStatus.SKIPPED, Stage.PARSE, str(exc))
@@ -78,9 +86,11 @@ def _prepare_in_worker(source, doc, profile, options, model, outcome) -> Prepare
         return outcome(DocumentStatus.FAILURE, Stage.READ, str(exc))
     if result.kind == "skip":
         return outcome(DocumentStatus.SKIPPED, Stage(result.stage), result.error)
+    timings = {"read": read_s, **(result.timings or {})}
     if result.kind == "fail":
-        return outcome(DocumentStatus.FAILURE, Stage(result.stage), result.error, parser=result.parser)
-    return _finish(outcome, result.parser, result.chunks or [])
+        return outcome(DocumentStatus.FAILURE, Stage(result.stage), result.error, parser=result.parser,
+                       timings=timings)
+    return _finish(outcome, result.parser, result.chunks or [], timings)
 
 
 def build_points(prepared: PreparedDocument, vectors: Any, profile: Profile) -> list[dict[str, Any]]:

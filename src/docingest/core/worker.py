@@ -44,6 +44,7 @@ class WorkerResult:
     chunks: list[Chunk] | None = None
     stage: str | None = None
     error: str | None = None
+    timings: dict[str, float] | None = None
 
 
 def _worker_main(conn, config: WorkerConfig) -> None:  # runs in the child process
@@ -78,9 +79,12 @@ def _worker_main(conn, config: WorkerConfig) -> None:  # runs in the child proce
         path = Path(message)
         faults.in_parser(path.name)
         try:
+            started = time.perf_counter()
             parsed = parse_document(path, config.parse, config.pdf_mode)
+            parsed_at = time.perf_counter()
             result = WorkerResult("ok", parser=parsed.parser)
             result.chunks = chunk_document(parsed.document, chunker)
+            result.timings = {"parse": parsed_at - started, "chunk": time.perf_counter() - parsed_at}
         except UnsupportedDocumentError as exc:
             result = WorkerResult("skip", stage="parse", error=str(exc))
         except ParseError as exc:

@@ -19,6 +19,7 @@ from docingest.blocks.loading import load_block
 from docingest.core import faults, progress
 from docingest.core.embed import load_model
 from docingest.core.ids import document_id
+from docingest.core.metrics import Pusher, RunMetrics
 from docingest.core.parse import accurate_models_status
 from docingest.core.pipeline import build_points, manifest_record
 from docingest.core.plan import Action, Plan, Profile, make_plan, resolve_profile
@@ -186,7 +187,8 @@ class _Writer:
     """Buffers prepared documents and writes them in batches: embed -> upsert -> drop old versions + manifest."""
 
     def __init__(self, run: _Run, location: QdrantLocation, collection: str, profile: Profile,
-                 options: IngestOptions, model, known: dict[str, ManifestRecord]) -> None:
+                 options: IngestOptions, model, known: dict[str, ManifestRecord], metrics: RunMetrics) -> None:
+        self.metrics = metrics
         self.run, self.location, self.collection = run, location, collection
         self.profile, self.options, self.model, self.known = profile, options, model, known
         self.pending: list[PreparedDocument] = []
@@ -195,6 +197,8 @@ class _Writer:
         self.logger = get_run_logger()
 
     def add(self, p: PreparedDocument) -> None:
+        for stage, seconds in p.timings.items():
+            self.metrics.observe_stage(stage, seconds)
         previous = self.known.get(p.document.path)
         if p.status is DocumentStatus.SUCCESS:
             self.pending.append(p)
@@ -223,7 +227,9 @@ class _Writer:
 
     def _embed(self, docs: list[PreparedDocument]):
         texts = [c.embed_text for d in docs for c in d.chunks]
+        started = time.perf_counter()
         vectors = embed_batch_task(self.model, quote(texts), self.options.embed.batch_size, n_docs=len(docs))
+        self.metrics.observe_embed(len(texts), time.perf_counter() - started)
         self.run.result.chunks.embedded += len(texts)
         out, start = [], 0
         for d in docs:
@@ -248,9 +254,11 @@ class _Writer:
             docs = ok
         points = [pt for d, vecs in zip(docs, per_doc, strict=True) for pt in build_points(d, vecs, self.profile)]
         try:
+            started = time.perf_counter()
             self.run.result.chunks.upserted += upsert_points_task(
                 self.location, self.collection, quote(points), self.options.store.upsert_batch_size
             )
+            self.metrics.observe_stage("upsert", time.perf_counter() - started)
         except DocingestError as exc:
             for d in docs:
                 self._fail(d, Stage.UPSERT, str(exc))
@@ -331,13 +339,23 @@ def ingest_documents(
     # One run at a time per collection and scope: an OS file lock on this machine (freed by the kernel if the
     # process dies), and with a Prefect server also a global concurrency limit with a lease (freed by the server's
     # repossessor when a crashed run's lease expires), which serializes runs on different machines.
-    with scope_lock(collection, src.uri, settings), _server_limit(collection, src.uri, settings):
-        try:
-            result = _sync(src, collection, options, location, model, profile, prepare)
-        finally:
-            if options.parse.isolation is Isolation.PROCESS:
-                close_pools()
-    result.duration_s = time.monotonic() - started
+    metrics = RunMetrics(collection, src.uri)
+    pusher = Pusher(metrics, settings.pushgateway_url)  # no-op without DOCINGEST_PUSHGATEWAY_URL
+    result = None
+    try:
+        with scope_lock(collection, src.uri, settings), _server_limit(collection, src.uri, settings):
+            try:
+                result = _sync(src, collection, options, location, model, profile, prepare, metrics)
+            finally:
+                if options.parse.isolation is Isolation.PROCESS:
+                    close_pools()
+        result.duration_s = time.monotonic() - started
+    finally:
+        if result is not None:
+            metrics.finish(result, succeeded=result.ok and not result.aborted)
+        else:  # the run itself broke (e.g. Qdrant went away): recorded as a failed run
+            metrics.status.labels(collection, src.uri).set(0)
+        pusher.close()
     _publish_artifacts(collection, result)
     d = result.documents
     logger.info("done in %.1fs: %d seen, %d new, %d changed, %d unchanged, %d deleted, %d skipped, %d failed; "
@@ -432,7 +450,7 @@ def scope_lock(collection: str, scope: str, settings):
 
 
 def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation, model, profile: Profile,
-          prepare=prepare_document_task) -> IngestResult:
+          prepare=prepare_document_task, metrics: RunMetrics | None = None) -> IngestResult:
     from prefect.runtime import flow_run
 
     logger = get_run_logger()
@@ -445,7 +463,8 @@ def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation
     run = _Run(collection, src.uri, len(plan.documents))
     run.result.mode = options.mode.value
     run.result.flow_run_id = str(flow_run.get_id() or "")
-    writer = _Writer(run, location, collection, profile, options, model, known)
+    metrics = metrics or RunMetrics(collection, src.uri)
+    writer = _Writer(run, location, collection, profile, options, model, known, metrics)
 
     for p in plan.documents:
         if p.action is Action.SKIP:
@@ -468,16 +487,21 @@ def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation
             break
         attempt = p.known.attempts if p.known and p.known.stage in (Stage.READ, Stage.PARSE, Stage.CHUNK) else 0
         window.append(prepare.submit(quote(src), p.doc, p.change, quote(profile), options,
-                                                   quote(model), attempt))
+                                     quote(model), attempt))
+        metrics.set_in_flight(len(window))
         while len(window) >= options.window:
             _take(window.popleft(), writer, run, options)
+            metrics.set_in_flight(len(window))
     while window:
         _take(window.popleft(), writer, run, options)
+        metrics.set_in_flight(len(window))
     writer.flush()
 
     # 4. Full sync: remove what vanished from this source's scope, only after a run that was not aborted.
     if plan.deleted and not run.result.aborted:
+        started = time.perf_counter()
         run.result.chunks.deleted += delete_documents_task(location, collection, quote(plan.deleted))
+        metrics.observe_stage("delete", time.perf_counter() - started)
         run.result.documents.deleted = len(plan.deleted)
         run.result.deleted = [r.uri for r in plan.deleted]
     return run.result
