@@ -215,7 +215,11 @@ def test_run_summary_artifacts(prefect_server, home, tmp_path):
             key=ArtifactFilterKey(any_=["docingest-art-coll-summary"])))
         table = client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=["docingest-art-coll-documents"])))
+        progress = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["docingest-art-coll-progress"])))
     assert summary and "| 2 | 2 | 0 | 0 | 0 | 0 | 1 | 0 |" in summary[0].data  # seen, new, ..., failed
     rows = table[0].data if isinstance(table[0].data, list) else json.loads(table[0].data)
-    assert rows[0]["document"].endswith("bad.docx") and rows[0]["stage"] == "parse"
+    assert [(r["document"].rsplit("/", 1)[-1], r["status"], r["stage"]) for r in rows] == [
+        ("bad.docx", "failure", "parse"), ("a.md", "success", "")]  # failures first
+    assert progress and progress[0].type == "progress" and float(progress[0].data) == 100.0
     close_clients()

@@ -138,6 +138,7 @@ class _Run:
         self.result = IngestResult(collection=collection, source=source)
         self.result.documents.seen = total
         self.total = total
+        self.artifact: _ProgressArtifact | None = None
         self.done = 0
         self.processed = self.processed_failed = 0  # documents parsed this run (not unchanged, skipped, dead)
 
@@ -167,6 +168,8 @@ class _Run:
             stage = outcome.stage.value if outcome.stage else "unknown"
             self.result.failures.append(FailureItem(source=outcome.source, stage=stage, error=outcome.error or ""))
         self.done += 1
+        if self.artifact is not None:
+            self.artifact.update(self.done, final=self.done == self.total)
         progress.emit(progress.ProgressEvent(self.done, self.total, outcome.path, outcome.status.value))
 
 
@@ -461,6 +464,7 @@ def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation
     counts = plan.counts()
     logger.info("plan: %s", ", ".join(f"{v} {k}" for k, v in counts.items()))
     run = _Run(collection, src.uri, len(plan.documents))
+    run.artifact = _ProgressArtifact(collection, len(plan.documents))
     run.result.mode = options.mode.value
     run.result.flow_run_id = str(flow_run.get_id() or "")
     metrics = metrics or RunMetrics(collection, src.uri)
@@ -519,6 +523,35 @@ def _take(future: PrefectFuture, writer: _Writer, run: _Run, options: IngestOpti
         get_run_logger().error(reason)
 
 
+TABLE_ROWS = 1000  # per-document rows in the outcomes table artifact (failures come first, so none is cut)
+
+
+class _ProgressArtifact:
+    """A Prefect progress artifact for the run, updated as documents finish (at most once a second)."""
+
+    def __init__(self, collection: str, total: int) -> None:
+        self.total, self.id, self.last = total, None, 0.0
+        try:
+            from prefect.artifacts import create_progress_artifact
+
+            self.id = create_progress_artifact(progress=0.0, key=_artifact_key(collection, "progress"),
+                                               description=f"Documents done of {total} ({collection})")
+        except Exception as exc:  # noqa: BLE001 - reporting must never fail a sync
+            get_run_logger().warning("could not create the progress artifact: %s", exc)
+
+    def update(self, done: int, final: bool = False) -> None:
+        now = time.monotonic()
+        if self.id is None or (not final and now - self.last < 1.0):
+            return
+        self.last = now
+        try:
+            from prefect.artifacts import update_progress_artifact
+
+            update_progress_artifact(self.id, progress=100.0 * done / self.total if self.total else 100.0)
+        except Exception:  # noqa: BLE001
+            self.id = None
+
+
 def _artifact_key(collection: str, suffix: str) -> str:
     slug = re.sub(r"[^a-z0-9-]+", "-", collection.lower()).strip("-") or "collection"
     return f"docingest-{slug}-{suffix}"
@@ -546,11 +579,20 @@ def _publish_artifacts(collection: str, result: IngestResult) -> None:
     try:
         create_markdown_artifact(key=_artifact_key(collection, "summary"), markdown="\n".join(lines),
                                  description=f"Latest docingest run on {collection}")
-        rows = [{"document": f.source, "stage": f.stage, "error": f.error} for f in result.failures]
-        rows += [{"document": s.source, "stage": "skipped", "error": s.reason} for s in result.skipped]
-        create_table_artifact(key=_artifact_key(collection, "documents"), table=rows or [{"document": "", "stage": "",
-                              "error": "no failed or skipped documents"}],
-                              description=f"Failed documents first, then skipped ones ({collection})")
+        order = {DocumentStatus.FAILURE: 0, DocumentStatus.SKIPPED: 1, DocumentStatus.SUCCESS: 2,
+                 DocumentStatus.UNCHANGED: 3}
+        outcomes = sorted(result.outcomes, key=lambda o: (order[o.status], o.path))
+        rows = [{"document": o.source, "status": o.status.value, "change": o.change.value if o.change else "",
+                 "stage": o.stage.value if o.stage else "", "chunks": o.chunks, "error": o.error or ""}
+                for o in outcomes[:TABLE_ROWS]]
+        if len(outcomes) > TABLE_ROWS:
+            rows.append({"document": f"... {len(outcomes) - TABLE_ROWS} more (see the run's JSON result)",
+                         "status": "", "change": "", "stage": "", "chunks": 0, "error": ""})
+        create_table_artifact(key=_artifact_key(collection, "documents"), table=rows or [
+                              {"document": "", "status": "no documents", "change": "", "stage": "", "chunks": 0,
+                               "error": ""}],
+                              description=f"Per-document outcomes of the latest run on {collection}: failures "
+                              "first, then skipped, ingested, unchanged")
     except Exception as exc:  # noqa: BLE001 - reporting must never fail a finished sync
         get_run_logger().warning("could not publish artifacts: %s", exc)
 
