@@ -1,0 +1,165 @@
+"""End to end with a real Prefect server: `prefect server start` on a loopback port (SQLite), the pools and priority
+queues from deployments/setup_pools.py, `prefect deploy` from prefect.yaml, a process worker, runs triggered with
+`prefect deployment run --watch` and with `run_deployment`, a critical-queue run that jumps the line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from support import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+class Stack:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.api = f"http://127.0.0.1:{self.port}/api"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DOCINGEST_"))}
+        self.env.update(
+            PREFECT_HOME=str(tmp / "prefect-home"), PREFECT_API_URL=self.api, PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(tmp / "results"), DOCINGEST_HOME=str(tmp / "docingest-home"),
+            HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PREFECT_LOGGING_LEVEL="INFO",
+            PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        )
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        log = (self.tmp / f"{name}.log").open("w")
+        proc = subprocess.Popen(list(args), cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        out = self.tmp / "cmd.log"
+        with out.open("w") as fh:
+            proc = subprocess.run(list(args), cwd=REPO, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
+                                  timeout=timeout)
+        proc.output = out.read_text()  # type: ignore[attr-defined]
+        return proc
+
+    def log(self, name: str) -> str:
+        path = self.tmp / f"{name}.log"
+        return path.read_text()[-3000:] if path.exists() else ""
+
+    def stop(self) -> None:
+        import signal
+
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def stack(tmp_path):
+    s = Stack(tmp_path)
+    server = s.start("server", str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(s.port))
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{s.api}/health", timeout=2)
+            break
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, s.log("server")
+            time.sleep(0.5)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def flow_runs(api: str, deployment: str | None = None):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs()
+        if deployment:
+            dep = client.read_deployment_by_name(deployment)
+            runs = [r for r in runs if r.deployment_id == dep.id]
+        return runs
+
+
+def test_deploy_worker_and_runs_from_cli_python_and_a_priority_queue(stack, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "keys.md").write_text("# Keys\n\nRotate the signing keys every ninety days with the vault CLI.\n")
+    (docs / "lunch.md").write_text("# Lunch\n\nThe cafeteria serves soup on Fridays.\n")
+
+    pools = stack.run(sys.executable, "deployments/setup_pools.py", "local-pool")
+    assert pools.returncode == 0, pools.output
+    deploy = stack.run(str(BIN / "prefect"), "--no-prompt", "deploy", "--name", "local", "--name", "local-urgent")
+    assert deploy.returncode == 0, deploy.output
+    worker = stack.start("worker", str(BIN / "prefect"), "worker", "start", "--pool", "local-pool", "--limit", "1")
+
+    # 1. The CLI way, watched to the end.
+    run = stack.run(str(BIN / "prefect"), "deployment", "run", "ingest-documents/local", "--param",
+                    f"source={docs}", "--param", "collection=e2e", "--watch", timeout=400)
+    assert run.returncode == 0, run.output + stack.log("worker")
+    assert "Completed" in run.output
+
+    # 2. The Python way.
+    with temporary_settings({PREFECT_API_URL: stack.api}):
+        flow_run = run_deployment("ingest-documents/local", parameters={
+            "source": str(docs), "collection": "e2e", "options": {"mode": "full"}}, timeout=400)
+        assert flow_run.state.is_completed(), (flow_run.state, stack.log("worker"))
+        with get_client(sync_client=True) as client:
+            summary = client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["docingest-e2e-summary"])))
+            table = client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["docingest-e2e-documents"])))
+    assert len(summary) == 2 and len(table) == 2  # one per run, under the same key
+    latest = max(summary, key=lambda a: a.created).data
+    assert "mode **full**" in latest and "| 2 | 0 | 0 | 2 |" in latest  # the 2nd run: both unchanged
+
+    # 3. Priorities: with the worker stopped, a normal run is queued first and a critical one after it; the worker
+    #    (one run at a time) starts the critical run first.
+    worker.terminate()
+    worker.wait(30)
+    with temporary_settings({PREFECT_API_URL: stack.api}):
+        normal = run_deployment("ingest-documents/local", parameters={"source": str(docs), "collection": "e2e-n"},
+                                timeout=0)
+        time.sleep(1)
+        urgent = run_deployment("ingest-documents/local-urgent", parameters={"source": str(docs),
+                                                                            "collection": "e2e-u"}, timeout=0)
+    stack.start("worker2", str(BIN / "prefect"), "worker", "start", "--pool", "local-pool", "--limit", "1")
+    deadline = time.monotonic() + 400
+    while True:
+        with temporary_settings({PREFECT_API_URL: stack.api}), get_client(sync_client=True) as client:
+            n, u = client.read_flow_run(normal.id), client.read_flow_run(urgent.id)
+        if n.state.is_final() and u.state.is_final():
+            break
+        assert time.monotonic() < deadline, (n.state, u.state, stack.log("worker2"))
+        time.sleep(2)
+    assert n.state.is_completed() and u.state.is_completed(), stack.log("worker2")
+    assert u.start_time < n.start_time, "the critical-queue run should start first"
+
+    # 4. The collection holds the documents (Qdrant local mode under the worker's DOCINGEST_HOME; local mode allows
+    #    one process per folder, so the worker and its flow-run processes are stopped first).
+    from docingest.core.store import QdrantLocation, QdrantStore
+
+    stack.stop()
+
+    store = QdrantStore(QdrantLocation(path=tmp_path / "docingest-home" / "qdrant"))
+    assert store.count("e2e") == 2 and store.count("e2e-u") == 2 and store.count("e2e-n") == 2
