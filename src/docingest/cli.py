@@ -1,4 +1,4 @@
-"""docingest command line: ``docingest ingest`` and ``docingest search``.
+"""docingest command line: ``docingest ingest``, ``docingest search`` and ``docingest doctor``.
 
 Exit codes: 0 all documents fine; 1 the run finished but some documents failed; 2 usage or configuration error.
 """
@@ -317,6 +317,43 @@ def search(
         text = h.text if len(h.text) < 400 else h.text[:400] + "…"
         table.add_row(f"{h.score:.3f}", where, f"[dim]{heading}[/]{text}")
     out.print(table)
+
+
+@app.command()
+def doctor(
+    source: Annotated[str | None, typer.Argument(help="Also list this source (checks its credentials).")] = None,
+    source_block: Annotated[str | None, typer.Option("--source-block", help="Also open this saved source block.")
+                            ] = None,
+    qdrant_path: QdrantPathOpt = None,
+    qdrant_url: QdrantUrlOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Check the Prefect API, Qdrant, the embedding model, PDF models, OCR, and configured credentials.
+
+    Exit 0 when every required part works (PDF models and OCR are optional), 1 otherwise.
+    """
+    _quiet_environment(verbose)
+    import warnings
+
+    from rich.text import Text
+
+    from docingest.doctor import report, run_checks
+
+    warnings.filterwarnings("ignore", module=r"qdrant_client\..*")
+
+    data = report(run_checks(source, source_block, qdrant_url, str(qdrant_path) if qdrant_path else None))
+    if as_json:
+        sys.stdout.write(json.dumps(data) + "\n")
+    else:
+        table = Table(title="docingest doctor", show_header=True)
+        for column in ("check", "", "detail"):
+            table.add_column(column)
+        for c in data["checks"]:
+            mark = "[green]ok[/]" if c["ok"] else ("[red]FAIL[/]" if c["required"] else "[yellow]missing[/]")
+            table.add_row(c["name"], mark, Text(c["detail"]))
+        out.print(table)
+    raise typer.Exit(EXIT_OK if data["ok"] else EXIT_FAILED_DOCS)
 
 
 def main() -> None:

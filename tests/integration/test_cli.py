@@ -111,3 +111,31 @@ def test_console_script_on_embedded_defaults(tmp_path, handbook):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)["hits"][0]["path"] == "keys.md"
+
+
+def test_doctor_reports_what_works_and_what_does_not(home, handbook, monkeypatch):
+    from support import free_port
+
+    from docingest.settings import get_settings
+
+    code, stdout, _ = invoke(["doctor", str(handbook), "--json"])
+    data = json.loads(stdout)
+    checks = {c["name"]: c for c in data["checks"]}
+    assert code == 0 and data["ok"], data
+    assert {"prefect api", "qdrant", "embedding model", "pdf models (accurate mode)", "ocr engine", "source"} <= set(
+        checks)
+    assert "384 dims" in checks["embedding model"]["detail"]
+    assert checks["source"]["detail"].endswith("2 documents listed")
+    assert checks["pdf models (accurate mode)"]["required"] is False  # optional: reported, never fails the doctor
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("DOCINGEST_QDRANT_URL", dead)
+    monkeypatch.setenv("DOCINGEST_PUSHGATEWAY_URL", dead)
+    get_settings.cache_clear()
+    code, stdout, _ = invoke(["doctor", "--json"])
+    checks = {c["name"]: c for c in json.loads(stdout)["checks"]}
+    assert code == 1
+    assert not checks["qdrant"]["ok"] and checks["qdrant"]["detail"].startswith(dead)
+    assert not checks["pushgateway"]["ok"] and checks["embedding model"]["ok"]
+    code, stdout, _ = invoke(["doctor"])
+    assert code == 1 and "FAIL" in stdout and "qdrant" in stdout

@@ -1,0 +1,151 @@
+"""``docingest doctor``: check each thing a run depends on and say what works and what does not."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class Check:
+    """One check: ``ok`` False for a required part is a failure; ``required`` False marks an optional capability."""
+
+    name: str
+    ok: bool
+    detail: str
+    required: bool = True
+    seconds: float = 0.0
+
+
+def _run(name: str, fn: Callable[[], str], required: bool = True) -> Check:
+    started = time.perf_counter()
+    try:
+        detail, ok = fn(), True
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a line of the report
+        detail, ok = " ".join(str(exc).split()) or type(exc).__name__, False
+    return Check(name, ok, detail, required, round(time.perf_counter() - started, 3))
+
+
+def _prefect_api() -> str:
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return "no PREFECT_API_URL: runs use Prefect's temporary local API"
+    with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=10) as response:
+        if response.status != 200:
+            raise RuntimeError(f"{url}: HTTP {response.status}")
+    return f"{url} answers"
+
+
+def _qdrant(qdrant_url: str | None, qdrant_path: str | None) -> str:
+    from docingest.core.store import QdrantStore
+    from docingest.flows.ingest import QdrantTarget, resolve_location
+
+    location = resolve_location(QdrantTarget(url=qdrant_url, path=qdrant_path))
+    try:
+        collections = QdrantStore(location).client.get_collections().collections
+    except Exception as exc:  # noqa: BLE001
+        raise RuntimeError(f"{location.describe()}: {exc}") from None
+    return f"{location.describe()}: {len(collections)} collections"
+
+
+def _model() -> str:
+    from docingest.core.embed import load_model
+    from docingest.settings import get_settings
+
+    settings = get_settings()
+    model = load_model(settings.embed_model, settings.embed_device)
+    info = model.info
+    return f"{info.name}: {info.dimension} dims, max {info.max_seq_length} tokens, on {model.model.device}"
+
+
+def _pdf_models() -> str:
+    from docingest.core.parse import accurate_models_status
+
+    ok, why = accurate_models_status()
+    if not ok:
+        raise RuntimeError(f"accurate PDF mode unavailable ({why}); fast mode works without models")
+    return why
+
+
+def _ocr() -> str:
+    exe = shutil.which("tesseract")
+    if not exe:
+        raise RuntimeError("tesseract not installed: images are skipped (apt install tesseract-ocr)")
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=20)
+    langs = subprocess.run([exe, "--list-langs"], capture_output=True, text=True, timeout=20)
+    first = (version.stdout or version.stderr).splitlines()[0] if (version.stdout or version.stderr) else exe
+    names = [line for line in langs.stdout.splitlines()[1:] if line.strip()]
+    return f"{first}; languages: {', '.join(names) or '?'}"
+
+
+def _source(source: str | None, source_block: str | None) -> str:
+    from docingest.core.sources import open_source, open_source_block
+
+    src = open_source_block(source_block) if source_block else open_source(source or ".")
+    n = sum(1 for _ in src.iter_documents())
+    return f"{src.uri}: {n} documents listed"
+
+
+def _s3_endpoint() -> str:
+    from docingest.core.sources.s3 import make_client
+    from docingest.settings import get_settings
+
+    s = get_settings()
+    client, endpoint = make_client(s.s3_endpoint, s.s3_access_key.get_secret_value() if s.s3_access_key else None,
+                                   s.s3_secret_key.get_secret_value() if s.s3_secret_key else None, s.s3_region)
+    try:
+        buckets = client.list_buckets()
+    except Exception as exc:  # noqa: BLE001
+        code = getattr(exc, "code", None)
+        raise RuntimeError(f"S3 {endpoint}: {code or type(exc).__name__}: check endpoint and credentials") from None
+    return f"S3 {endpoint}: credentials accepted, {len(buckets)} buckets"
+
+
+def _pushgateway(url: str) -> str:
+    with urllib.request.urlopen(f"{url.rstrip('/')}/-/ready", timeout=10) as response:
+        return f"{url}: HTTP {response.status}"
+
+
+def _result_storage() -> str:
+    from docingest.flows.ingest import resolve_result_storage
+    from docingest.settings import get_settings
+
+    name = get_settings().result_storage
+    block = resolve_result_storage(name)
+    return f"{name}: {type(block).__name__} ready"
+
+
+def run_checks(source: str | None = None, source_block: str | None = None, qdrant_url: str | None = None,
+               qdrant_path: str | None = None) -> list[Check]:
+    """Every check, in the order a run meets them; optional capabilities (PDF models, OCR) never fail the report."""
+    from docingest.settings import get_settings
+
+    settings = get_settings()
+    checks = [
+        _run("prefect api", _prefect_api),
+        _run("qdrant", lambda: _qdrant(qdrant_url, qdrant_path)),
+        _run("embedding model", _model),
+        _run("pdf models (accurate mode)", _pdf_models, required=False),
+        _run("ocr engine", _ocr, required=False),
+    ]
+    if source or source_block:
+        checks.append(_run("source", lambda: _source(source, source_block)))
+    elif settings.s3_endpoint or settings.s3_access_key:
+        checks.append(_run("s3 credentials", _s3_endpoint))
+    if settings.git_token:
+        checks.append(Check("git token", True, "DOCINGEST_GIT_TOKEN is set (checked when a git source is fetched)"))
+    if settings.pushgateway_url:
+        checks.append(_run("pushgateway", lambda: _pushgateway(settings.pushgateway_url)))
+    if settings.result_storage:
+        checks.append(_run("result storage", _result_storage))
+    return checks
+
+
+def report(checks: list[Check]) -> dict:
+    return {"ok": all(c.ok for c in checks if c.required), "checks": [asdict(c) for c in checks]}
