@@ -99,6 +99,14 @@ def ingest(
         str | None, typer.Option("--result-storage", help="Saved block for the shared parse cache, e.g. "
                                  "docingest-s3-result-storage/NAME \\[env: DOCINGEST_RESULT_STORAGE].")
     ] = None,
+    task_runner: Annotated[
+        str | None, typer.Option("--task-runner", help="threads or dask: where parse-and-chunk tasks run "
+                                 "\\[env: DOCINGEST_TASK_RUNNER].")
+    ] = None,
+    dask_address: Annotated[
+        str | None, typer.Option("--dask-address", help="Dask scheduler (tcp://host:8786) for --task-runner dask; "
+                                 "default: a local cluster \\[env: DOCINGEST_DASK_ADDRESS].")
+    ] = None,
     pdf_mode: Annotated[
         PdfMode, typer.Option("--pdf-mode", help="auto: accurate if Docling's models are installed, else fast.")
     ] = PdfMode.AUTO,
@@ -149,7 +157,13 @@ def ingest(
 
     from docingest.core import progress
     from docingest.exceptions import CircuitBreakerOpen, ConfigurationError, DocingestError
-    from docingest.flows.ingest import ingest_documents, plan_documents, preflight, resolve_target
+    from docingest.flows.ingest import (
+        ingest_documents,
+        make_task_runner,
+        plan_documents,
+        preflight,
+        resolve_target,
+    )
     from docingest.options import (
         ChunkOptions,
         EmbedOptions,
@@ -209,7 +223,10 @@ def ingest(
         bar.start()
     aborted = None
     try:
-        result = ingest_documents(source=source, collection=collection, options=options, qdrant=target,
+        flow = ingest_documents
+        if task_runner or dask_address:
+            flow = ingest_documents.with_options(task_runner=make_task_runner(task_runner or "dask", dask_address))
+        result = flow(source=source, collection=collection, options=options, qdrant=target,
                                   embedder_block=embedder_block, result_storage=result_storage, **blocks)
     except CircuitBreakerOpen as exc:
         result, aborted = exc.result, str(exc)

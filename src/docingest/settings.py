@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,6 +56,16 @@ class DocingestSettings(BaseSettings):
         description="S3 secret key (or AWS_SECRET_ACCESS_KEY).",
     )
     git_token: SecretStr | None = Field(default=None, description="Token for git over HTTPS (GitLab/GitHub).")
+    task_runner: Literal["threads", "dask"] = Field(
+        default="threads",
+        description="Where parse-and-chunk tasks run: threads of the flow process, or a Dask cluster (prefect-dask).",
+    )
+    dask_address: str | None = Field(
+        default=None,
+        description="Scheduler of an existing Dask cluster (tcp://host:8786); without it, task_runner=dask starts a "
+        "local cluster of dask_workers processes.",
+    )
+    dask_workers: int = Field(default=2, ge=1, description="Worker processes of the local Dask cluster.")
     pushgateway_url: str | None = Field(
         default=None,
         description="Prometheus Pushgateway (e.g. http://pushgateway:9091) that each run pushes its metrics to "

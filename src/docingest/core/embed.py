@@ -34,6 +34,11 @@ class LoadedModel:
     info: ModelInfo
     model: SentenceTransformer
     lock: threading.Lock
+    device: str | None = None
+
+    def __reduce__(self):
+        """Pickled as (name, device): another process (a Dask worker) loads its own copy, once."""
+        return (load_model, (self.info.name, self.device))
 
 
 _models: dict[tuple[str, str | None], LoadedModel] = {}
@@ -92,7 +97,7 @@ def load_model(name: str, device: str | None = None) -> LoadedModel:
             dimension=int(dim),
             max_seq_length=int(model.max_seq_length or 512),
         )
-        loaded = LoadedModel(info=info, model=model, lock=threading.Lock())
+        loaded = LoadedModel(info=info, model=model, lock=threading.Lock(), device=device)
         _models[key] = loaded
         return loaded
 

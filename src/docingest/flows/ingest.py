@@ -283,9 +283,32 @@ class _Writer:
         self.run.record(_outcome(d, DocumentStatus.FAILURE, stage, error))
 
 
+def make_task_runner(kind: str | None = None, address: str | None = None, workers: int | None = None):
+    """The task runner for parse-and-chunk tasks: threads (default) or Dask (DOCINGEST_TASK_RUNNER=dask, an existing
+    cluster at DOCINGEST_DASK_ADDRESS or a local cluster of DOCINGEST_DASK_WORKERS processes)."""
+    settings = get_settings()
+    kind = kind or settings.task_runner
+    if kind == "threads":
+        return ThreadPoolTaskRunner(max_workers=2)
+    if kind != "dask":
+        raise ConfigurationError(f"unknown task runner {kind!r}: use threads or dask")
+    try:
+        import dask
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise ConfigurationError("the dask task runner needs prefect-dask: pip install 'docingest[dask]'") from None
+    address = address or settings.dask_address
+    if address:
+        return DaskTaskRunner(address=address)
+    # Parse workers are child processes of the Dask worker: Dask's workers must not be daemonic for that.
+    dask.config.set({"distributed.worker.daemon": False})
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers or settings.dask_workers, "processes": True,
+                                          "threads_per_worker": 1, "dashboard_address": None})
+
+
 @flow(
     name="ingest-documents",
-    task_runner=ThreadPoolTaskRunner(max_workers=2),
+    task_runner=make_task_runner(),
     validate_parameters=True,
     log_prints=True,
 )
@@ -490,8 +513,9 @@ def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation
         if run.result.aborted:
             break
         attempt = p.known.attempts if p.known and p.known.stage in (Stage.READ, Stage.PARSE, Stage.CHUNK) else 0
-        window.append(prepare.submit(quote(src), p.doc, p.change, quote(profile), options,
-                                     quote(model), attempt))
+        # Not quote()d: Prefect's Dask runner would hand the wrapper itself to the task (the arguments are small or
+        # opaque objects Prefect does not walk into, so quoting saves nothing here).
+        window.append(prepare.submit(src, p.doc, p.change, profile, options, model, attempt))
         metrics.set_in_flight(len(window))
         while len(window) >= options.window:
             _take(window.popleft(), writer, run, options)

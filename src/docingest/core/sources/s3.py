@@ -72,8 +72,16 @@ class S3Source:
         self.options = options or SourceOptions()
         self.bucket, self.prefix = parse_s3_uri(uri)
         self.uri = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
-        self.client, self.endpoint = make_client(endpoint, access_key, secret_key, region, secure)
+        self._connect = (endpoint, access_key, secret_key, region, secure)
+        self.client, self.endpoint = make_client(*self._connect)
         check_bucket(self.client, self.bucket, self.endpoint)
+
+    def __getstate__(self) -> dict:  # picklable for Dask workers: the client is rebuilt there, not pickled
+        return {k: v for k, v in self.__dict__.items() if k != "client"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.client = make_client(*self._connect)[0]
 
     def iter_documents(self) -> Iterator[SourceDocument]:
         prefix = f"{self.prefix}/" if self.prefix else ""

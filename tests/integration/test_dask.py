@@ -1,0 +1,45 @@
+"""Scale-out: parse-and-chunk tasks on a Dask cluster (prefect-dask) give the same collection as the default runner."""
+
+from __future__ import annotations
+
+import pytest
+from support import task_states
+
+from conftest import copy_corpus_files
+from docingest.core.store import QdrantLocation, get_client
+from docingest.flows.ingest import ingest_documents, make_task_runner
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+FILES = ["md/sources/duck.md", "html/sources/example_01.html", "docx/sources/unit_test_headers.docx",
+         "csv/sources/csv-comma.csv", "pdf/sources/multi_page.pdf"]
+
+
+def points(home, collection: str) -> dict[str, tuple]:
+    client = get_client(QdrantLocation(path=home / "qdrant"))
+    found, offset = [], None
+    while True:
+        batch, offset = client.scroll(collection, limit=256, offset=offset, with_payload=True, with_vectors=True)
+        found += batch
+        if offset is None:
+            return {str(p.id): (p.payload["text"], p.payload["path"], [round(x, 4) for x in p.vector])
+                    for p in found}
+
+
+def test_dask_local_cluster_gives_the_same_collection(prefect_server, home, corpus, tmp_path):
+    import dask
+    from distributed import LocalCluster
+
+    docs = copy_corpus_files(corpus, tmp_path / "docs", FILES)
+    dask.config.set({"distributed.worker.daemon": False})  # our parse workers are children of Dask's workers
+    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as cluster:
+        on_dask = ingest_documents.with_options(task_runner=make_task_runner("dask", cluster.scheduler_address))(
+            source=str(docs), collection="on-dask")
+        workers_used = {w["host"] + str(w["id"]) for w in cluster.scheduler_info["workers"].values()}
+    assert (on_dask.documents.new, on_dask.documents.failed) == (5, 0)
+    assert task_states(on_dask.flow_run_id, "parse-and-chunk") == ["Completed"] * 5  # parsed there, not cached
+    assert len(workers_used) == 2
+
+    on_threads = ingest_documents(source=str(docs), collection="on-threads")
+    assert on_threads.chunks.upserted == on_dask.chunks.upserted > 0
+    assert points(home, "on-dask") == points(home, "on-threads")
