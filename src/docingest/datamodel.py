@@ -134,6 +134,9 @@ class IngestResult(BaseModel):
     aborted: str | None = Field(default=None, description="Why the run stopped early (circuit breaker), if it did.")
     outcomes: list[DocumentOutcome] = Field(default_factory=list)
     duration_s: float = 0.0
+    stage_seconds: dict[str, float] = Field(
+        default_factory=dict, description="Seconds per stage summed over documents/batches (read, parse, chunk run "
+        "in parallel workers, so their sum can exceed the wall time).")
     flow_run_id: str = ""
 
     @property
@@ -152,6 +155,7 @@ class IngestResult(BaseModel):
             "mode": self.mode,
             "aborted": self.aborted,
             "duration_s": round(self.duration_s, 3),
+            "stage_seconds": {k: round(v, 3) for k, v in sorted(self.stage_seconds.items())},
             "flow_run_id": self.flow_run_id,
         }
 

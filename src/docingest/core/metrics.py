@@ -57,6 +57,7 @@ class RunMetrics:
                                   "run ended.", LABELS, registry=None)  # registered only on success
         self._embed_s = 0.0
         self._embedded = 0
+        self.stage_totals: dict[str, float] = {}  # seconds per stage, summed (parse/chunk over parallel workers)
         self.in_flight.labels(collection, scope).set(0)
 
     def _l(self, **extra: str):
@@ -64,6 +65,7 @@ class RunMetrics:
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage_seconds.labels(**self._l(stage=stage)).observe(seconds)
+        self.stage_totals[stage] = self.stage_totals.get(stage, 0.0) + seconds
 
     def observe_embed(self, chunks: int, seconds: float) -> None:
         self.batch_size.labels(**self._l()).observe(chunks)

@@ -378,6 +378,7 @@ def ingest_documents(
         result.duration_s = time.monotonic() - started
     finally:
         if result is not None:
+            result.stage_seconds = dict(metrics.stage_totals)
             metrics.finish(result, succeeded=result.ok and not result.aborted)
         else:  # the run itself broke (e.g. Qdrant went away): recorded as a failed run
             metrics.status.labels(collection, src.uri).set(0)
