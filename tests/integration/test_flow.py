@@ -261,4 +261,9 @@ def test_document_that_becomes_empty_loses_its_old_chunks(prefect_server, home, 
     assert result.documents.skipped == 1 and result.chunks.deleted == 1
     assert [p["path"] for p in all_points(store_for(home), "emptied").values()] == ["b.md"]
     store = store_for(home)
-    assert set(store.manifest("emptied", result.source)) == {"b.md"}
+    manifest = store.manifest("emptied", result.source)
+    assert set(manifest) == {"a.md", "b.md"}  # a.md recorded as skipped, so the next run does not parse it again
+    assert manifest["a.md"].status is DocumentStatus.SKIPPED and manifest["a.md"].chunks == 0
+    again = ingest_documents(source=str(docs), collection="emptied")
+    assert again.documents.unchanged == 2 and again.documents.skipped == 0
+    assert task_states(again.flow_run_id, "parse-and-chunk") == []

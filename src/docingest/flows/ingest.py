@@ -212,9 +212,13 @@ class _Writer:
             # The old version (if any) stays searchable; the failure is recorded so the next run retries it.
             self.records.append(manifest_record(p, self.profile, previous, DocumentStatus.FAILURE, p.stage, p.error))
             self.logger.warning("failed %s at %s: %s", p.document.path, p.stage.value if p.stage else "?", p.error)
-        elif p.stage is Stage.CHUNK and previous is not None:
-            # Now empty: its old chunks no longer describe it.
-            self.replace.append((document_id(p.document.source_uri, p.document.path), None))
+        elif p.stage is Stage.CHUNK or previous is None:
+            # Skipped after reading it (empty, or a format this installation cannot read): recorded, so the next run
+            # finds it unchanged instead of parsing it again (a changed fingerprint, e.g. OCR installed, re-checks it).
+            # A document that became empty also loses its old chunks; any other skip keeps a previous version.
+            self.records.append(manifest_record(p, self.profile, previous, DocumentStatus.SKIPPED, p.stage, p.error))
+            if previous is not None:
+                self.replace.append((document_id(p.document.source_uri, p.document.path), None))
         self.run.record(_outcome(p))
 
     def flush(self) -> None:

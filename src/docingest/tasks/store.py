@@ -38,12 +38,14 @@ def finalize_documents_task(
 ) -> int:
     """After the new versions are written: remove each document's other versions, then record the manifest.
 
-    A ``(doc_id, None)`` entry removes every version, and the document's manifest record too (it became empty).
+    A ``(doc_id, None)`` entry removes every version (the document became empty), and its manifest record too
+    unless ``records`` holds a new one for it (a skip record).
     """
     store = QdrantStore(location)
     deleted = sum(store.delete_other_versions(collection, doc_id, keep) for doc_id, keep in replace)
     store.write_manifest(collection, records)
-    store.delete_manifest(collection, [doc_id for doc_id, keep in replace if keep is None])
+    recorded = {r.doc_id for r in records}
+    store.delete_manifest(collection, [doc_id for doc_id, keep in replace if keep is None and doc_id not in recorded])
     return deleted
 
 
