@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from docingest.options import Isolation, OcrMode, PdfMode, SyncMode  # light: pydantic only
+from docingest.options import EmbedBackend, Isolation, OcrMode, PdfMode, SyncMode  # light: pydantic only
 
 app = typer.Typer(
     name="docingest",
@@ -125,6 +125,9 @@ def ingest(
         int | None, typer.Option("--max-tokens", help="Chunk size in tokens (default and cap: the model's).")
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Chunks per embedding call.")] = 64,
+    embed_backend: Annotated[
+        EmbedBackend, typer.Option("--embed-backend", help="torch (fp32, CUDA when present) or int8 (CPU, faster).")
+    ] = EmbedBackend.TORCH,
     mode: Annotated[
         SyncMode, typer.Option("--mode", help="incremental: never delete; full: remove documents gone from SOURCE.")
     ] = SyncMode.INCREMENTAL,
@@ -185,7 +188,7 @@ def ingest(
             parse=ParseOptions(pdf_mode=pdf_mode, ocr=ocr, timeout_s=doc_timeout, max_memory_mb=doc_memory_mb,
                                isolation=isolation),
             chunk=ChunkOptions(max_tokens=max_tokens),
-            embed=EmbedOptions(model=model, batch_size=batch_size),
+            embed=EmbedOptions(model=model, batch_size=batch_size, backend=embed_backend),
             workers=workers,
             mode=mode,
             max_delete_ratio=max_delete_ratio,

@@ -99,6 +99,13 @@ class ChunkOptions(_Options):
     merge_peers: bool = Field(default=True, description="Merge undersized neighbouring chunks with the same headings.")
 
 
+class EmbedBackend(str, Enum):
+    """How the embedding model runs."""
+
+    TORCH = "torch"
+    INT8 = "int8"
+
+
 class EmbedOptions(_Options):
     """How chunks are embedded."""
 
@@ -107,6 +114,11 @@ class EmbedOptions(_Options):
         description="sentence-transformers model name or path. Default: settings (DOCINGEST_EMBED_MODEL), the bundled all-MiniLM-L6-v2.",
     )
     batch_size: int = Field(default=64, ge=1, le=4096, description="Chunks per encode call (across documents).")
+    backend: EmbedBackend = Field(
+        default=EmbedBackend.TORCH,
+        description="torch: fp32 (CUDA when present). int8: torch dynamic int8 quantization of the Linear layers, "
+        "CPU only; faster on CPU, slightly different vectors (part of the settings fingerprint).",
+    )
 
 
 class StoreOptions(_Options):

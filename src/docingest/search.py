@@ -8,10 +8,12 @@ from docingest.datamodel import SearchHit
 from docingest.settings import get_settings
 
 
-def collection_model(store: QdrantStore, collection: str) -> str | None:
-    """The embedding model recorded in the collection's points, if any."""
-    points, _ = store._call("read", store.client.scroll, collection, limit=1, with_payload=["model"])
-    return (points[0].payload or {}).get("model") if points else None
+def collection_model(store: QdrantStore, collection: str) -> tuple[str | None, str]:
+    """The embedding model and backend recorded in the collection's points, if any."""
+    points, _ = store._call("read", store.client.scroll, collection, limit=1,
+                            with_payload=["model", "model_backend"])
+    payload = (points[0].payload or {}) if points else {}
+    return payload.get("model"), payload.get("model_backend") or "torch"
 
 
 def search(
@@ -28,7 +30,8 @@ def search(
     store = QdrantStore(resolve_location(QdrantTarget(url=qdrant_url, path=qdrant_path)))
     store.require_collection(collection)
     settings = get_settings()
-    name = model or collection_model(store, collection) or settings.embed_model
-    loaded = load_model(name, settings.embed_device)
+    recorded, backend = collection_model(store, collection)
+    name = model or recorded or settings.embed_model
+    loaded = load_model(name, settings.embed_device, backend)
     vector = embed_texts(loaded, [query])[0]
     return store.search(collection, vector.tolist(), limit)

@@ -267,3 +267,23 @@ def test_document_that_becomes_empty_loses_its_old_chunks(prefect_server, home, 
     again = ingest_documents(source=str(docs), collection="emptied")
     assert again.documents.unchanged == 2 and again.documents.skipped == 0
     assert task_states(again.flow_run_id, "parse-and-chunk") == []
+
+
+def test_int8_backend_ingests_and_search_uses_the_same_backend(prefect_server, home, tmp_path):
+    from docingest.core.embed import load_model
+
+    docs = tmp_path / "q"
+    docs.mkdir()
+    (docs / "keys.md").write_text("# Keys\n\nRotate the signing keys every ninety days with the vault CLI.\n")
+    (docs / "lunch.md").write_text("# Lunch\n\nThe cafeteria serves soup on Fridays.\n")
+    opts = IngestOptions.model_validate({"embed": {"backend": "int8"}})
+    result = ingest_documents(source=str(docs), collection="int8", options=opts)
+    assert result.documents.new == 2
+    points = all_points(store_for(home), "int8")
+    assert {p["model_backend"] for p in points.values()} == {"int8"}
+    hit = search("how often are keys rotated", "int8", limit=1)[0]
+    assert hit.path == "keys.md"
+    int8 = load_model("sentence-transformers/all-MiniLM-L6-v2", None, "int8")
+    assert int8.model is not load_model("sentence-transformers/all-MiniLM-L6-v2", None).model
+    again = ingest_documents(source=str(docs), collection="int8")  # torch now: another fingerprint, re-embedded
+    assert again.documents.changed == 2

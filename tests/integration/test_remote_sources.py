@@ -124,6 +124,26 @@ def test_git_folder_sync_by_blob_sha(prefect_server, home, repo):
     assert (second.documents.changed, second.documents.unchanged) == (1, 1)
     assert all("five hours" not in h.text for h in search("train travel", "gitkb", limit=5))
 
+    # Delete one document, rename another, and change only files outside the folder: a full sync removes the deleted
+    # and the renamed-away paths, adds the new path, and the outside change is invisible.
+    git("rm", "-q", "30-Aprovados/guide.md", cwd=work)
+    git("mv", "30-Aprovados/policy.md", "30-Aprovados/travel-policy.md", cwd=work)
+    (work / "drafts.md").write_text("# Draft\n\nStill not approved.\n")
+    git("add", ".", cwd=work)
+    git("commit", "-q", "-m", "v3", cwd=work)
+    git("push", "-q", "origin", "main", cwd=work)
+    third = ingest_documents(source=url, collection="gitkb", options=IngestOptions(
+        source=SourceOptions(git_ref="main", git_path="30-Aprovados"), mode="full", max_delete_ratio=1.0))
+    d = third.documents
+    assert (d.seen, d.new, d.changed, d.unchanged, d.deleted) == (1, 1, 0, 0, 2)
+    hits = search("book travel through the portal", "gitkb", limit=5)
+    assert {h.path for h in hits} == {"travel-policy.md"}
+    (work / "drafts.md").write_text("# Draft\n\nApproved soon.\n")  # a commit that only touches the outside
+    git("commit", "-q", "-am", "v4", cwd=work)
+    git("push", "-q", "origin", "main", cwd=work)
+    outside = ingest_documents(source=url, collection="gitkb", options=opts)
+    assert outside.documents.unchanged == 1 and outside.chunks.embedded == 0
+
     pinned = ingest_documents(source=url, collection="gitkb-v1",
                               options=IngestOptions(source=SourceOptions(git_ref="v1", git_path="30-Aprovados")))
     assert pinned.documents.new == 2

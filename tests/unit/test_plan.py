@@ -39,6 +39,11 @@ def test_settings_that_shape_output_change_the_fingerprint():
     assert other_model.fingerprint != base.fingerprint
     assert same.fingerprint == base.fingerprint  # throughput knobs do not re-embed anything
     assert classify(doc(), record(base), smaller) is ChangeKind.CHANGED
+    int8 = resolve_profile(IngestOptions(parse=ParseOptions(pdf_mode="fast")),
+                           ModelInfo(name="m", location="/m", revision="r1", dimension=384, max_seq_length=256,
+                                     backend="int8"))
+    assert int8.fingerprint != base.fingerprint  # other vectors: re-embedded
+    assert base.fingerprint == "65280b85a325daff"  # unchanged by the backend option: no re-embedding on upgrade
 
 
 from docingest.core.plan import Action, make_plan  # noqa: E402

@@ -27,6 +27,7 @@ class ModelInfo:
     revision: str
     dimension: int
     max_seq_length: int
+    backend: str = "torch"
 
 
 @dataclass
@@ -37,8 +38,8 @@ class LoadedModel:
     device: str | None = None
 
     def __reduce__(self):
-        """Pickled as (name, device): another process (a Dask worker) loads its own copy, once."""
-        return (load_model, (self.info.name, self.device))
+        """Pickled as (name, device, backend): another process (a Dask worker) loads its own copy, once."""
+        return (load_model, (self.info.name, self.device, self.info.backend))
 
 
 _models: dict[tuple[str, str | None], LoadedModel] = {}
@@ -70,9 +71,13 @@ def default_device() -> str:
     return "cpu"
 
 
-def load_model(name: str, device: str | None = None) -> LoadedModel:
-    """Load (once per process, name and device) a sentence-transformers model."""
-    key = (name, device)
+def load_model(name: str, device: str | None = None, backend: str = "torch") -> LoadedModel:
+    """Load (once per process, name, device and backend) a sentence-transformers model.
+
+    ``backend="int8"``: torch dynamic quantization (int8 weights, Linear layers) on CPU — no extra packages, no export.
+    """
+    backend = getattr(backend, "value", backend)
+    key = (name, device, backend)
     with _models_lock:
         if key in _models:
             return _models[key]
@@ -83,7 +88,13 @@ def load_model(name: str, device: str | None = None) -> LoadedModel:
 
             hf_logging.disable_progress_bar()
 
-            model = SentenceTransformer(location, device=device or default_device())
+            if backend == "int8":
+                import torch
+
+                model = SentenceTransformer(location, device="cpu")
+                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            else:
+                model = SentenceTransformer(location, device=device or default_device())
         except Exception as exc:  # noqa: BLE001 - an unloadable model is a configuration problem
             raise ConfigurationError(f"cannot load embedding model {name!r}: {exc}") from exc
         if revision == "hub":
@@ -96,6 +107,7 @@ def load_model(name: str, device: str | None = None) -> LoadedModel:
             revision=revision,
             dimension=int(dim),
             max_seq_length=int(model.max_seq_length or 512),
+            backend=backend,
         )
         loaded = LoadedModel(info=info, model=model, lock=threading.Lock(), device=device)
         _models[key] = loaded

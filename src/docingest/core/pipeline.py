@@ -119,6 +119,7 @@ def build_points(prepared: PreparedDocument, vectors: Any, profile: Profile) -> 
                     "text": chunk.text,
                     "parser": prepared.parser,
                     "model": profile.model.name,
+                    "model_backend": profile.model.backend,
                     "ingested_at": time.time(),
                 },
             }

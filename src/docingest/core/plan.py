@@ -40,6 +40,8 @@ def resolve_profile(options: IngestOptions, model: ModelInfo) -> Profile:
         "model": model.name,
         "model_revision": model.revision,
     }
+    if model.backend != "torch":  # only then: existing collections keep their fingerprint
+        parts["model_backend"] = model.backend
     return Profile(pdf_mode=pdf_mode, ocr=ocr, max_tokens=max_tokens, model=model, fingerprint=fingerprint(parts))
 
 

@@ -430,7 +430,7 @@ def _resolve(source: str | None, options: IngestOptions, source_block: str | Non
         embedder = load_block(embedder_block, EmbedderSettings)
         name, device = embedder.model, embedder.device or device
         options.embed.batch_size = embedder.batch_size
-    model = load_model(options.embed.model or name, device)
+    model = load_model(options.embed.model or name, device, options.embed.backend)
     return src, model, resolve_profile(options, model.info)
 
 
