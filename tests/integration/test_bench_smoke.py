@@ -1,0 +1,37 @@
+"""A seconds-scale smoke of bench/: every phase runs on a tiny generated corpus and the report has its shape.
+Timings are printed by the bench, never asserted here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bench_runs_every_phase_on_a_tiny_corpus(tmp_path):
+    out = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "bench/run.py", "--corpus", "gen", "--docs", "5", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["phases"]) == {"docingest_full", "naive", "raw_encode", "noop_resync", "changed_1pct_resync"}
+    assert report["phases"]["docingest_full"]["documents"] == 5 == report["phases"]["naive"]["documents"]
+    assert report["phases"]["raw_encode"]["chunks"] == report["phases"]["naive"]["chunks"] > 0
+    assert report["phases"]["noop_resync"]["chunks"] == 0  # nothing embedded
+    assert set(report["ratios"]) == set(report["targets"]) and report["failed_documents"] == 0
+
+
+def test_generated_corpus_is_deterministic(tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    from make_corpus import generate
+
+    assert generate(tmp_path / "a", 30, seed=3) == generate(tmp_path / "b", 30, seed=3)
+    files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.*"))
+    assert len(files_a) == 30 and any(p.suffix == ".html" for p in files_a)
+    assert all((tmp_path / "a" / p).read_text() == (tmp_path / "b" / p).read_text() for p in files_a)
