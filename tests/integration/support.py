@@ -16,6 +16,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
+def wait_http(url: str, proc: subprocess.Popen, log: Path | None = None, timeout: float = 60) -> None:
+    """Wait until ``url`` answers; fail with the end of ``log`` if ``proc`` dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text()[-2000:] if log and log.exists() else ""
+                raise RuntimeError(f"{url} did not come up (exit {proc.poll()}): {tail}") from None
+            time.sleep(0.2)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -95,6 +109,7 @@ class AuthenticatingS3:
     def __init__(self, log: Path) -> None:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.log = log
         self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                                      env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3"),
                                      stdout=log.open("w"), stderr=subprocess.STDOUT)
@@ -102,16 +117,11 @@ class AuthenticatingS3:
     def __enter__(self) -> AuthenticatingS3:
         import boto3
 
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.__exit__()
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.1)
+        try:
+            wait_http(f"{self.endpoint}/moto-api/", self.proc, self.log)
+        except RuntimeError:
+            self.__exit__()
+            raise
         iam = boto3.client("iam", endpoint_url=self.endpoint, region_name="us-east-1",
                            aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
         iam.create_user(UserName="ingest")

@@ -8,11 +8,10 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from support import free_port
+from support import free_port, wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -70,14 +69,7 @@ class Stack:
 def stack(tmp_path):
     s = Stack(tmp_path)
     server = s.start("server", str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(s.port))
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{s.api}/health", timeout=2)
-            break
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, s.log("server")
-            time.sleep(0.5)
+    wait_http(f"{s.api}/health", server, s.tmp / "server.log", timeout=120)
     try:
         yield s
     finally:

@@ -9,10 +9,9 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
-from support import free_port
+from support import free_port, wait_http
 
 from docingest.flows.ingest import ingest_documents
 
@@ -20,19 +19,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PROMETHEUS = shutil.which("prometheus")
 PUSHGATEWAY = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
-
-
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url} died: {log.read_text()[-2000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up: {log.read_text()[-2000:]}")
 
 
 @pytest.fixture

@@ -44,9 +44,7 @@ class S3ResultStorage(WritableFileSystem):
     def _client(self):
         from docingest.core.sources.s3 import make_client
 
-        c = self.credentials
-        return make_client(c.endpoint, c.access_key.get_secret_value() if c.access_key else None,
-                           c.secret_key.get_secret_value() if c.secret_key else None, c.region)[0]
+        return make_client(**self.credentials.connect_args())[0]
 
     def _key(self, path: str) -> str:
         return f"{self.basepath.strip('/')}/{path.lstrip('/')}" if self.basepath.strip("/") else path.lstrip("/")

@@ -35,6 +35,12 @@ class S3Credentials(Block):
     secret_key: SecretStr | None = Field(default=None, description="Secret access key.")
     region: str | None = Field(default=None, description="Region, if the store needs one.")
 
+    def connect_args(self) -> dict:
+        """Keyword arguments for docingest's minio client helpers (secrets revealed only here, never logged)."""
+        return {"endpoint": self.endpoint, "region": self.region,
+                "access_key": self.access_key.get_secret_value() if self.access_key else None,
+                "secret_key": self.secret_key.get_secret_value() if self.secret_key else None}
+
 
 class S3BucketSource(Block):
     """Documents under a prefix of an S3-compatible bucket, with the credentials block that reaches it.
@@ -64,10 +70,7 @@ class S3BucketSource(Block):
         """A docingest Source for this bucket prefix."""
         from docingest.core.sources.s3 import S3Source
 
-        c = self.credentials
-        return S3Source(self.source_uri(), options, endpoint=c.endpoint, region=c.region,
-                        access_key=c.access_key.get_secret_value() if c.access_key else None,
-                        secret_key=c.secret_key.get_secret_value() if c.secret_key else None)
+        return S3Source(self.source_uri(), options, **self.credentials.connect_args())
 
 
 class GitRepositorySource(Block):
