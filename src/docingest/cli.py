@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from docingest.options import EmbedBackend, Isolation, OcrMode, PdfMode, SyncMode  # light: pydantic only
+from docingest.options import EmbedBackend, Isolation, OcrMode, PdfMode, Preset, SyncMode  # light: pydantic only
 
 app = typer.Typer(
     name="docingest",
@@ -124,10 +124,17 @@ def ingest(
     max_tokens: Annotated[
         int | None, typer.Option("--max-tokens", help="Chunk size in tokens (default and cap: the model's).")
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Chunks per embedding call.")] = 64,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Chunks per embedding call \\[default: 64].")
+                          ] = None,
     embed_backend: Annotated[
-        EmbedBackend, typer.Option("--embed-backend", help="torch (fp32, CUDA when present) or int8 (CPU, faster).")
-    ] = EmbedBackend.TORCH,
+        EmbedBackend | None,
+        typer.Option("--embed-backend", help="torch (fp32, CUDA when present) or int8 (CPU, faster) \\[default: torch]."),
+    ] = None,
+    preset: Annotated[
+        Preset | None,
+        typer.Option("--preset", help="Set workers, window, batch sizes and backend together; explicit options win."),
+    ] = None,
+    window: Annotated[int | None, typer.Option("--window", help="Documents in flight at once \\[default: 32].")] = None,
     mode: Annotated[
         SyncMode, typer.Option("--mode", help="incremental: never delete; full: remove documents gone from SOURCE.")
     ] = SyncMode.INCREMENTAL,
@@ -137,11 +144,14 @@ def ingest(
     force: Annotated[bool, typer.Option("--force", help="Delete even past --max-delete-ratio.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and write nothing.")] = False,
     doc_timeout: Annotated[float, typer.Option("--doc-timeout", help="Seconds per document to parse.")] = 120.0,
-    doc_memory_mb: Annotated[int, typer.Option("--doc-memory-mb", help="Memory limit per parse worker.")] = 4096,
+    doc_memory_mb: Annotated[
+        int | None, typer.Option("--doc-memory-mb", help="Memory limit per parse worker \\[default: 4096].")
+    ] = None,
     isolation: Annotated[
         Isolation, typer.Option("--isolation", help="process: parse in killable worker processes.")
     ] = Isolation.PROCESS,
-    workers: Annotated[int, typer.Option("--workers", help="Documents parsed at the same time.")] = 2,
+    workers: Annotated[int | None, typer.Option("--workers", help="Documents parsed at the same time \\[default: 2].")
+                       ] = None,
     max_doc_attempts: Annotated[
         int, typer.Option("--max-doc-attempts", help="Failures before a document is dead-lettered.")
     ] = 3,
@@ -181,15 +191,18 @@ def ingest(
     if not collection and not collection_block:
         raise _fail("give --collection or --collection-block")
     blocks = dict(qdrant_block=qdrant_block, source_block=source_block, collection_block=collection_block)
+    def given(**kw):  # only what was given explicitly, so a preset fills the rest
+        return {k: v for k, v in kw.items() if v is not None}
+
     try:
         options = IngestOptions(
             source=SourceOptions(include=include or ["**/*"], exclude=exclude or [], git_ref=git_ref,
                                  git_path=git_path),
-            parse=ParseOptions(pdf_mode=pdf_mode, ocr=ocr, timeout_s=doc_timeout, max_memory_mb=doc_memory_mb,
-                               isolation=isolation),
+            parse=ParseOptions(pdf_mode=pdf_mode, ocr=ocr, timeout_s=doc_timeout,
+                               isolation=isolation, **given(max_memory_mb=doc_memory_mb)),
             chunk=ChunkOptions(max_tokens=max_tokens),
-            embed=EmbedOptions(model=model, batch_size=batch_size, backend=embed_backend),
-            workers=workers,
+            embed=EmbedOptions(model=model, **given(batch_size=batch_size, backend=embed_backend)),
+            **given(workers=workers, window=window, preset=preset),
             mode=mode,
             max_delete_ratio=max_delete_ratio,
             force=force,

@@ -39,7 +39,7 @@ from docingest.datamodel import (
     Stage,
 )
 from docingest.exceptions import CircuitBreakerOpen, ConfigurationError, DocingestError
-from docingest.options import IngestOptions, Isolation, PdfMode
+from docingest.options import IngestOptions, Isolation, PdfMode, Preset
 from docingest.settings import get_settings
 from docingest.tasks.embed import embed_batch_task
 from docingest.tasks.prepare import PrepareFailed, prepare_document_task
@@ -326,6 +326,7 @@ def ingest_documents(
     embedder_block: str | None = None,
     collection_block: str | None = None,
     result_storage: str | None = None,
+    preset: Preset | None = None,
 ) -> IngestResult:
     """Sync a folder of documents into a Qdrant collection.
 
@@ -349,10 +350,12 @@ def ingest_documents(
         result_storage: Saved block for the parse cache (``docingest-s3-result-storage/NAME`` or any Prefect
             WritableFileSystem block), shared by workers on other machines; default DOCINGEST_RESULT_STORAGE, else
             Prefect's local result storage.
+        preset: default, high-throughput or memory-efficient: workers, window, batch sizes and embedding backend
+            set together (same as ``options.preset``); options set explicitly win.
     """
     logger = get_run_logger()
     started = time.monotonic()
-    options = options or IngestOptions()
+    options = with_preset(options, preset)
     settings = get_settings()
 
     # 1. Where things live, and what shapes the output (model, PDF mode, chunk size -> fingerprint).
@@ -402,12 +405,21 @@ def plan_documents(source: str | None, collection: str | None, options: IngestOp
                    source_block: str | None = None, collection_block: str | None = None,
                    embedder_block: str | None = None) -> Plan:
     """The plan a run would follow, computed without writing anything (``--dry-run``)."""
-    options = options or IngestOptions()
+    options = with_preset(options)
     collection, location = resolve_target(collection, qdrant, qdrant_block, collection_block)
     src, _, profile = _resolve(source, options, source_block, embedder_block)
     store = QdrantStore(location)
     known = store.manifest(collection, src.uri) if store.collection_exists(store.manifest_name(collection)) else {}
     return make_plan(src.uri, list(src.iter_documents()), known, profile, options)
+
+
+def with_preset(options: IngestOptions | None, preset: Preset | None = None) -> IngestOptions:
+    """The options a run uses: ``preset`` (if given) replaces ``options.preset``, whose values fill every option
+    that was not set explicitly."""
+    options = options or IngestOptions()
+    if preset is not None:
+        options = options.model_copy(update={"preset": Preset(preset)})
+    return options.resolved()
 
 
 def _open(source: str | None, options: IngestOptions, source_block: str | None):
