@@ -12,16 +12,19 @@ __all__ = [
     "IngestOptions",
     "IngestResult",
     "SearchHit",
+    "SearchResults",
     "__version__",
+    "ingest",
+    "ingest",
     "ingest_documents",
     "search",
 ]
 
 if TYPE_CHECKING:
-    from docingest.datamodel import IngestResult, SearchHit
+    from docingest.api import ingest, search
+    from docingest.datamodel import IngestResult, SearchHit, SearchResults
     from docingest.flows.ingest import ingest_documents
     from docingest.options import IngestOptions
-    from docingest.search import search
 
 
 def __getattr__(name: str) -> Any:
@@ -30,11 +33,11 @@ def __getattr__(name: str) -> Any:
         from docingest.flows.ingest import ingest_documents
 
         return ingest_documents
-    if name == "search":
-        from docingest.search import search
+    if name in ("ingest", "search"):
+        from docingest import api
 
-        return search
-    if name in ("IngestResult", "SearchHit"):
+        return getattr(api, name)
+    if name in ("IngestResult", "SearchHit", "SearchResults"):
         from docingest import datamodel
 
         return getattr(datamodel, name)

@@ -1,4 +1,4 @@
-"""docingest command line: ``docingest ingest``, ``docingest search`` and ``docingest doctor``.
+"""docingest command line: ingest, search, doctor, eval, migrate and plugins.
 
 Exit codes: 0 all documents fine; 1 the run finished but some documents failed; 2 usage or configuration error.
 """
@@ -124,6 +124,12 @@ def ingest(
     max_tokens: Annotated[
         int | None, typer.Option("--max-tokens", help="Chunk size in tokens (default and cap: the model's).")
     ] = None,
+    chunker: Annotated[
+        str | None, typer.Option("--chunker", help="A chunker plugin instead of Docling's HybridChunker.")
+    ] = None,
+    enricher: Annotated[
+        list[str] | None, typer.Option("--enricher", help="An enricher plugin to run after chunking (repeatable).")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Chunks per embedding call \\[default: 64].")
                           ] = None,
     embed_backend: Annotated[
@@ -200,7 +206,7 @@ def ingest(
                                  git_path=git_path),
             parse=ParseOptions(pdf_mode=pdf_mode, ocr=ocr, timeout_s=doc_timeout,
                                isolation=isolation, **given(max_memory_mb=doc_memory_mb)),
-            chunk=ChunkOptions(max_tokens=max_tokens),
+            chunk=ChunkOptions(max_tokens=max_tokens, chunker=chunker, enrichers=enricher or []),
             embed=EmbedOptions(model=model, **given(batch_size=batch_size, backend=embed_backend)),
             **given(workers=workers, window=window, preset=preset),
             mode=mode,
@@ -387,6 +393,77 @@ def doctor(
             table.add_row(c["name"], mark, Text(c["detail"]))
         out.print(table)
     raise typer.Exit(EXIT_OK if data["ok"] else EXIT_FAILED_DOCS)
+
+
+@app.command("eval")
+def eval_command(
+    collection: CollectionOpt,
+    queries: Annotated[Path, typer.Option("--queries", help="BEIR queries JSONL ({\"_id\", \"text\"} per line).")],
+    qrels: Annotated[Path, typer.Option("--qrels", help="BEIR qrels TSV: query-id, corpus-id, score.")],
+    k: Annotated[int, typer.Option("--k", "-k", min=1, max=1000, help="Cut-off of the metrics.")] = 10,
+    match: Annotated[
+        str, typer.Option("--match", help="How qrels' corpus ids name documents: 'stem' (file name without its "
+                          "extension; two files with one stem in different folders count as one) or a payload field, "
+                          "e.g. path or doc_id.")
+    ] = "stem",
+    candidates: Annotated[
+        int | None, typer.Option("--candidates", help="Chunks retrieved per query before ranking documents "
+                                 "\\[default: max(50, 10k)].")
+    ] = None,
+    qdrant_path: QdrantPathOpt = None,
+    qdrant_url: QdrantUrlOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Measure retrieval quality on a query set: nDCG@k, recall@k, MRR and the worst queries."""
+    _quiet_environment(verbose)
+    from docingest.evaluate import evaluate, load_qrels, load_queries, render
+    from docingest.exceptions import DocingestError
+
+    _qdrant_target(qdrant_path, qdrant_url)
+    try:
+        report = evaluate(collection, load_queries(queries), load_qrels(qrels), k=k, match=match,
+                          qdrant_url=qdrant_url, qdrant_path=str(qdrant_path) if qdrant_path else None,
+                          candidates=candidates)
+    except DocingestError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_json_dict()) + "\n")
+    else:
+        render(report, out)
+
+
+@app.command()
+def plugins(as_json: JsonOpt = False) -> None:
+    """List installed plugins (parsers, chunkers, embedders, enrichers) and whether each loads.
+
+    Exit 0 when every enabled plugin loads, 1 when one is broken.
+    """
+    _quiet_environment(False)
+    from rich.text import Text
+
+    from docingest import plugins as registry
+
+    found = registry.discover(include_disabled=True)
+    off = registry.disabled()
+    rows = [{**p.to_json_dict(), "disabled": p.entry_name in off} for p in found]
+    broken = [r for r in rows if not r["ok"] and not r["disabled"]]
+    if as_json:
+        sys.stdout.write(json.dumps({"plugins": rows, "ok": not broken}) + "\n")
+    elif not rows:
+        out.print("no plugins installed (entry point groups: " + ", ".join(registry.GROUPS.values()) + ")")
+    else:
+        table = Table(title="docingest plugins", show_header=True)
+        for column in ("group", "name", "version", "formats", "capabilities", "package", "status"):
+            table.add_column(column)
+        for r in rows:
+            status = "[dim]disabled[/]" if r["disabled"] else ("[green]ok[/]" if r["ok"] else "[red]broken[/]")
+            table.add_row(r["group"], r["name"], r["version"], ", ".join(r["formats"]), ", ".join(r["capabilities"]),
+                          f"{r['package']} {r['package_version']}", status)
+        out.print(table)
+        for r in broken:
+            err.print(Text(f"error: {r['kind']} plugin {r['name']!r} ({r['package']}): {r['error']}"), soft_wrap=True)
+    raise typer.Exit(EXIT_FAILED_DOCS if broken else EXIT_OK)
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ class Stage(str, Enum):
     READ = "read"
     PARSE = "parse"
     CHUNK = "chunk"
+    ENRICH = "enrich"
     EMBED = "embed"
     UPSERT = "upsert"
 
@@ -56,6 +57,7 @@ class Chunk(BaseModel):
     headings: list[str] = Field(default_factory=list)
     pages: list[int] = Field(default_factory=list)
     token_count: int = 0
+    extra: dict[str, Any] = Field(default_factory=dict, description="Payload fields added by enricher plugins.")
 
 
 class PreparedDocument(BaseModel):
@@ -144,6 +146,12 @@ class IngestResult(BaseModel):
         """True when no document failed."""
         return self.documents.failed == 0
 
+    def to_dataframe(self):
+        """One row per document: source, path, status, change, stage, error, chunks (pandas)."""
+        columns = ["source", "path", "status", "change", "stage", "error", "chunks"]
+        rows = [{**o.model_dump(mode="json", include=set(columns))} for o in self.outcomes]
+        return _dataframe(rows, columns)
+
     def to_json_dict(self) -> dict[str, Any]:
         return {
             "collection": self.collection,
@@ -158,6 +166,14 @@ class IngestResult(BaseModel):
             "stage_seconds": {k: round(v, 3) for k, v in sorted(self.stage_seconds.items())},
             "flow_run_id": self.flow_run_id,
         }
+
+
+def _dataframe(rows: list[dict[str, Any]], columns: list[str]):
+    try:
+        import pandas as pd
+    except ImportError as exc:  # pandas comes with Docling; this only fails in a trimmed environment
+        raise ImportError("to_dataframe() needs pandas: pip install pandas") from exc
+    return pd.DataFrame(rows, columns=columns)
 
 
 class SearchHit(BaseModel):
@@ -188,3 +204,12 @@ class ManifestRecord(BaseModel):
     error: str | None = None
     attempts: int = 0
     updated_at: float = 0.0
+
+
+class SearchResults(list):
+    """Search hits, best first: a plain list of SearchHit with ``to_dataframe()``."""
+
+    def to_dataframe(self):
+        """One row per hit: score, source, path, chunk_index, headings, pages, text."""
+        columns = ["score", "source", "path", "chunk_index", "headings", "pages", "text"]
+        return _dataframe([h.model_dump(include=set(columns)) for h in self], columns)

@@ -32,6 +32,10 @@ class ChunkError(DocingestError):
     """Raised when a converted document cannot be chunked."""
 
 
+class EnrichError(DocingestError):
+    """Raised when an enricher plugin fails on a document's chunks."""
+
+
 class EmbedError(DocingestError):
     """Raised when the embedding model fails on a batch."""
 

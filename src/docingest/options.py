@@ -97,6 +97,13 @@ class ChunkOptions(_Options):
         description="Chunk size in tokens of the embedding model. Default and upper bound: the model's max sequence length.",
     )
     merge_peers: bool = Field(default=True, description="Merge undersized neighbouring chunks with the same headings.")
+    chunker: str | None = Field(
+        default=None, description="A docingest.chunkers plugin to use instead of Docling's HybridChunker."
+    )
+    enrichers: list[str] = Field(
+        default_factory=list,
+        description="docingest.enrichers plugins run after chunking, in this order; each adds payload fields.",
+    )
 
 
 class EmbedBackend(str, Enum):

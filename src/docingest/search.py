@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from docingest.core.embed import embed_texts, load_model
 from docingest.core.store import QdrantStore
-from docingest.datamodel import SearchHit
+from docingest.datamodel import SearchResults
 from docingest.settings import get_settings
 
 
@@ -23,7 +23,7 @@ def search(
     qdrant_url: str | None = None,
     qdrant_path: str | None = None,
     model: str | None = None,
-) -> list[SearchHit]:
+) -> SearchResults:
     """Return the ``limit`` chunks closest to ``query``. Raises ConfigurationError for an unknown collection."""
     from docingest.flows.ingest import QdrantTarget, resolve_location
 
@@ -34,4 +34,4 @@ def search(
     name = model or recorded or settings.embed_model
     loaded = load_model(name, settings.embed_device, backend)
     vector = embed_texts(loaded, [query])[0]
-    return store.search(collection, vector.tolist(), limit)
+    return SearchResults(store.search(collection, vector.tolist(), limit))

@@ -25,24 +25,94 @@ def effective_max_tokens(options: ChunkOptions, model_max_seq_length: int) -> in
     return min(options.max_tokens, model_max_seq_length)
 
 
-def make_chunker(loaded: LoadedModel, options: ChunkOptions) -> HybridChunker:
+def make_chunker(loaded: LoadedModel, options: ChunkOptions) -> HybridChunker | PluginChunker:
     """A HybridChunker using the embedding model's own tokenizer, one per thread (tokenizers are not thread-safe)."""
-    from docling_core.transforms.chunker.hybrid_chunker import HybridChunker
     from docling_core.transforms.chunker.tokenizer.huggingface import HuggingFaceTokenizer
 
     max_tokens = effective_max_tokens(options, loaded.info.max_seq_length)
-    key = (loaded.info.location, max_tokens, options.merge_peers)
+    key = (loaded.info.location, max_tokens, options.merge_peers, options.chunker)
     cache = _local.__dict__.setdefault("chunkers", {})
     if key not in cache:
         with loaded.lock:  # copy while no encode is using it
             own_tokenizer = copy.deepcopy(loaded.model.tokenizer)
-        tokenizer = HuggingFaceTokenizer(tokenizer=own_tokenizer, max_tokens=max_tokens)
-        cache[key] = HybridChunker(tokenizer=tokenizer, merge_peers=options.merge_peers)
+        cache[key] = build_chunker(HuggingFaceTokenizer(tokenizer=own_tokenizer, max_tokens=max_tokens), options)
     return cache[key]
 
 
-def chunk_document(doc: DoclingDocument, chunker: HybridChunker) -> list[Chunk]:
+def build_chunker(tokenizer, options: ChunkOptions):
+    """Docling's HybridChunker on the model's tokenizer, or the chosen chunker plugin (PluginError if broken)."""
+    if options.chunker:
+        from docingest.plugins import get
+
+        return PluginChunker(get("chunker", options.chunker), tokenizer)
+    from docling_core.transforms.chunker.hybrid_chunker import HybridChunker
+
+    return HybridChunker(tokenizer=tokenizer, merge_peers=options.merge_peers)
+
+
+class PluginChunker:
+    """A docingest.chunkers plugin behind the same call as HybridChunker; chunks longer than the model reads are
+    a chunk error (they would be cut silently when embedded)."""
+
+    def __init__(self, plugin, tokenizer) -> None:
+        self.plugin, self.tokenizer = plugin, tokenizer
+
+    def to_chunks(self, doc: DoclingDocument) -> list[Chunk]:
+        max_tokens = self.tokenizer.get_max_tokens()
+        produced = self.plugin.obj.chunk(doc, max_tokens, self.tokenizer.count_tokens)
+        chunks: list[Chunk] = []
+        for raw in produced:
+            get = raw.get if isinstance(raw, dict) else lambda k, d=None, r=raw: getattr(r, k, d)
+            text = str(get("text") or "").strip()
+            if not text:
+                continue
+            headings = [str(h) for h in get("headings") or []]
+            embed_text = str(get("embed_text") or "\n".join([*headings, text]))
+            tokens = self.tokenizer.count_tokens(embed_text)
+            if tokens > max_tokens:
+                raise ChunkError(f"chunker plugin {self.plugin.entry_name!r} made a {tokens}-token chunk "
+                                 f"(the model reads {max_tokens})")
+            chunks.append(Chunk(chunk_index=len(chunks), text=text, embed_text=embed_text, headings=headings,
+                                pages=[int(p) for p in get("pages") or []], token_count=tokens))
+        return chunks
+
+
+RESERVED_PAYLOAD = frozenset({
+    "doc_id", "source_uri", "uri", "path", "content_hash", "version", "fingerprint", "chunk_index", "chunk_count",
+    "headings", "pages", "text", "parser", "model", "model_backend", "ingested_at",
+})
+
+
+def enrich_chunks(chunks: list[Chunk], path: str, names: list[str]) -> list[Chunk]:
+    """Run the enricher plugins in order; each returns one dict of payload fields per chunk (EnrichError if not)."""
+    from docingest.exceptions import EnrichError
+    from docingest.plugins import get
+
+    for name in names:
+        plugin = get("enricher", name)
+        try:
+            fields = list(plugin.obj.enrich(chunks, path))
+        except Exception as exc:  # noqa: BLE001 - the plugin's failure is this document's failure, naming it
+            raise EnrichError(f"enricher plugin {name!r} failed: {type(exc).__name__}: {exc}") from exc
+        if len(fields) != len(chunks) or not all(isinstance(f, dict) for f in fields):
+            raise EnrichError(f"enricher plugin {name!r} must return one dict per chunk "
+                              f"({len(chunks)}), got {len(fields)} items")
+        for chunk, extra in zip(chunks, fields, strict=True):
+            if clash := RESERVED_PAYLOAD.intersection(extra):
+                raise EnrichError(f"enricher plugin {name!r} may not set {', '.join(sorted(clash))}")
+            chunk.extra.update(extra)
+    return chunks
+
+
+def chunk_document(doc: DoclingDocument, chunker: HybridChunker | PluginChunker) -> list[Chunk]:
     """Split a document into chunks; ``embed_text`` is the chunk text contextualized with its headings."""
+    if isinstance(chunker, PluginChunker):
+        try:
+            return chunker.to_chunks(doc)
+        except ChunkError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise ChunkError(f"chunker plugin {chunker.plugin.entry_name!r} failed: {type(exc).__name__}: {exc}") from exc
     try:
         chunks: list[Chunk] = []
         for raw in chunker.chunk(dl_doc=doc):

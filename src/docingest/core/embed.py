@@ -81,6 +81,10 @@ def load_model(name: str, device: str | None = None, backend: str = "torch") -> 
     with _models_lock:
         if key in _models:
             return _models[key]
+        if name.startswith(PLUGIN_PREFIX):
+            loaded = _load_plugin(name, backend)
+            _models[key] = loaded
+            return loaded
         location, revision = resolve_model_location(name)
         try:
             from sentence_transformers import SentenceTransformer
@@ -112,6 +116,58 @@ def load_model(name: str, device: str | None = None, backend: str = "torch") -> 
         loaded = LoadedModel(info=info, model=model, lock=threading.Lock(), device=device)
         _models[key] = loaded
         return loaded
+
+
+PLUGIN_PREFIX = "plugin:"
+
+
+class PluginModel:
+    """A docingest.embedders plugin behind the part of SentenceTransformer's API the pipeline uses."""
+
+    def __init__(self, plugin, tokenizer_location: str) -> None:
+        from transformers import AutoTokenizer
+
+        self.plugin = plugin
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_location)
+        self.max_seq_length = int(plugin.obj.max_seq_length)
+        self.dimension = int(plugin.obj.dimension)
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return self.dimension
+
+    def encode(self, texts, batch_size: int = 64, normalize_embeddings: bool = True, **_):
+        import numpy as np
+
+        out = []
+        for start in range(0, len(texts), batch_size):
+            batch = list(texts[start : start + batch_size])
+            vectors = np.asarray(self.plugin.obj.embed(batch), dtype=np.float32)
+            if vectors.shape != (len(batch), self.dimension):
+                raise EmbedError(f"embedder plugin {self.plugin.entry_name!r} returned shape {vectors.shape}, "
+                                 f"expected ({len(batch)}, {self.dimension})")
+            out.append(vectors)
+        vectors = np.concatenate(out) if out else np.zeros((0, self.dimension), dtype=np.float32)
+        if normalize_embeddings:
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.where(norms == 0, 1, norms)
+        return vectors
+
+
+def _load_plugin(name: str, backend: str) -> LoadedModel:
+    """``plugin:NAME``: an embedder plugin; its tokenizer (default: the bundled model's) sizes the chunks."""
+    from docingest import plugins
+
+    if backend != "torch":
+        raise ConfigurationError(f"--embed-backend {backend} applies to sentence-transformers models, not to {name}")
+    plugin = plugins.get("embedder", name[len(PLUGIN_PREFIX):])
+    tokenizer = getattr(plugin.obj, "tokenizer", None) or resolve_model_location("all-minilm-l6-v2")[0]
+    try:
+        model = PluginModel(plugin, str(tokenizer))
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigurationError(f"{plugin.label}: cannot load its tokenizer {tokenizer!r}: {exc}") from exc
+    info = ModelInfo(name=name, location=str(tokenizer), revision=f"{plugin.name}=={plugin.version}",
+                     dimension=model.dimension, max_seq_length=model.max_seq_length, backend="torch")
+    return LoadedModel(info=info, model=model, lock=threading.Lock())
 
 
 def _hub_revision(model: SentenceTransformer) -> str | None:

@@ -147,8 +147,10 @@ def _build_converter(pdf_mode: PdfMode) -> DocumentConverter:
 
 def check_supported(path: str | Path, options: ParseOptions) -> None:
     """Raise UnsupportedDocumentError (skip, with the reason) for a file this installation cannot read."""
+    from docingest.plugins import parser_for
+
     ext = extension(path)
-    if ext in OFFLINE_EXTENSIONS:
+    if ext in OFFLINE_EXTENSIONS or parser_for(ext) is not None:
         return
     if ext in IMAGE_EXTENSIONS:
         if options.ocr is OcrMode.OFF:
@@ -170,6 +172,10 @@ def parse_document(path: Path, options: ParseOptions, pdf_mode: PdfMode | None =
     if size_mb > options.max_file_size_mb:
         raise UnsupportedDocumentError(f"file too large: {size_mb:.1f} MB > {options.max_file_size_mb} MB")
     ext = extension(path)
+    from docingest.plugins import parser_for
+
+    if (plugin := parser_for(ext)) is not None:
+        return _plugin_parse(plugin, path, options)
     if ext in IMAGE_EXTENSIONS:
         return _ocr_image(path, options)
     mode = pdf_mode or resolve_pdf_mode(options.pdf_mode)
@@ -191,6 +197,33 @@ def parse_document(path: Path, options: ParseOptions, pdf_mode: PdfMode | None =
         raise ParseError(f"Docling could not convert the file: {reasons}")
     parser = f"docling-{mode.value}" if ext == "pdf" else "docling"
     return ParsedDocument(document=result.document, parser=parser, pages=len(result.document.pages))
+
+
+def _plugin_parse(plugin, path: Path, options: ParseOptions) -> ParsedDocument:
+    """A parser plugin's DoclingDocument, or its Markdown converted by Docling."""
+    from docling_core.types.doc import DoclingDocument
+
+    try:
+        produced = plugin.obj.parse(path, options)
+    except UnsupportedDocumentError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the plugin's failure is this document's failure, naming the plugin
+        raise ParseError(f"parser plugin {plugin.entry_name!r} failed: {type(exc).__name__}: {exc}") from exc
+    parser = f"plugin:{plugin.name}=={plugin.version}"
+    if isinstance(produced, DoclingDocument):
+        return ParsedDocument(document=produced, parser=parser, pages=len(produced.pages))
+    if not isinstance(produced, str):
+        raise ParseError(f"parser plugin {plugin.entry_name!r} returned {type(produced).__name__}, "
+                         "not a DoclingDocument or Markdown text")
+    from io import BytesIO
+
+    from docling.datamodel.base_models import DocumentStream
+
+    result = _converter(PdfMode.FAST).convert(
+        DocumentStream(name=f"{path.stem}.md", stream=BytesIO(produced.encode())), raises_on_error=False)
+    if result.document is None or result.status.value not in ("success", "partial_success"):
+        raise ParseError(f"parser plugin {plugin.entry_name!r}: its Markdown could not be read")
+    return ParsedDocument(document=result.document, parser=parser, pages=0)
 
 
 def _ocr_image(path: Path, options: ParseOptions) -> ParsedDocument:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from docingest.core.chunk import chunk_document, make_chunker
+from docingest.core.chunk import chunk_document, enrich_chunks, make_chunker
 from docingest.core.embed import LoadedModel
 from docingest.core.ids import document_id, document_version, point_id
 from docingest.core.parse import check_supported, parse_document
@@ -13,7 +13,7 @@ from docingest.core.plan import Profile
 from docingest.core.sources import Source
 from docingest.core.worker import WorkerConfig, get_pool
 from docingest.datamodel import ChangeKind, DocumentStatus, ManifestRecord, PreparedDocument, SourceDocument, Stage
-from docingest.exceptions import ChunkError, ParseError, SourceError, UnsupportedDocumentError
+from docingest.exceptions import ChunkError, EnrichError, ParseError, SourceError, UnsupportedDocumentError
 from docingest.options import IngestOptions, Isolation
 
 
@@ -53,10 +53,18 @@ def prepare_document(
         timings["chunk"] = time.perf_counter() - started
     except ChunkError as exc:
         return outcome(DocumentStatus.FAILURE, Stage.CHUNK, str(exc), parser=parsed.parser, timings=timings)
-    return _finish(outcome, parsed.parser, chunks, timings)
+    return _finish(outcome, parsed.parser, chunks, timings, doc, options)
 
 
-def _finish(outcome, parser: str | None, chunks: list, timings: dict[str, float]) -> PreparedDocument:
+def _finish(outcome, parser: str | None, chunks: list, timings: dict[str, float], doc: SourceDocument,
+            options: IngestOptions) -> PreparedDocument:
+    if chunks and options.chunk.enrichers:
+        try:
+            started = time.perf_counter()
+            enrich_chunks(chunks, doc.path, options.chunk.enrichers)
+            timings["enrich"] = time.perf_counter() - started
+        except EnrichError as exc:
+            return outcome(DocumentStatus.FAILURE, Stage.ENRICH, str(exc), parser=parser, timings=timings)
     if not chunks:
         reason = "empty document: no text found (0 chunks)"
         if parser == "docling-fast":
@@ -90,14 +98,15 @@ def _prepare_in_worker(source, doc, profile, options, model, outcome) -> Prepare
     if result.kind == "fail":
         return outcome(DocumentStatus.FAILURE, Stage(result.stage), result.error, parser=result.parser,
                        timings=timings)
-    return _finish(outcome, result.parser, result.chunks or [], timings)
+    return _finish(outcome, result.parser, result.chunks or [], timings, doc, options)
 
 
 def build_points(prepared: PreparedDocument, vectors: Any, profile: Profile) -> list[dict[str, Any]]:
     """Qdrant points for a prepared document, ids from (source, path, version, chunk index)."""
     doc = prepared.document
     doc_id = document_id(doc.source_uri, doc.path)
-    version = document_version(doc.content_hash, profile.fingerprint)
+    fp = profile.fingerprint_for(doc.path)
+    version = document_version(doc.content_hash, fp)
     points = []
     for chunk, vector in zip(prepared.chunks, vectors, strict=True):
         points.append(
@@ -111,7 +120,7 @@ def build_points(prepared: PreparedDocument, vectors: Any, profile: Profile) -> 
                     "path": doc.path,
                     "content_hash": doc.content_hash,
                     "version": version,
-                    "fingerprint": profile.fingerprint,
+                    "fingerprint": fp,
                     "chunk_index": chunk.chunk_index,
                     "chunk_count": len(prepared.chunks),
                     "headings": chunk.headings,
@@ -121,6 +130,7 @@ def build_points(prepared: PreparedDocument, vectors: Any, profile: Profile) -> 
                     "model": profile.model.name,
                     "model_backend": profile.model.backend,
                     "ingested_at": time.time(),
+                    **chunk.extra,
                 },
             }
         )
@@ -139,8 +149,8 @@ def manifest_record(
         path=doc.path,
         uri=doc.uri,
         content_hash=doc.content_hash,
-        fingerprint=profile.fingerprint,
-        version=document_version(doc.content_hash, profile.fingerprint),
+        fingerprint=profile.fingerprint_for(doc.path),
+        version=document_version(doc.content_hash, profile.fingerprint_for(doc.path)),
         status=status,
         chunks=len(prepared.chunks) if status is DocumentStatus.SUCCESS else 0,
         stage=stage,

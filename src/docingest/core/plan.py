@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import PurePosixPath
 
-from docingest import __version_schema__
+from docingest import __version_schema__, plugins
 from docingest.core.chunk import effective_max_tokens
 from docingest.core.embed import ModelInfo
 from docingest.core.ids import fingerprint
@@ -24,6 +25,16 @@ class Profile:
     max_tokens: int
     model: ModelInfo
     fingerprint: str
+    format_fingerprints: tuple[tuple[str, str], ...] = ()  # extension -> fingerprint, for parser plugins' formats
+
+    def fingerprint_for(self, path: str) -> str:
+        """The fingerprint of one document: a parser plugin's name and version count for its formats only."""
+        if self.format_fingerprints:
+            ext = PurePosixPath(path).suffix.lower().lstrip(".")
+            for fmt, fp in self.format_fingerprints:
+                if fmt == ext:
+                    return fp
+        return self.fingerprint
 
 
 def resolve_profile(options: IngestOptions, model: ModelInfo) -> Profile:
@@ -42,14 +53,22 @@ def resolve_profile(options: IngestOptions, model: ModelInfo) -> Profile:
     }
     if model.backend != "torch":  # only then: existing collections keep their fingerprint
         parts["model_backend"] = model.backend
-    return Profile(pdf_mode=pdf_mode, ocr=ocr, max_tokens=max_tokens, model=model, fingerprint=fingerprint(parts))
+    # Plugins (only when used, so fingerprints without plugins stay as they were): name and version of each.
+    if options.chunk.chunker:
+        parts["chunker"] = plugins.get("chunker", options.chunk.chunker).fingerprint_part()
+    if options.chunk.enrichers:
+        parts["enrichers"] = [plugins.get("enricher", n).fingerprint_part() for n in options.chunk.enrichers]
+    formats = tuple(sorted((fmt, fingerprint({**parts, "parser": p.fingerprint_part()}))
+                           for fmt, p in plugins.parsers_by_format().items()))
+    return Profile(pdf_mode=pdf_mode, ocr=ocr, max_tokens=max_tokens, model=model, fingerprint=fingerprint(parts),
+                   format_fingerprints=formats)
 
 
 def classify(doc: SourceDocument, known: ManifestRecord | None, profile: Profile) -> ChangeKind:
     """new / changed / unchanged. A document is unchanged only if its bytes and the fingerprint match a finished record."""
     if known is None:
         return ChangeKind.NEW
-    same = known.content_hash == doc.content_hash and known.fingerprint == profile.fingerprint
+    same = known.content_hash == doc.content_hash and known.fingerprint == profile.fingerprint_for(doc.path)
     finished = known.status in (DocumentStatus.SUCCESS, DocumentStatus.UNCHANGED, DocumentStatus.SKIPPED)
     return ChangeKind.UNCHANGED if same and finished else ChangeKind.CHANGED
 
@@ -133,7 +152,7 @@ def make_plan(
             record is not None
             and record.status is DocumentStatus.FAILURE
             and record.content_hash == doc.content_hash
-            and record.fingerprint == profile.fingerprint
+            and record.fingerprint == profile.fingerprint_for(doc.path)
             and record.attempts >= options.max_doc_attempts
         ):
             reason = f"dead-lettered after {record.attempts} failed attempts: {record.error}"

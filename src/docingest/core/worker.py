@@ -55,19 +55,18 @@ def _worker_main(conn, config: WorkerConfig) -> None:  # runs in the child proce
 
     logging.getLogger("docling").setLevel(logging.ERROR)  # outcomes go back to the flow, not to our stderr
     warnings.filterwarnings("ignore")
-    from docling_core.transforms.chunker.hybrid_chunker import HybridChunker
     from docling_core.transforms.chunker.tokenizer.huggingface import HuggingFaceTokenizer
     from transformers import AutoTokenizer
 
     from docingest.core import faults
-    from docingest.core.chunk import chunk_document
+    from docingest.core.chunk import build_chunker, chunk_document
     from docingest.core.parse import parse_document
     from docingest.exceptions import ChunkError, ParseError, UnsupportedDocumentError
 
     tokenizer = HuggingFaceTokenizer(
         tokenizer=AutoTokenizer.from_pretrained(config.tokenizer_location), max_tokens=config.max_tokens
     )
-    chunker = HybridChunker(tokenizer=tokenizer, merge_peers=config.chunk.merge_peers)
+    chunker = build_chunker(tokenizer, config.chunk)
     conn.send(("ready",))
     while True:
         try:

@@ -122,8 +122,11 @@ def preflight(source: str | None, options: IngestOptions, qdrant: QdrantTarget |
               collection_block: str | None = None, result_storage: str | None = None) -> None:
     """Check configuration before a run starts (raises ConfigurationError / StoreError): source, PDF mode, Qdrant,
     result storage."""
+    from docingest import plugins
     from docingest.core.parse import resolve_pdf_mode
 
+    options = with_preset(options)
+    plugins.check(options)
     _open(source, options, source_block)
     resolve_pdf_mode(options.parse.pdf_mode)
     _, location = resolve_target(collection or "preflight", qdrant, qdrant_block, collection_block)

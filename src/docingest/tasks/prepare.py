@@ -38,7 +38,7 @@ def prepare_cache_key(context: TaskRunContext, parameters: dict) -> str:
     """
     doc: SourceDocument = parameters["doc"]
     profile: Profile = parameters["profile"]
-    key = f"{doc.source_uri}\n{doc.path}\n{doc.content_hash}\n{profile.fingerprint}\n{code_version()}"
+    key = f"{doc.source_uri}\n{doc.path}\n{doc.content_hash}\n{profile.fingerprint_for(doc.path)}\n{code_version()}"
     key += f"\n{parameters.get('attempt', 0)}"
     return "docingest-prepare-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 

@@ -1,0 +1,67 @@
+"""docingest.ingest / docingest.search: in scripts, inside a running event loop, and the example notebook."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import docingest
+from conftest import REPO, copy_corpus_files
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+FILES = ["md/sources/duck.md", "md/sources/nested.md", "html/sources/wiki_duck.html"]
+
+
+def test_ingest_and_search_inside_a_running_event_loop(prefect_server, home, tmp_path, corpus):
+    docs = copy_corpus_files(corpus, tmp_path / "docs", FILES)
+
+    async def notebook_cell():  # what Jupyter does: synchronous calls on a thread that runs an event loop
+        result = docingest.ingest(str(docs), "api", isolation="none", workers=1, progress=True)
+        hits = docingest.search("what do ducks eat", "api", limit=3)
+        return result, hits
+
+    result, hits = asyncio.run(notebook_cell())
+    assert isinstance(result, docingest.IngestResult) and result.documents.new == 3
+    frame = result.to_dataframe()
+    assert list(frame.columns) == ["source", "path", "status", "change", "stage", "error", "chunks"]
+    assert sorted(frame["path"]) == ["duck.md", "nested.md", "wiki_duck.html"]
+    assert set(frame["status"]) == {"success"} and frame["chunks"].sum() == result.chunks.upserted
+    assert len(hits) == 3 and all(isinstance(h, docingest.SearchHit) for h in hits)
+    hits_frame = hits.to_dataframe()
+    assert hits_frame["score"].is_monotonic_decreasing and "duck" in hits_frame["path"].iloc[0]
+
+    again = docingest.ingest(str(docs), "api", isolation="none", progress=False)  # a plain script call
+    assert again.documents.unchanged == 3 and again.chunks.embedded == 0
+
+
+def test_unknown_and_invalid_options_are_configuration_errors():
+    from docingest.api import build_options
+    from docingest.exceptions import ConfigurationError
+
+    opts = build_options(pdf_mode="fast", workers=3, preset="memory-efficient", enrichers=["x"], include=["*.md"])
+    assert (opts.parse.pdf_mode.value, opts.workers, opts.chunk.enrichers, opts.source.include) == (
+        "fast", 3, ["x"], ["*.md"])
+    assert opts.resolved().window == 4 and opts.resolved().workers == 3  # explicit wins over the preset
+    with pytest.raises(ConfigurationError, match="unknown option 'worker'; did you mean 'workers'"):
+        build_options(worker=3)
+    with pytest.raises(ConfigurationError, match="invalid option parse.pdf_mode"):
+        build_options(pdf_mode="fastest")
+
+
+def test_example_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("DOCINGEST_HOME", str(tmp_path / ".docingest"))
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    for var in [v for v in __import__("os").environ if v.startswith("PREFECT_API")]:
+        monkeypatch.delenv(var)  # the notebook's kernel uses its own ephemeral API, like a user's would
+    notebook = nbformat.read(REPO / "examples" / "quickstart.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(REPO / "examples")}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "\n".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    assert "duck.md" in text and "unchanged" in text
