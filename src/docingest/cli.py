@@ -434,6 +434,60 @@ def eval_command(
 
 
 @app.command()
+def migrate(
+    collection: CollectionOpt,
+    model: Annotated[str, typer.Option("--model", help="The new sentence-transformers model (name or path), or "
+                                       "plugin:NAME.")],
+    sources: Annotated[
+        list[str] | None, typer.Argument(help="Sources to re-read (default: those recorded in the collection).")
+    ] = None,
+    source_block: Annotated[str | None, typer.Option("--source-block", help="Saved source block to re-read.")] = None,
+    embed_backend: Annotated[EmbedBackend | None, typer.Option("--embed-backend", help="torch or int8.")] = None,
+    preset: Annotated[Preset | None, typer.Option("--preset", help="Throughput preset for the rebuild.")] = None,
+    pdf_mode: Annotated[PdfMode, typer.Option("--pdf-mode", help="PDF conversion for the rebuild.")] = PdfMode.AUTO,
+    keep_old: Annotated[bool, typer.Option("--keep-old", help="Keep the previous collection after the switch.")
+                        ] = False,
+    allow_failures: Annotated[
+        bool, typer.Option("--allow-failures", help="Switch even if some documents failed in the rebuild.")
+    ] = False,
+    qdrant_path: QdrantPathOpt = None,
+    qdrant_url: QdrantUrlOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Change a collection's embedding model: build <name>__v<N+1> with it, then switch the alias <name>.
+
+    Search and syncs keep using the old collection until the new one is complete. Exit 0 switched, 1 not switched
+    (documents failed), 2 configuration error.
+    """
+    _quiet_environment(verbose)
+    from docingest.exceptions import DocingestError
+    from docingest.migrate import migrate_collection
+    from docingest.options import EmbedOptions, IngestOptions, ParseOptions
+
+    _qdrant_target(qdrant_path, qdrant_url)
+    options = IngestOptions(parse=ParseOptions(pdf_mode=pdf_mode),
+                            embed=EmbedOptions(**({"backend": embed_backend} if embed_backend else {})),
+                            **({"preset": preset} if preset else {}))
+    try:
+        result = migrate_collection(collection, model, sources=sources or None, source_block=source_block,
+                                    options=options, qdrant_url=qdrant_url,
+                                    qdrant_path=str(qdrant_path) if qdrant_path else None, keep_old=keep_old,
+                                    allow_failures=allow_failures)
+    except DocingestError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        sys.stdout.write(result.model_dump_json() + "\n")
+    elif result.switched:
+        out.print(f"{collection!r} now points at {result.new} ({result.model}): {result.documents} documents, "
+                  f"{result.chunks} chunks in {result.duration_s:.1f}s; {result.old} "
+                  + ("deleted" if result.old_deleted else "kept"), highlight=False)
+    if not result.switched:
+        err.print(f"error: {result.reason}", markup=False, highlight=False)
+    raise typer.Exit(EXIT_OK if result.switched else EXIT_FAILED_DOCS)
+
+
+@app.command()
 def plugins(as_json: JsonOpt = False) -> None:
     """List installed plugins (parsers, chunkers, embedders, enrichers) and whether each loads.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from docingest.core.embed import embed_texts, load_model
 from docingest.core.store import QdrantStore
 from docingest.datamodel import SearchResults
+from docingest.exceptions import ConfigurationError, StoreError
 from docingest.settings import get_settings
 
 
@@ -29,9 +30,22 @@ def search(
 
     store = QdrantStore(resolve_location(QdrantTarget(url=qdrant_url, path=qdrant_path)))
     store.require_collection(collection)
+    for attempt in range(2):
+        # The alias is resolved once, so the model read and the query address the same collection even while a
+        # migration switches the alias; a collection deleted right after the switch is retried on the new one.
+        physical = store.resolve(collection)
+        try:
+            return _search(store, physical, query, limit, model)
+        except (ConfigurationError, StoreError):
+            if attempt or store.resolve(collection) == physical:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _search(store: QdrantStore, physical: str, query: str, limit: int, model: str | None) -> SearchResults:
     settings = get_settings()
-    recorded, backend = collection_model(store, collection)
+    recorded, backend = collection_model(store, physical)
     name = model or recorded or settings.embed_model
     loaded = load_model(name, settings.embed_device, backend)
     vector = embed_texts(loaded, [query])[0]
-    return SearchResults(store.search(collection, vector.tolist(), limit))
+    return SearchResults(store.search(physical, vector.tolist(), limit))

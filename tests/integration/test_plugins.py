@@ -162,3 +162,60 @@ def test_a_broken_plugin_is_named_not_a_traceback(tmp_path):
     disabled = cli("ingest", str(docs), "-c", "c", "--json", DOCINGEST_DISABLED_PLUGINS="broken")
     assert disabled.returncode == 0, disabled.stderr[-2000:]
     assert json.loads(disabled.stdout)["documents"]["new"] == 1
+
+
+def test_model_migration_switches_the_alias_and_search_never_breaks(prefect_server, home, tmp_path, example_plugin):
+    """ingest (bundled model, 384 dims) -> migrate to plugin:hashing (64 dims) while searches run -> migrate back."""
+    import threading
+
+    from typer.testing import CliRunner
+
+    from docingest.cli import app
+    from docingest.migrate import migrate_collection
+    from docingest.search import collection_model, search
+
+    docs = write_docs(tmp_path / "docs")
+    (docs / "broken.note").unlink()
+    first = ingest_documents(source=str(docs), collection="mig")
+    assert first.documents.new == 3
+    store = QdrantStore(QdrantLocation(path=home / "qdrant"))
+    assert store.resolve("mig") == "mig__v1"
+
+    stop, errors, searches = threading.Event(), [], []
+
+    def keep_searching():
+        while not stop.is_set():
+            try:
+                hits = search("signing keys rotation", "mig", limit=3)
+                searches.append(hits[0].path if hits else None)
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(repr(exc))
+
+    searcher = threading.Thread(target=keep_searching)
+    searcher.start()
+    try:
+        result = migrate_collection("mig", "plugin:hashing")
+    finally:
+        stop.set()
+        searcher.join()
+    assert result.switched and (result.old, result.new) == ("mig__v1", "mig__v2") and result.old_deleted
+    assert result.sources == [f"file://{docs}"] and result.documents == 3 and result.failed == 0
+    assert errors == [] and len(searches) > 3 and None not in searches  # search worked before, during and after
+    assert store.resolve("mig") == "mig__v2" and not store._call("x", store.client.collection_exists, "mig__v1")
+    assert collection_model(store, "mig")[0] == "plugin:hashing"
+    assert search("signing keys rotation", "mig", limit=1)[0].path == "rotation.note"
+
+    # The flow addresses the alias: an incremental sync with the new model finds everything unchanged; the old
+    # model no longer fits, and the error says what to do.
+    again = ingest_documents(source=str(docs), collection="mig", options=IngestOptions(embed={"model": "plugin:hashing"}))
+    assert again.documents.unchanged == 3 and again.chunks.embedded == 0
+    with pytest.raises(Exception, match="docingest migrate"):
+        ingest_documents(source=str(docs), collection="mig")
+
+    # Back to the bundled model from the CLI, keeping the previous collection.
+    done = CliRunner().invoke(app, ["migrate", "-c", "mig", "--model", "all-minilm-l6-v2", "--keep-old", "--json",
+                                    "--qdrant-path", str(home / "qdrant")])
+    assert done.exit_code == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert (data["old"], data["new"], data["switched"], data["old_deleted"]) == ("mig__v2", "mig__v3", True, False)
+    assert store.resolve("mig") == "mig__v3" and store._call("x", store.client.collection_exists, "mig__v2")

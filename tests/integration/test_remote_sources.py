@@ -305,7 +305,7 @@ def test_git_token_over_http(prefect_server, home, repo, monkeypatch, tmp_path):
         from docingest.core.store import QdrantLocation, get_client
 
         client = get_client(QdrantLocation(path=home / "qdrant"))
-        for name in ("gitlab", "gitlab__manifest"):  # every payload, chunks and manifest
+        for name in ("gitlab", "gitlab__v1__manifest"):  # every payload, chunks and manifest
             points, _ = client.scroll(name, limit=100, with_payload=True)
             assert points and all("glpat" not in str(p.payload) for p in points)
 

@@ -35,6 +35,7 @@ class QdrantLocation(BaseModel):
 
 
 _clients: dict[tuple, QdrantClient] = {}
+_client_locks: dict[tuple, threading.RLock] = {}
 _clients_lock = threading.Lock()
 
 
@@ -65,7 +66,14 @@ def get_client(location: QdrantLocation) -> QdrantClient:
                 ) from exc
             raise
         _clients[key] = client
+        _client_locks[key] = threading.RLock()
         return client
+
+
+def _client_lock(location: QdrantLocation) -> threading.RLock:
+    """One lock per client, shared by every QdrantStore on it (local mode is not safe across threads)."""
+    with _clients_lock:
+        return _client_locks.setdefault(location.cache_key(), threading.RLock())
 
 
 def close_clients() -> None:
@@ -93,12 +101,12 @@ class QdrantStore:
     def __init__(self, location: QdrantLocation) -> None:
         self.location = location
         self.client = get_client(location)
-        self._lock = threading.RLock()
+        self._lock = _client_lock(location)
         self.is_local = not location.url
 
-    @staticmethod
-    def manifest_name(collection: str) -> str:
-        return f"{collection}{MANIFEST_SUFFIX}"
+    def manifest_name(self, collection: str) -> str:
+        """The manifest of a collection (of the physical collection, when ``collection`` is an alias)."""
+        return f"{self.resolve(collection)}{MANIFEST_SUFFIX}"
 
     def _call(self, action: str, fn, *args, **kwargs):
         try:
@@ -111,33 +119,72 @@ class QdrantStore:
         except Exception as exc:  # noqa: BLE001 - network and server errors are transient
             raise _wrap(self.location.describe(), action, exc) from exc
 
-    def collection_exists(self, collection: str) -> bool:
-        return bool(self._call("check collection", self.client.collection_exists, collection))
+    def aliases(self) -> dict[str, str]:
+        """Alias -> the collection it points at."""
+        response = self._call("read aliases", self.client.get_aliases)
+        return {a.alias_name: a.collection_name for a in response.aliases}
 
-    def ensure_collection(self, collection: str, dimension: int) -> None:
-        """Create the collection (cosine, the model's dimension) and its manifest, or check they fit."""
+    def resolve(self, name: str) -> str:
+        """The physical collection behind ``name`` (an alias), or ``name`` itself."""
+        return self.aliases().get(name, name)
+
+    def collection_exists(self, collection: str) -> bool:
+        """Whether a collection or an alias of that name exists."""
+        return bool(self._call("check collection", self.client.collection_exists, self.resolve(collection)))
+
+    def ensure_collection(self, collection: str, dimension: int, alias: bool = True) -> str:
+        """The physical collection behind ``collection``, created when missing: ``<name>__v1`` (cosine, the model's
+        dimension) behind the alias ``<name>`` (so a model migration can switch it atomically), or with
+        ``alias=False`` a collection of that very name. Also creates its manifest. Checks the dimension fits."""
         from qdrant_client import models
 
         if not collection or any(c in collection for c in "/\\ ") or collection.endswith(MANIFEST_SUFFIX):
             raise ConfigurationError(f"invalid collection name: {collection!r}")
-        if self.collection_exists(collection):
-            info = self._call("read collection", self.client.get_collection, collection)
+        physical = self.resolve(collection)
+        if self._call("check collection", self.client.collection_exists, physical):
+            info = self._call("read collection", self.client.get_collection, physical)
             vectors = info.config.params.vectors
             size = getattr(vectors, "size", None)
             if size is not None and size != dimension:
                 raise ConfigurationError(
                     f"collection {collection!r} holds {size}-dimensional vectors but the model makes {dimension}: "
-                    "use another collection or the model it was built with"
+                    "use the model it was built with, or change its model with `docingest migrate`"
                 )
         else:
+            physical = f"{collection}__v1" if alias else collection
             self._call(
                 "create collection",
                 self.client.create_collection,
-                collection,
+                physical,
                 vectors_config=models.VectorParams(size=dimension, distance=models.Distance.COSINE),
             )
-            self._index(collection)
-        manifest = self.manifest_name(collection)
+            self._index(physical)
+            if alias:
+                self.switch_alias(collection, physical)
+        self._ensure_manifest(physical)
+        return physical
+
+    def switch_alias(self, alias: str, target: str) -> None:
+        """Point ``alias`` at ``target`` in one atomic operation (readers see the old or the new collection)."""
+        from qdrant_client import models
+
+        ops: list = []
+        if alias in self.aliases():
+            ops.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
+        ops.append(models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=target,
+                                                                               alias_name=alias)))
+        self._call("switch alias", self.client.update_collection_aliases, change_aliases_operations=ops)
+
+    def drop_collection(self, physical: str) -> None:
+        """Delete a physical collection and its manifest."""
+        for name in (physical, self.manifest_name(physical)):
+            if self._call("check collection", self.client.collection_exists, name):
+                self._call("delete collection", self.client.delete_collection, name)
+
+    def _ensure_manifest(self, physical: str) -> None:
+        from qdrant_client import models
+
+        manifest = self.manifest_name(physical)
         if not self.collection_exists(manifest):
             self._call(
                 "create manifest",
@@ -160,6 +207,17 @@ class QdrantStore:
                 field_name=field,
                 field_schema=models.PayloadSchemaType.KEYWORD,
             )
+
+    def source_uris(self, collection: str) -> list[str]:
+        """The sources recorded in a collection's manifest."""
+        found: set[str] = set()
+        offset = None
+        while True:
+            points, offset = self._call("read manifest", self.client.scroll, self.manifest_name(collection),
+                                        limit=1000, offset=offset, with_payload=["source_uri"], with_vectors=False)
+            found.update(p.payload["source_uri"] for p in points if p.payload and p.payload.get("source_uri"))
+            if offset is None:
+                return sorted(found)
 
     def require_collection(self, collection: str) -> None:
         if not self.collection_exists(collection):

@@ -366,8 +366,9 @@ def ingest_documents(
     src, model, profile = _resolve(source, options, source_block, embedder_block)
     storage = resolve_result_storage(result_storage)
     prepare = prepare_document_task.with_options(result_storage=storage) if storage else prepare_document_task
-    ensure_collection_task(location, collection, model.info.dimension)
-    logger.info("ingesting %s into %r on %s (model %s, %d-token chunks, mode %s)", src.uri, collection,
+    # The alias is resolved once: a run that started before a model migration's switch finishes where it began.
+    physical = ensure_collection_task(location, collection, model.info.dimension)
+    logger.info("ingesting %s into %r (%s) on %s (model %s, %d-token chunks, mode %s)", src.uri, collection, physical,
                 location.describe(), model.info.name, profile.max_tokens, options.mode.value)
     if options.parse.pdf_mode is PdfMode.AUTO:
         logger.info("pdf-mode auto: PDFs use %s conversion (%s)", profile.pdf_mode.value, accurate_models_status()[1])
@@ -381,7 +382,7 @@ def ingest_documents(
     try:
         with scope_lock(collection, src.uri, settings), _server_limit(collection, src.uri, settings):
             try:
-                result = _sync(src, collection, options, location, model, profile, prepare, metrics)
+                result = _sync(src, collection, options, location, model, profile, prepare, metrics, physical)
             finally:
                 if options.parse.isolation is Isolation.PROCESS:
                     close_pools()
@@ -412,7 +413,8 @@ def plan_documents(source: str | None, collection: str | None, options: IngestOp
     collection, location = resolve_target(collection, qdrant, qdrant_block, collection_block)
     src, _, profile = _resolve(source, options, source_block, embedder_block)
     store = QdrantStore(location)
-    known = store.manifest(collection, src.uri) if store.collection_exists(store.manifest_name(collection)) else {}
+    physical = store.resolve(collection)
+    known = store.manifest(physical, src.uri) if store.collection_exists(store.manifest_name(physical)) else {}
     return make_plan(src.uri, list(src.iter_documents()), known, profile, options)
 
 
@@ -496,13 +498,15 @@ def scope_lock(collection: str, scope: str, settings):
 
 
 def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation, model, profile: Profile,
-          prepare=prepare_document_task, metrics: RunMetrics | None = None) -> IngestResult:
+          prepare=prepare_document_task, metrics: RunMetrics | None = None, physical: str | None = None
+          ) -> IngestResult:
     from prefect.runtime import flow_run
 
     logger = get_run_logger()
     # 2. Plan every document before any work: hash each file, compare with the manifest; full mode lists deletions
     #    (and refuses past the delete guard before anything is written).
-    known = QdrantStore(location).manifest(collection, src.uri)
+    physical = physical or QdrantStore(location).resolve(collection)  # points and manifest live there
+    known = QdrantStore(location).manifest(physical, src.uri)
     plan = make_plan(src.uri, list(src.iter_documents()), known, profile, options)
     counts = plan.counts()
     logger.info("plan: %s", ", ".join(f"{v} {k}" for k, v in counts.items()))
@@ -511,7 +515,7 @@ def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation
     run.result.mode = options.mode.value
     run.result.flow_run_id = str(flow_run.get_id() or "")
     metrics = metrics or RunMetrics(collection, src.uri)
-    writer = _Writer(run, location, collection, profile, options, model, known, metrics)
+    writer = _Writer(run, location, physical, profile, options, model, known, metrics)
 
     for p in plan.documents:
         if p.action is Action.SKIP:
@@ -548,7 +552,7 @@ def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation
     # 4. Full sync: remove what vanished from this source's scope, only after a run that was not aborted.
     if plan.deleted and not run.result.aborted:
         started = time.perf_counter()
-        run.result.chunks.deleted += delete_documents_task(location, collection, quote(plan.deleted))
+        run.result.chunks.deleted += delete_documents_task(location, physical, quote(plan.deleted))
         metrics.observe_stage("delete", time.perf_counter() - started)
         run.result.documents.deleted = len(plan.deleted)
         run.result.deleted = [r.uri for r in plan.deleted]

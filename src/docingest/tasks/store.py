@@ -21,9 +21,10 @@ _store_task = task(
 
 
 @_store_task
-def ensure_collection_task(location: QdrantLocation, collection: str, dimension: int) -> None:
-    """Create the collection with the model's dimension and cosine distance, or check it fits."""
-    QdrantStore(location).ensure_collection(collection, dimension)
+def ensure_collection_task(location: QdrantLocation, collection: str, dimension: int) -> str:
+    """Create the collection (behind its alias) with the model's dimension and cosine distance, or check it fits;
+    returns the physical collection the run writes to."""
+    return QdrantStore(location).ensure_collection(collection, dimension)
 
 
 @_store_task
