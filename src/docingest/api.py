@@ -150,7 +150,7 @@ def ingest(
 def search(query: str, collection: str, limit: int = 5, *, qdrant_path: str | None = None,
            qdrant_url: str | None = None, model: str | None = None) -> SearchResults:
     """The ``limit`` chunks closest to ``query`` (a list of SearchHit with ``to_dataframe()``)."""
-    from docingest.search import search as run_search
+    from docingest.retrieval import search as run_search
 
     return _call(run_search, query, collection, limit=limit, qdrant_url=qdrant_url, qdrant_path=qdrant_path,
                  model=model)

@@ -330,7 +330,7 @@ def search(
     """Find the chunks closest to QUERY in a collection."""
     _quiet_environment(verbose)
     from docingest.exceptions import DocingestError
-    from docingest.search import search as run_search
+    from docingest.retrieval import search as run_search
 
     _qdrant_target(qdrant_path, qdrant_url)
     try:
@@ -485,6 +485,35 @@ def migrate(
     if not result.switched:
         err.print(f"error: {result.reason}", markup=False, highlight=False)
     raise typer.Exit(EXIT_OK if result.switched else EXIT_FAILED_DOCS)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Run the upload service (FastAPI + uvicorn): resumable uploads that become searchable documents.
+
+    Needs DOCINGEST_JWT_SECRET. OpenAPI at /docs and /openapi.json. SIGTERM finishes the running job first.
+    """
+    _quiet_environment(verbose)
+    import faulthandler
+    import signal
+
+    import uvicorn
+
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack (a stuck job, a hang)
+
+    from docingest.exceptions import DocingestError
+    from docingest.service.app import create_app
+
+    try:
+        application = create_app()
+    except DocingestError as exc:
+        raise _fail(str(exc)) from None
+    uvicorn.run(application, host=host, port=port, log_level="info" if verbose else "warning",
+                timeout_graceful_shutdown=30)
 
 
 @app.command()

@@ -270,7 +270,7 @@ def evaluate(
     from docingest.core.embed import embed_texts, load_model
     from docingest.core.store import QdrantStore
     from docingest.flows.ingest import QdrantTarget, resolve_location
-    from docingest.search import collection_model
+    from docingest.retrieval import collection_model
     from docingest.settings import get_settings
 
     store = QdrantStore(resolve_location(QdrantTarget(url=qdrant_url, path=qdrant_path)))

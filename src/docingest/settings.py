@@ -88,6 +88,23 @@ class DocingestSettings(BaseSettings):
         default=None, description="Give up waiting for another run on the same collection and scope after this long."
     )
 
+    # -- the upload service (docingest serve) --------------------------------------------------------------------------
+    jwt_secret: SecretStr | None = Field(
+        default=None, description="HS256 key that signs the upload service's bearer tokens (the user is `sub`)."
+    )
+    upload_dir: Path | None = Field(
+        default=None, description="Folder for uploads in progress, the per-collection upload sources and jobs. "
+        "Default <home>/uploads."
+    )
+    upload_part_size: int = Field(default=8 * 1024 * 1024, ge=1024, description="Bytes per upload part.")
+    upload_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1, description="Largest accepted upload.")
+    upload_allowed_types: list[str] | None = Field(
+        default=None, description="Accepted file extensions (JSON list). Default: the formats docingest ingests."
+    )
+    upload_expiry_s: float = Field(default=24 * 3600, gt=0, description="Incomplete uploads are removed after this.")
+    rate_limit_requests_per_min: int = Field(default=600, ge=1, description="Requests per user and minute.")
+    rate_limit_uploads_per_min: int = Field(default=60, ge=1, description="New uploads per user and minute.")
+
     def resolved_qdrant_path(self) -> Path:
         return self.qdrant_path if self.qdrant_path is not None else self.home / "qdrant"
 

@@ -12,7 +12,7 @@ from docingest.core.store import QdrantLocation, QdrantStore
 from docingest.datamodel import DocumentStatus
 from docingest.flows.ingest import QdrantTarget, ingest_documents
 from docingest.options import IngestOptions
-from docingest.search import search
+from docingest.retrieval import search
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

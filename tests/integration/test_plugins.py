@@ -172,7 +172,7 @@ def test_model_migration_switches_the_alias_and_search_never_breaks(prefect_serv
 
     from docingest.cli import app
     from docingest.migrate import migrate_collection
-    from docingest.search import collection_model, search
+    from docingest.retrieval import collection_model, search
 
     docs = write_docs(tmp_path / "docs")
     (docs / "broken.note").unlink()
@@ -205,12 +205,13 @@ def test_model_migration_switches_the_alias_and_search_never_breaks(prefect_serv
     assert collection_model(store, "mig")[0] == "plugin:hashing"
     assert search("signing keys rotation", "mig", limit=1)[0].path == "rotation.note"
 
-    # The flow addresses the alias: an incremental sync with the new model finds everything unchanged; the old
-    # model no longer fits, and the error says what to do.
-    again = ingest_documents(source=str(docs), collection="mig", options=IngestOptions(embed={"model": "plugin:hashing"}))
+    # The flow addresses the alias and keeps the collection's (migrated) model: a plain incremental sync finds
+    # everything unchanged. The old model, given explicitly, no longer fits, and the error says what to do.
+    again = ingest_documents(source=str(docs), collection="mig")
     assert again.documents.unchanged == 3 and again.chunks.embedded == 0
     with pytest.raises(Exception, match="docingest migrate"):
-        ingest_documents(source=str(docs), collection="mig")
+        ingest_documents(source=str(docs), collection="mig",
+                         options=IngestOptions(embed={"model": "sentence-transformers/all-MiniLM-L6-v2"}))
 
     # Back to the bundled model from the CLI, keeping the previous collection.
     done = CliRunner().invoke(app, ["migrate", "-c", "mig", "--model", "all-minilm-l6-v2", "--keep-old", "--json",
@@ -219,3 +220,22 @@ def test_model_migration_switches_the_alias_and_search_never_breaks(prefect_serv
     data = json.loads(done.stdout)
     assert (data["old"], data["new"], data["switched"], data["old_deleted"]) == ("mig__v2", "mig__v3", True, False)
     assert store.resolve("mig") == "mig__v3" and store._call("x", store.client.collection_exists, "mig__v2")
+
+
+def test_migrating_a_plain_collection_made_before_aliases(prefect_server, home, tmp_path, example_plugin):
+    docs = write_docs(tmp_path / "docs")
+    (docs / "broken.note").unlink()
+    store = QdrantStore(QdrantLocation(path=home / "qdrant"))
+    store.ensure_collection("legacy", 64, alias=False)  # what earlier versions created: no alias
+    hashing = IngestOptions(embed={"model": "plugin:hashing"})
+    assert ingest_documents(source=str(docs), collection="legacy", options=hashing).documents.new == 3
+    assert store.resolve("legacy") == "legacy"  # still the plain collection: the flow keeps using it
+
+    from docingest.migrate import migrate_collection
+
+    result = migrate_collection("legacy", "all-minilm-l6-v2", keep_old=True)
+    assert result.switched and (result.old, result.new) == ("legacy", "legacy__v2")
+    assert result.old_deleted  # a plain collection must go for its name to become the alias (keep_old cannot apply)
+    assert store.resolve("legacy") == "legacy__v2" and store.count("legacy") == store.count("legacy__v2") > 0
+    again = ingest_documents(source=str(docs), collection="legacy")
+    assert again.documents.unchanged == 3

@@ -13,7 +13,7 @@ from docingest.core.sources import open_source
 from docingest.exceptions import ConfigurationError
 from docingest.flows.ingest import ingest_documents
 from docingest.options import IngestOptions, SourceOptions
-from docingest.search import search
+from docingest.retrieval import search
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

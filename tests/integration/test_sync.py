@@ -13,7 +13,7 @@ from docingest.cli import app
 from docingest.core.store import QdrantLocation, QdrantStore, close_clients
 from docingest.flows.ingest import ingest_documents
 from docingest.options import IngestOptions
-from docingest.search import search
+from docingest.retrieval import search
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 runner = CliRunner()

@@ -358,11 +358,13 @@ def ingest_documents(
     """
     logger = get_run_logger()
     started = time.monotonic()
+    given = options
     options = with_preset(options, preset)
     settings = get_settings()
 
     # 1. Where things live, and what shapes the output (model, PDF mode, chunk size -> fingerprint).
     collection, location = resolve_target(collection, qdrant, qdrant_block, collection_block)
+    adopt_collection_model(given, options, location, collection, embedder_block, preset)
     src, model, profile = _resolve(source, options, source_block, embedder_block)
     storage = resolve_result_storage(result_storage)
     prepare = prepare_document_task.with_options(result_storage=storage) if storage else prepare_document_task
@@ -409,8 +411,9 @@ def plan_documents(source: str | None, collection: str | None, options: IngestOp
                    source_block: str | None = None, collection_block: str | None = None,
                    embedder_block: str | None = None) -> Plan:
     """The plan a run would follow, computed without writing anything (``--dry-run``)."""
-    options = with_preset(options)
+    given, options = options, with_preset(options)
     collection, location = resolve_target(collection, qdrant, qdrant_block, collection_block)
+    adopt_collection_model(given, options, location, collection, embedder_block)
     src, _, profile = _resolve(source, options, source_block, embedder_block)
     store = QdrantStore(location)
     physical = store.resolve(collection)
@@ -425,6 +428,27 @@ def with_preset(options: IngestOptions | None, preset: Preset | None = None) -> 
     if preset is not None:
         options = options.model_copy(update={"preset": Preset(preset)})
     return options.resolved()
+
+
+def adopt_collection_model(given: IngestOptions | None, options: IngestOptions, location: QdrantLocation,
+                           collection: str, embedder_block: str | None = None, preset: Preset | None = None) -> None:
+    """An existing collection keeps the model (and backend) it was built or migrated with, unless a model is given
+    explicitly (options, an embedder block, or DOCINGEST_EMBED_MODEL): a sync after ``docingest migrate`` must not
+    re-embed everything with the default model."""
+    from docingest.retrieval import collection_model
+
+    if options.embed.model or embedder_block or "embed_model" in get_settings().model_fields_set:
+        return
+    store = QdrantStore(location)
+    if not store.collection_exists(collection):
+        return
+    name, backend = collection_model(store, store.resolve(collection))
+    if name is None:
+        return
+    options.embed.model = name
+    backend_given = given is not None and ("backend" in given.embed.model_fields_set or given.preset is not None)
+    if not backend_given and preset is None:
+        options.embed.backend = backend
 
 
 def _open(source: str | None, options: IngestOptions, source_block: str | None):

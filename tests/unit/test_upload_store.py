@@ -1,0 +1,110 @@
+"""Upload storage: sanitizing names, sniffing types, parts with MD5, resume, assembly, isolation, expiry."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import pytest
+
+from docingest.service.uploads import UploadError, UploadStore, sanitize_filename, sniff
+
+pytestmark = pytest.mark.unit
+
+
+def md5(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+@pytest.fixture
+def store(tmp_path):
+    return UploadStore(tmp_path, part_size=4, max_bytes=100, allowed={"md", "pdf", "docx"}, expiry_s=60)
+
+
+@pytest.mark.parametrize(("name", "safe"), [
+    ("../../etc/passwd.md", "passwd.md"),
+    ("..\\..\\win.ini.md", "win.ini.md"),
+    ("a\x00b\x07c.md", "abc.md"),
+    ("  ..  ", "upload"),
+    ("report<script>.pdf", "report_script_.pdf"),
+    ("x" * 300 + ".md", "x" * 197 + ".md"),
+])
+def test_sanitize_filename(name, safe):
+    assert sanitize_filename(name) == safe
+
+
+def test_sniff_checks_bytes_not_names(tmp_path):
+    def check(data: bytes, ext: str):
+        path = tmp_path / "f"
+        path.write_bytes(data)
+        return sniff(path, ext)
+
+    assert check(b"%PDF-1.7 ...", "pdf") is None
+    assert "executable" in check(b"MZ\x90\x00", "pdf")
+    assert "executable" in check(b"\x7fELF\x02", "md")
+    assert "executable" in check(b"#!/bin/sh\nrm -rf /", "md")
+    assert check(b"PK\x03\x04rest", "docx") is None
+    assert "not a .docx" in check(b"%PDF-", "docx")
+    assert "binary" in check(b"# t\x00\x01", "md")
+    assert check("# Überschrift\n".encode(), "md") is None
+    assert "not accepted" in check(b"data", "exe")
+
+
+def test_parts_md5_resume_and_assembly(store):
+    data = b"0123456789"
+    meta = store.create("alice", "../n.md", len(data), "text/markdown", "kb", "high")
+    assert (meta.parts, meta.filename) == (3, "n.md")
+    with pytest.raises(UploadError, match="mismatch") as bad:
+        store.put_part("alice", meta.upload_id, 1, b"0123", md5(b"xxxx"))
+    assert bad.value.status == 400
+    assert store.missing(store.get("alice", meta.upload_id)) == [1, 2, 3]
+    with pytest.raises(UploadError, match="must be 4 bytes"):
+        store.put_part("alice", meta.upload_id, 1, b"012", md5(b"012"))
+    for n, part in enumerate([b"0123", b"4567", b"89"], start=1):
+        store.put_part("alice", meta.upload_id, n, part, md5(part))
+    store.put_part("alice", meta.upload_id, 3, b"89", md5(b"89"))  # idempotent
+    with pytest.raises(UploadError, match="sha256 mismatch"):
+        store.complete("alice", meta.upload_id, "0" * 64)
+    done, target = store.complete("alice", meta.upload_id, hashlib.sha256(data).hexdigest())
+    assert done.completed and target.read_bytes() == data
+    assert target == store.source_dir("kb") / meta.upload_id / "n.md"
+    with pytest.raises(UploadError, match="already completed"):
+        store.complete("alice", meta.upload_id, None)
+
+
+def test_users_never_see_each_others_uploads(store):
+    meta = store.create("alice", "a.md", 3, "", "kb", "normal")
+    for call in (lambda: store.get("bob", meta.upload_id), lambda: store.abort("bob", meta.upload_id),
+                 lambda: store.put_part("bob", meta.upload_id, 1, b"abc", md5(b"abc")),
+                 lambda: store.get("alice", "../../etc")):
+        with pytest.raises(UploadError) as err:
+            call()
+        assert err.value.status == 404
+
+
+def test_limits_and_expiry(store):
+    with pytest.raises(UploadError) as too_big:
+        store.create("a", "a.md", 101, "", "kb", "normal")
+    assert too_big.value.status == 413
+    with pytest.raises(UploadError) as wrong_type:
+        store.create("a", "a.exe", 1, "", "kb", "normal")
+    assert wrong_type.value.status == 415
+    with pytest.raises(UploadError, match="priority"):
+        store.create("a", "a.md", 1, "", "kb", "urgent")
+    with pytest.raises(UploadError, match="collection"):
+        store.create("a", "a.md", 1, "", "../kb", "normal")
+    old = store.create("a", "a.md", 1, "", "kb", "normal")
+    assert store.expire(now=old.created_at + 30) == 0
+    assert store.expire(now=old.created_at + 61) == 1
+    with pytest.raises(UploadError):
+        store.get("a", old.upload_id)
+
+
+def test_an_executable_is_refused_at_completion_and_removed(store):
+    data = b"MZ\x90\x00"
+    meta = store.create("a", "report.pdf", len(data), "application/pdf", "kb", "normal")
+    store.put_part("a", meta.upload_id, 1, data, md5(data))
+    with pytest.raises(UploadError, match="executable") as err:
+        store.complete("a", meta.upload_id, None)
+    assert err.value.status == 415
+    assert not store.source_dir("kb").exists()
