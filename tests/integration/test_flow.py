@@ -285,5 +285,8 @@ def test_int8_backend_ingests_and_search_uses_the_same_backend(prefect_server, h
     assert hit.path == "keys.md"
     int8 = load_model("sentence-transformers/all-MiniLM-L6-v2", None, "int8")
     assert int8.model is not load_model("sentence-transformers/all-MiniLM-L6-v2", None).model
-    again = ingest_documents(source=str(docs), collection="int8")  # torch now: another fingerprint, re-embedded
+    # A run that names no backend keeps the collection's (int8): nothing to do.
+    assert ingest_documents(source=str(docs), collection="int8").documents.unchanged == 2
+    torch = IngestOptions.model_validate({"embed": {"backend": "torch"}})
+    again = ingest_documents(source=str(docs), collection="int8", options=torch)  # another fingerprint: re-embedded
     assert again.documents.changed == 2
