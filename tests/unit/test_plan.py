@@ -85,6 +85,19 @@ def test_delete_guard_refuses_past_the_ratio_unless_forced():
     assert len(make_plan("file:///s", docs("a.md", "b.md"), k, profile, o).deleted) == 2  # 50% is allowed
 
 
+def test_full_sync_narrowed_by_filters_never_deletes_outside_them():
+    # An upload job syncs only its own folder; `--include "*.md"` must not delete the PDFs it did not look at.
+    o = IngestOptions(parse=ParseOptions(pdf_mode="fast"), mode="full", source={"include": ["u1/**"]})
+    profile = resolve_profile(o, MODEL)
+    k = known(profile, "u1/a.md", "u1/gone.md", "u2/b.md", "u3/c.md")
+    plan = make_plan("file:///s", docs("u1/a.md"), k, profile, o)
+    assert [r.path for r in plan.deleted] == ["u1/gone.md"]  # 1 of the 2 in scope: 50%, allowed
+    md_only = IngestOptions(parse=ParseOptions(pdf_mode="fast"), mode="full",
+                            source={"include": ["**/*.md"], "exclude": ["drafts/**"]})
+    k = known(profile, "a.md", "b.pdf", "drafts/x.md", "c.md")
+    assert [r.path for r in make_plan("file:///s", docs("a.md"), k, profile, md_only).deleted] == ["c.md"]
+
+
 def test_repeated_failures_are_dead_lettered_until_the_document_changes():
     o = IngestOptions(parse=ParseOptions(pdf_mode="fast"), max_doc_attempts=3)
     profile = resolve_profile(o, MODEL)

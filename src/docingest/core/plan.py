@@ -161,12 +161,18 @@ def make_plan(
         else:
             plan.documents.append(PlannedDocument(doc, change, Action.PROCESS, record))
     if options.mode is SyncMode.FULL:
+        # The scope is the source *and* its include/exclude filters: a run narrowed by filters (an upload's folder,
+        # `--include "*.md"`) never deletes what lies outside them.
+        from docingest.core.sources.local import _matches
+
+        inc, exc = options.source.include, options.source.exclude
+        in_scope = {path: r for path, r in known.items() if _matches(path, inc) and not _matches(path, exc)}
         present = {d.path for d in documents}
-        plan.deleted = [r for path, r in sorted(known.items()) if path not in present]
-        ratio = len(plan.deleted) / len(known) if known else 0.0
+        plan.deleted = [r for path, r in sorted(in_scope.items()) if path not in present]
+        ratio = len(plan.deleted) / len(in_scope) if in_scope else 0.0
         if plan.deleted and ratio > options.max_delete_ratio and not options.force:
             raise DeleteGuardError(
-                f"refusing to delete {len(plan.deleted)} of {len(known)} documents ({ratio:.0%}) in scope {scope}: "
+                f"refusing to delete {len(plan.deleted)} of {len(in_scope)} documents ({ratio:.0%}) in scope {scope}: "
                 f"more than --max-delete-ratio {options.max_delete_ratio:g}; check the source, or pass --force"
             )
     return plan
