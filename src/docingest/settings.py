@@ -92,6 +92,22 @@ class DocingestSettings(BaseSettings):
     jwt_secret: SecretStr | None = Field(
         default=None, description="HS256 key that signs the upload service's bearer tokens (the user is `sub`)."
     )
+    jwt_jwks_url: str | None = Field(
+        default=None, description="JWKS URL of an identity provider (RS256/ES256 tokens, keys cached); used instead "
+        "of, or beside, jwt_secret."
+    )
+    jwt_audience: str | None = Field(default=None, description="Required `aud` claim of bearer tokens, if set.")
+    jwt_issuer: str | None = Field(default=None, description="Required `iss` claim of bearer tokens, if set.")
+    upload_bucket: str | None = Field(
+        default=None, description="Keep uploads in this S3/MinIO bucket (`bucket` or `s3://bucket/prefix`, with the "
+        "DOCINGEST_S3_* settings) instead of upload_dir. Parts become S3 multipart-upload parts (S3 needs parts of "
+        "at least 5 MiB but the last)."
+    )
+    upload_deployment: str | None = Field(
+        default=None, description="Run each upload's ingestion as a run of this Prefect deployment "
+        "(`ingest-documents/local`), the priority choosing the work queue; without it the service runs the flow "
+        "itself in one background worker."
+    )
     upload_dir: Path | None = Field(
         default=None, description="Folder for uploads in progress, the per-collection upload sources and jobs. "
         "Default <home>/uploads."

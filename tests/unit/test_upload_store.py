@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -63,11 +64,17 @@ def test_parts_md5_resume_and_assembly(store):
     for n, part in enumerate([b"0123", b"4567", b"89"], start=1):
         store.put_part("alice", meta.upload_id, n, part, md5(part))
     store.put_part("alice", meta.upload_id, 3, b"89", md5(b"89"))  # idempotent
+    wrong = store.create("alice", "w.md", 4, "", "kb", "normal")
+    store.put_part("alice", wrong.upload_id, 1, b"abcd", md5(b"abcd"))
     with pytest.raises(UploadError, match="sha256 mismatch"):
-        store.complete("alice", meta.upload_id, "0" * 64)
-    done, target = store.complete("alice", meta.upload_id, hashlib.sha256(data).hexdigest())
-    assert done.completed and target.read_bytes() == data
-    assert target == store.source_dir("kb") / meta.upload_id / "n.md"
+        store.complete("alice", wrong.upload_id, "0" * 64)
+    with pytest.raises(UploadError):  # the assembled bytes are not what the client meant: nothing is kept
+        store.get("alice", wrong.upload_id)
+    assert not (Path(store.source_uri("kb")) / wrong.upload_id / "w.md").exists()
+    done, document = store.complete("alice", meta.upload_id, hashlib.sha256(data).hexdigest())
+    assert document == f"{meta.upload_id}/n.md" and done.sha256 == hashlib.sha256(data).hexdigest()
+    assert (Path(store.source_uri("kb")) / document).read_bytes() == data
+    assert store.missing(done) == [] and not list(Path(store.backend.folder(done)).glob("part-*"))
     with pytest.raises(UploadError, match="already completed"):
         store.complete("alice", meta.upload_id, None)
 
@@ -107,4 +114,6 @@ def test_an_executable_is_refused_at_completion_and_removed(store):
     with pytest.raises(UploadError, match="executable") as err:
         store.complete("a", meta.upload_id, None)
     assert err.value.status == 415
-    assert not store.source_dir("kb").exists()
+    assert not list(Path(store.source_uri("kb")).rglob("*.pdf"))  # nothing refused stays in the source
+    with pytest.raises(UploadError):
+        store.get("a", meta.upload_id)

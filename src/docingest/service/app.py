@@ -1,7 +1,8 @@
 """The upload service: resumable uploads that become searchable documents (FastAPI; run with ``docingest serve``).
 
-Every endpoint but ``/health`` needs ``Authorization: Bearer <JWT>`` (HS256 with ``DOCINGEST_JWT_SECRET``; the
-user is the ``sub`` claim). A user's uploads and jobs are invisible to others: another user's id is "not found".
+Every endpoint but ``/health`` needs ``Authorization: Bearer <JWT>``: HS256 with ``DOCINGEST_JWT_SECRET``, or
+RS256/ES256 with the keys of ``DOCINGEST_JWT_JWKS_URL``; the user is the ``sub`` claim. A user's uploads and jobs are
+invisible to others: another user's id is "not found".
 """
 
 
@@ -20,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from docingest.service.jobs import JobManager
-from docingest.service.uploads import PRIORITIES, UploadError, UploadStore
+from docingest.service.uploads import PRIORITIES, UploadError, make_store
 from docingest.settings import DocingestSettings, get_settings
 
 DEFAULT_ALLOWED = ("pdf", "docx", "pptx", "xlsx", "odt", "md", "markdown", "txt", "html", "htm", "csv", "adoc",
@@ -77,16 +78,20 @@ def _metrics():
 
 
 def create_app(settings: DocingestSettings | None = None) -> FastAPI:
+    import jwt
+
     settings = settings or get_settings()
-    if not settings.jwt_secret:
+    if not settings.jwt_secret and not settings.jwt_jwks_url:
         from docingest.exceptions import ConfigurationError
 
-        raise ConfigurationError("the upload service needs DOCINGEST_JWT_SECRET (HS256 key for bearer tokens)")
-    secret = settings.jwt_secret.get_secret_value()
+        raise ConfigurationError("the upload service needs DOCINGEST_JWT_SECRET (HS256 key for bearer tokens) or "
+                                 "DOCINGEST_JWT_JWKS_URL (an identity provider's keys)")
+    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+    jwks = jwt.PyJWKClient(settings.jwt_jwks_url, cache_keys=True, lifespan=300, timeout=10) \
+        if settings.jwt_jwks_url else None
     root = settings.upload_dir or settings.home / "uploads"
-    store = UploadStore(root, settings.upload_part_size, settings.upload_max_bytes,
-                        set(settings.upload_allowed_types or DEFAULT_ALLOWED), settings.upload_expiry_s)
-    jobs = JobManager(root / "jobs", root / "sources")
+    store = make_store(settings, set(settings.upload_allowed_types or DEFAULT_ALLOWED))
+    jobs = JobManager(root / "jobs", store, deployment=settings.upload_deployment)
     limiter = RateLimiter()
     metrics = _metrics()
 
@@ -134,14 +139,21 @@ def create_app(settings: DocingestSettings | None = None) -> FastAPI:
         return response
 
     def authenticate(authorization: str | None) -> str:
-        import jwt
-
         if not authorization or not authorization.lower().startswith("bearer "):
             raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+        token = authorization[7:].strip()
+        checks = {"options": {"require": ["sub"]}, "audience": settings.jwt_audience, "issuer": settings.jwt_issuer}
         try:
-            claims = jwt.decode(authorization[7:].strip(), secret, algorithms=["HS256"],
-                                options={"require": ["sub"]})
-        except jwt.PyJWTError:
+            if jwks is not None and jwt.get_unverified_header(token).get("alg") != "HS256":
+                key = jwks.get_signing_key_from_jwt(token).key  # cached; refetched for an unknown key id
+                claims = jwt.decode(token, key, algorithms=["RS256", "ES256", "PS256", "EdDSA"], **checks)
+            elif secret is not None:
+                claims = jwt.decode(token, secret, algorithms=["HS256"], **checks)
+            else:
+                raise jwt.InvalidTokenError("no key for this token")
+        except jwt.PyJWKClientConnectionError:
+            raise HTTPException(503, "the identity provider's keys are unreachable; retry later") from None
+        except (jwt.PyJWTError, ValueError):
             raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"}) from None
         return str(claims["sub"])
 
@@ -155,29 +167,50 @@ def create_app(settings: DocingestSettings | None = None) -> FastAPI:
     def upload_view(meta) -> dict:
         return {"upload_id": meta.upload_id, "filename": meta.filename, "size": meta.size,
                 "collection": meta.collection, "priority": meta.priority, "part_size": meta.part_size,
-                "parts": meta.parts, "received": sorted(meta.etags), "missing": store.missing(meta),
+                "parts": meta.parts, "received": store.received(meta), "missing": store.missing(meta),
                 "completed": meta.completed, "job_id": meta.job_id}
 
-    def start_job(who: str, meta, target) -> dict:
-        job = jobs.submit(who, meta.upload_id, meta.collection, f"{meta.upload_id}/{target.name}", meta.priority)
+    def start_job(who: str, meta, document: str) -> dict:
+        job = jobs.submit(who, meta.upload_id, meta.collection, document, meta.priority)
         meta.job_id = job.job_id
         store._save(meta)
         metrics["uploads"].labels("completed").inc()
         return {"job_id": job.job_id, "upload_id": meta.upload_id, "document": job.document}
 
+    def check_qdrant() -> None:
+        from docingest.core.store import QdrantStore
+        from docingest.flows.ingest import resolve_location
+
+        QdrantStore(resolve_location()).collection_exists("docingest-health")
+
+    def check_prefect() -> None:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            if (error := client.api_healthcheck()) is not None:
+                raise error
+
+    probes: dict = {}  # check -> its running task: concurrent health calls share one probe of each dependency
+
+    async def probe(check, timeout: float = 15.0) -> bool:
+        task = probes.get(check)
+        if task is None or task.done():
+            task = probes[check] = asyncio.ensure_future(asyncio.to_thread(check))
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+            return True
+        except Exception:  # noqa: BLE001 - any failure is "down"; the body never says why (no internals)
+            return False
+
     @app.get("/health")
     async def health():
-        checks = {"storage": root.is_dir() or not root.exists(), "jobs_pending": jobs.pending()}
-        try:
-            from docingest.core.store import QdrantStore
-            from docingest.flows.ingest import resolve_location
-
-            await asyncio.to_thread(QdrantStore(resolve_location()).collection_exists, "docingest-health")
-            checks["qdrant"] = True
-        except Exception:  # noqa: BLE001
-            checks["qdrant"] = False
-        ok = checks["storage"] and checks["qdrant"]
-        return JSONResponse({"ok": ok, **checks}, status_code=200 if ok else 503)
+        """Storage, Prefect and Qdrant reachable (200), else 503 naming what is down."""
+        storage, prefect_ok, qdrant = await asyncio.gather(
+            probe(store.backend.healthy), probe(check_prefect), probe(check_qdrant))
+        ok = storage and prefect_ok and qdrant
+        body = {"ok": ok, "storage": storage, "storage_kind": store.backend.kind, "prefect": prefect_ok,
+                "qdrant": qdrant, "jobs_mode": jobs.mode, "jobs_pending": jobs.pending()}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def prometheus_metrics(_: User):
@@ -216,8 +249,8 @@ def create_app(settings: DocingestSettings | None = None) -> FastAPI:
 
     @app.post("/api/v1/uploads/{upload_id}/complete")
     async def complete_upload(upload_id: str, who: User, body: CompleteUpload | None = None):
-        meta, target = await asyncio.to_thread(store.complete, who, upload_id, body.sha256 if body else None)
-        return start_job(who, meta, target)
+        meta, document = await asyncio.to_thread(store.complete, who, upload_id, body.sha256 if body else None)
+        return start_job(who, meta, document)
 
     @app.delete("/api/v1/uploads/{upload_id}", status_code=204)
     async def abort_upload(upload_id: str, who: User):
@@ -241,8 +274,8 @@ def create_app(settings: DocingestSettings | None = None) -> FastAPI:
                 store.put_part(who, meta.upload_id, n, part, base64.b64encode(hashlib.md5(part).digest()).decode())
             return store.complete(who, meta.upload_id, None)
 
-        meta, target = await asyncio.to_thread(store_all)
-        return start_job(who, meta, target)
+        meta, document = await asyncio.to_thread(store_all)
+        return start_job(who, meta, document)
 
     @app.get("/api/v1/jobs/{job_id}")
     async def get_job(job_id: str, who: User):

@@ -1,14 +1,22 @@
-"""Ingestion jobs of the upload service: a bounded background worker running the ingest flow in this process.
+"""Ingestion jobs of the upload service.
 
-Each completed upload is one job: the flow syncs the collection's upload source restricted to that upload's folder
-(same ids, sync and failure semantics as any other source). Progress comes from the flow's progress events and is
-pushed to WebSocket subscribers as it happens.
+Each completed upload is one job: its document is ``<upload id>/<name>`` in the collection's upload source, synced
+by the ingest flow restricted to that folder (same ids, sync and failure semantics as any other source). Two ways to
+run them:
+
+- **embedded** (default): one background thread runs the flow in this process. Jobs waiting for the same collection
+  are taken together, highest priority first, as one flow run (a flow run per upload would cost seconds each; 50
+  uploads arriving at once become one or two runs). Progress comes from the flow's progress events.
+- **deployment** (``DOCINGEST_UPLOAD_DEPLOYMENT``): each job is a run of that Prefect deployment on the work queue
+  named by its priority (critical/high/normal/low). One watcher reads the state of every active job's flow run and
+  its progress and outcome artifacts from the Prefect API, once a second for all of them.
+
+Either way, subscribers (the WebSocket endpoint) get every change pushed as it happens; clients never poll.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
 import time
 import uuid
@@ -16,7 +24,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from docingest.service.uploads import PRIORITIES, UploadError
+
 JOB_STATES = ("queued", "running", "completed", "failed")
+BATCH = 100  # jobs of one collection per embedded flow run
+WATCH_INTERVAL_S = 1.0
 
 
 class Job(BaseModel):
@@ -29,6 +41,7 @@ class Job(BaseModel):
     state: str = "queued"
     progress: float = 0.0
     counts: dict[str, int] = Field(default_factory=dict)
+    chunks: int = 0
     failures: list[dict] = Field(default_factory=list)
     error: str | None = None
     flow_run_id: str | None = None
@@ -39,34 +52,44 @@ class Job(BaseModel):
         return self.model_dump(exclude={"user"})
 
 
-class JobManager:
-    """Jobs by id, run one at a time by a worker thread (bounded queue); persisted as JSON under ``root``."""
+def _counts(status: str, change: str | None) -> dict[str, int]:
+    from docingest.datamodel import DocumentCounts
 
-    def __init__(self, root: Path, sources: Path, max_queue: int = 1000) -> None:
-        self.root, self.sources = Path(root), Path(sources)
+    counts = DocumentCounts(seen=1).model_dump()
+    key = {"success": change or "new", "unchanged": "unchanged", "skipped": "skipped"}.get(status, "failed")
+    counts[key if key in counts else "new"] = 1
+    return counts
+
+
+class JobManager:
+    """Jobs by id, persisted as JSON under ``root``; run by one background thread (see the module doc)."""
+
+    def __init__(self, root: Path, store, deployment: str | None = None, max_queue: int = 1000) -> None:
+        self.root, self.store, self.deployment = Path(root), store, deployment
         self.root.mkdir(parents=True, exist_ok=True)
         self.jobs: dict[str, Job] = {}
         for path in self.root.glob("*.json"):
             job = Job.model_validate_json(path.read_text())
-            if job.state in ("queued", "running"):  # the process stopped under it: run it again (ids are stable)
+            if job.state in ("queued", "running") and not (deployment and job.flow_run_id):
+                # The process stopped under it: run it again (document ids are stable, so nothing duplicates).
                 job.state, job.progress = "queued", 0.0
             self.jobs[job.job_id] = job
         self.max_queue = max_queue
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="docingest-job")
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)
         self._subscribers: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, set[str]]] = []
-        self._current: str | None = None
         self._closed = False
-        for job in sorted(self.jobs.values(), key=lambda j: j.created_at):
-            if job.state == "queued":
-                self._pool.submit(self._run, job.job_id)
+        self._thread = threading.Thread(target=self._loop, name="docingest-jobs", daemon=True)
+        self._thread.start()
+
+    @property
+    def mode(self) -> str:
+        return "deployment" if self.deployment else "embedded"
 
     def pending(self) -> int:
         return sum(j.state in ("queued", "running") for j in self.jobs.values())
 
     def submit(self, user: str, upload_id: str, collection: str, document: str, priority: str) -> Job:
-        from docingest.service.uploads import UploadError
-
         if self._closed:
             raise UploadError(503, "the service is shutting down")
         if self.pending() >= self.max_queue:
@@ -74,7 +97,8 @@ class JobManager:
         job = Job(job_id=uuid.uuid4().hex, user=user, upload_id=upload_id, collection=collection,
                   document=document, priority=priority)
         self._store(job)
-        self._pool.submit(self._run, job.job_id)
+        with self._wake:
+            self._wake.notify_all()
         return job
 
     def get(self, user: str, job_id: str) -> Job | None:
@@ -91,6 +115,16 @@ class JobManager:
             tmp.write_text(job.model_dump_json())
             tmp.replace(self.root / f"{job.job_id}.json")
         self._publish(job)
+
+    def _finish(self, job: Job, status: str, change: str | None = None, stage: str | None = None,
+                chunks: int = 0, error: str | None = None) -> None:
+        job.counts, job.chunks = _counts(status, change), chunks
+        ok = status in ("success", "unchanged")
+        job.state = "completed" if ok else "failed"
+        job.failures = [] if ok else [{"path": job.document, "stage": stage or "", "error": error or status}]
+        job.error = None if ok else f"the document was not ingested ({stage or status}): {(error or '')[:300]}"
+        job.progress, job.finished_at = 100.0, time.time()
+        self._store(job)
 
     # -- WebSocket fan-out: events are pushed from the worker thread into each subscriber's loop ---------------------
     def subscribe(self, job_ids: set[str]) -> asyncio.Queue:
@@ -111,42 +145,150 @@ class JobManager:
                     pass
 
     # -- the worker ----------------------------------------------------------------------------------------------------
-    def _run(self, job_id: str) -> None:
+    def _queued(self) -> list[Job]:
+        with self._lock:
+            jobs = [j for j in self.jobs.values() if j.state == "queued" and not j.flow_run_id]
+        return sorted(jobs, key=lambda j: (PRIORITIES.index(j.priority), j.created_at))
+
+    def _watched(self) -> list[Job]:
+        with self._lock:
+            return [j for j in self.jobs.values() if j.flow_run_id and j.state in ("queued", "running")]
+
+    def _loop(self) -> None:
+        import logging
+
+        log = logging.getLogger("docingest.service")
+        while True:
+            with self._wake:
+                while not self._closed and not self._queued() and not (self.deployment and self._watched()):
+                    self._wake.wait()
+                if self._closed:
+                    return
+            try:
+                if self.deployment:
+                    for job in self._queued():
+                        self._dispatch(job)
+                    self._watch()
+                    with self._wake:
+                        self._wake.wait(WATCH_INTERVAL_S)
+                else:
+                    queued = self._queued()
+                    batch = [j for j in queued if j.collection == queued[0].collection][:BATCH]
+                    self._run_embedded(batch)
+            except Exception:  # noqa: BLE001 - the loop must outlive any one failure (e.g. the API is down)
+                log.exception("job worker error; retrying")
+                time.sleep(2)
+
+    def _run_embedded(self, batch: list[Job]) -> None:
         from docingest.core import progress
         from docingest.flows.ingest import ingest_documents
         from docingest.options import IngestOptions, SourceOptions
 
-        job = self.jobs[job_id]
-        job.state = "running"
-        self._store(job)
+        for job in batch:
+            job.state = "running"
+            self._store(job)
         last = [0.0]
 
         def on_progress(event: progress.ProgressEvent) -> None:
             now = time.monotonic()
             if event.total and (now - last[0] > 0.2 or event.done == event.total):
                 last[0] = now
-                job.progress = round(100.0 * event.done / event.total, 1)
-                self._store(job)
+                for job in batch:  # the run's share done; each job ends with its own outcome below
+                    job.progress = min(99.0, round(100.0 * event.done / event.total, 1))
+                    self._store(job)
 
+        collection = batch[0].collection
+        by_path = {job.document: job for job in batch}
         progress.add_listener(on_progress)
         try:
-            options = IngestOptions(source=SourceOptions(include=[f"{job.upload_id}/**"]))
-            result = ingest_documents(source=str(self.sources / job.collection), collection=job.collection,
+            options = IngestOptions(source=SourceOptions(include=[f"{job.upload_id}/**" for job in batch]))
+            result = ingest_documents(source=self.store.source_uri(collection), collection=collection,
                                       options=options)
-            job.flow_run_id = result.flow_run_id
-            job.counts = result.documents.model_dump()
-            job.failures = [f.model_dump() for f in result.failures]
-            job.state = "completed" if result.ok else "failed"
-            job.error = None if result.ok else "the document failed: see failures"
         except Exception as exc:  # noqa: BLE001 - a job's failure is its state, never the service's crash
-            job.state, job.error = "failed", f"{type(exc).__name__}: {str(exc)[:300]}"
+            for job in batch:
+                self._finish(job, "failure", stage="run", error=f"{type(exc).__name__}: {str(exc)[:300]}")
+            return
         finally:
             progress.remove_listener(on_progress)
-        job.progress = 100.0
-        job.finished_at = time.time()
+        for outcome in result.outcomes:
+            if (job := by_path.pop(outcome.path, None)) is not None:
+                job.flow_run_id = result.flow_run_id
+                self._finish(job, outcome.status.value, outcome.change.value if outcome.change else None,
+                             outcome.stage.value if outcome.stage else None, outcome.chunks, outcome.error)
+        for job in by_path.values():  # not seen by the run: its file is gone
+            self._finish(job, "failure", stage="read", error="the uploaded document was not found in the source")
+
+    # -- deployment mode ------------------------------------------------------------------------------------------
+    def _dispatch(self, job: Job) -> None:
+        from prefect.deployments import run_deployment
+
+        run = run_deployment(
+            self.deployment, timeout=0, as_subflow=False, work_queue_name=job.priority,
+            tags=["docingest-upload"], idempotency_key=f"docingest-upload-{job.job_id}",
+            parameters={"source": self.store.source_uri(job.collection), "collection": job.collection,
+                        "options": {"source": {"include": [f"{job.upload_id}/**"]}}})
+        job.flow_run_id = str(run.id)
         self._store(job)
 
+    def _watch(self) -> None:
+        """One read of the Prefect API for all active jobs: flow run states, progress and outcome artifacts."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import (
+            ArtifactFilter,
+            ArtifactFilterFlowRunId,
+            ArtifactFilterType,
+            FlowRunFilter,
+            FlowRunFilterId,
+        )
+
+        active = {uuid.UUID(j.flow_run_id): j for j in self._watched()}
+        if not active:
+            return
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(active))))
+            artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=list(active)),
+                type=ArtifactFilterType(any_=["progress", "table"])))
+        progress = {a.flow_run_id: a.data for a in artifacts if a.type == "progress"}
+        tables = {a.flow_run_id: a.data for a in artifacts if a.type == "table"}
+        for run in runs:
+            job = active[run.id]
+            kind = run.state.type.value if run.state else "SCHEDULED"
+            if kind in ("SCHEDULED", "PENDING", "PAUSED"):
+                continue
+            if kind == "RUNNING":
+                value = progress.get(run.id)
+                pct = min(99.0, float(value)) if isinstance(value, (int, float)) else job.progress
+                if job.state != "running" or pct != job.progress:
+                    job.state, job.progress = "running", pct
+                    self._store(job)
+            elif kind == "COMPLETED" or run.id in tables:
+                row = _outcome_row(tables.get(run.id), job.upload_id)
+                if row is None and kind == "COMPLETED":
+                    self._finish(job, "failure", stage="run", error="the run reported no outcome for the document")
+                elif row is not None:
+                    self._finish(job, row.get("status", "failure"), row.get("change") or None,
+                                 row.get("stage") or None, int(row.get("chunks") or 0), row.get("error") or None)
+            elif kind in ("FAILED", "CRASHED", "CANCELLED", "CANCELLING"):
+                message = (run.state.message or kind.lower())[:300]
+                self._finish(job, "failure", stage="run", error=f"flow run {kind.lower()}: {message}")
+
     def close(self, wait: bool = True) -> None:
-        """Graceful shutdown: take no new jobs; finish the running one (queued ones stay queued on disk)."""
-        self._closed = True
-        self._pool.shutdown(wait=wait, cancel_futures=True)
+        """Graceful shutdown: take no new jobs; an embedded run in progress finishes (queued jobs stay on disk and
+        run at the next start; in deployment mode they already belong to Prefect)."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify_all()
+        if wait:
+            self._thread.join()
+
+
+def _outcome_row(table, upload_id: str) -> dict | None:
+    """The upload's row in a run's per-document outcomes table artifact."""
+    import json
+
+    rows = json.loads(table) if isinstance(table, str) else table or []
+    for row in rows if isinstance(rows, list) else []:
+        if isinstance(row, dict) and f"/{upload_id}/" in str(row.get("document", "")):
+            return row
+    return None

@@ -1,21 +1,26 @@
-"""Resumable multipart uploads on a local folder: parts with MD5 checks, assembly, type sniffing, expiry.
+"""Resumable multipart uploads: parts with MD5 checks, assembly, type sniffing, expiry, on a local folder or an
+S3/MinIO bucket (where parts are the parts of an S3 multipart upload).
 
-Layout under the upload root::
+Layout under the upload root (a folder, or ``s3://bucket/prefix``)::
 
-    incoming/<user-key>/<upload-id>/meta.json, part-00001, ...   (while uploading)
+    incoming/<user-key>/<upload-id>/meta.json, part-00001, ...   (while uploading; S3 keeps the parts itself)
     sources/<collection>/<upload-id>/<safe filename>            (complete: the collection's upload source)
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import io
+import os
 import re
 import shutil
 import threading
 import time
 import unicodedata
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -53,6 +58,8 @@ class UploadMeta(BaseModel):
     etags: dict[int, str] = Field(default_factory=dict, description="Received parts: number -> MD5 hex.")
     completed: bool = False
     job_id: str | None = None
+    s3_upload_id: str | None = Field(default=None, description="The S3 multipart upload (S3 store only).")
+    sha256: str | None = None
 
 
 def sanitize_filename(name: str) -> str:
@@ -73,10 +80,17 @@ def user_key(user: str) -> str:
     return hashlib.sha256(user.encode()).hexdigest()[:24]
 
 
+SNIFF_BYTES = 8192
+
+
 def sniff(path: Path, extension: str) -> str | None:
-    """Why the bytes do not match the extension (None when they do): magic bytes, not the name."""
+    """Why the file's bytes do not match the extension (None when they do): magic bytes, not the name."""
     with open(path, "rb") as fh:
-        head = fh.read(8192)
+        return sniff_bytes(fh.read(SNIFF_BYTES), extension)
+
+
+def sniff_bytes(head: bytes, extension: str) -> str | None:
+    """Why the first bytes of a file do not match the extension (None when they do)."""
     if head.startswith(EXECUTABLE_SIGNATURES):
         return "the file is an executable or script, whatever its name"
     if extension in BINARY_SIGNATURES:
@@ -95,34 +109,228 @@ def sniff(path: Path, extension: str) -> str | None:
     return f"file type .{extension} is not accepted"
 
 
-class UploadStore:
-    """Uploads of every user in one folder; a user only ever sees their own (others' ids are 'not found')."""
+class LocalBackend:
+    """Parts as files next to the upload's meta.json; completion concatenates them into the source folder."""
 
-    def __init__(self, root: Path, part_size: int, max_bytes: int, allowed: set[str], expiry_s: float) -> None:
-        self.root, self.part_size, self.max_bytes = Path(root), part_size, max_bytes
-        self.allowed, self.expiry_s = allowed, expiry_s
+    kind = "local"
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
         self._lock = threading.Lock()
 
-    def _dir(self, user: str, upload_id: str) -> Path:
-        if not re.fullmatch(r"[0-9a-f]{32}", upload_id):
-            raise UploadError(404, "upload not found")
+    def folder(self, meta_or_user, upload_id: str | None = None) -> Path:
+        user, upload_id = (meta_or_user.user, meta_or_user.upload_id) if upload_id is None else (meta_or_user,
+                                                                                                   upload_id)
         return self.root / "incoming" / user_key(user) / upload_id
 
-    def source_dir(self, collection: str) -> Path:
-        return self.root / "sources" / collection
+    def source_uri(self, collection: str) -> str:
+        return str(self.root / "sources" / collection)
 
-    def _save(self, meta: UploadMeta) -> None:
-        folder = self._dir(meta.user, meta.upload_id)
-        tmp = folder / "meta.json.tmp"
+    def healthy(self) -> bool:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return os.access(self.root, os.W_OK)
+
+    def load(self, user: str, upload_id: str) -> UploadMeta | None:
+        path = self.folder(user, upload_id) / "meta.json"
+        return UploadMeta.model_validate_json(path.read_text()) if path.is_file() else None
+
+    def save(self, meta: UploadMeta) -> None:
+        folder = self.folder(meta)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"meta.json.tmp-{uuid.uuid4().hex[:8]}"
         tmp.write_text(meta.model_dump_json())
         tmp.replace(folder / "meta.json")
 
+    def all_meta(self) -> Iterator[UploadMeta]:
+        for path in (self.root / "incoming").glob("*/*/meta.json"):
+            try:
+                yield UploadMeta.model_validate_json(path.read_text())
+            except (OSError, ValueError):
+                continue
+
+    def begin(self, meta: UploadMeta) -> None:
+        self.save(meta)
+
+    def put_part(self, meta: UploadMeta, number: int, data: bytes, md5_b64: str) -> None:
+        folder = self.folder(meta)
+        tmp = folder / f"part-{number:05d}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.write_bytes(data)
+        tmp.replace(folder / f"part-{number:05d}")
+        with self._lock:  # parts of one upload may arrive at once: record each under the lock
+            current = self.load(meta.user, meta.upload_id)
+            if current is None:  # aborted meanwhile
+                raise UploadError(404, "upload not found")
+            current.etags[number] = hashlib.md5(data).hexdigest()  # noqa: S324
+            self.save(current)
+
+    def received(self, meta: UploadMeta) -> dict[int, str]:
+        return dict(meta.etags)
+
+    def assemble(self, meta: UploadMeta, key: str) -> tuple[int, str, bytes]:
+        """Concatenate the parts into ``sources/<key>``; returns (size, sha256 hex, first bytes)."""
+        folder = self.folder(meta)
+        assembled = folder / "assembled"
+        digest = hashlib.sha256()
+        with open(assembled, "wb") as out:
+            for n in range(1, meta.parts + 1):
+                with open(folder / f"part-{n:05d}", "rb") as part:
+                    while chunk := part.read(1 << 20):
+                        digest.update(chunk)
+                        out.write(chunk)
+        with open(assembled, "rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+        target = self.root / "sources" / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        assembled.replace(target)
+        for part in folder.glob("part-*"):
+            part.unlink()
+        return target.stat().st_size, digest.hexdigest(), head
+
+    def remove_document(self, key: str) -> None:
+        target = self.root / "sources" / key
+        target.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            target.parent.rmdir()
+
+    def discard(self, meta: UploadMeta) -> None:
+        shutil.rmtree(self.folder(meta), ignore_errors=True)
+
+
+class S3Backend:
+    """Parts are the parts of an S3 multipart upload on the final key (S3 checks each Content-MD5 too); S3 itself
+    says which parts it holds, so several service replicas can take parts of the same upload."""
+
+    kind = "s3"
+
+    def __init__(self, uri: str, endpoint: str | None, access_key: str | None, secret_key: str | None,
+                 region: str | None) -> None:
+        from docingest.core.sources.s3 import check_bucket, make_client, parse_s3_uri
+
+        self.bucket, self.prefix = parse_s3_uri(uri if uri.startswith("s3://") else f"s3://{uri}")
+        self.client, self.endpoint = make_client(endpoint, access_key, secret_key, region)
+        check_bucket(self.client, self.bucket, self.endpoint)
+
+    def _key(self, *parts: str) -> str:
+        return "/".join(p for p in (self.prefix, *parts) if p)
+
+    def _meta_key(self, user: str, upload_id: str) -> str:
+        return self._key("incoming", user_key(user), upload_id, "meta.json")
+
+    def _final_key(self, meta: UploadMeta) -> str:
+        return self._key("sources", meta.collection, meta.upload_id, meta.filename)
+
+    def source_uri(self, collection: str) -> str:
+        return f"s3://{self.bucket}/{self._key('sources', collection)}"
+
+    def healthy(self) -> bool:
+        return self.client.bucket_exists(self.bucket)
+
+    def load(self, user: str, upload_id: str) -> UploadMeta | None:
+        from minio.error import S3Error
+
+        try:
+            response = self.client.get_object(self.bucket, self._meta_key(user, upload_id))
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject"):
+                return None
+            raise
+        try:
+            return UploadMeta.model_validate_json(response.read())
+        finally:
+            response.close()
+            response.release_conn()
+
+    def save(self, meta: UploadMeta) -> None:
+        data = meta.model_dump_json().encode()
+        self.client.put_object(self.bucket, self._meta_key(meta.user, meta.upload_id), io.BytesIO(data), len(data),
+                               content_type="application/json")
+
+    def all_meta(self) -> Iterator[UploadMeta]:
+        for obj in self.client.list_objects(self.bucket, prefix=self._key("incoming") + "/", recursive=True):
+            if obj.object_name.endswith("/meta.json"):
+                try:
+                    response = self.client.get_object(self.bucket, obj.object_name)
+                    try:
+                        yield UploadMeta.model_validate_json(response.read())
+                    finally:
+                        response.close()
+                        response.release_conn()
+                except Exception:  # noqa: BLE001, S112 - a vanished or broken meta object is skipped
+                    continue
+
+    def begin(self, meta: UploadMeta) -> None:
+        meta.s3_upload_id = self.client._create_multipart_upload(self.bucket, self._final_key(meta), {
+            "Content-Type": meta.content_type or "application/octet-stream"})
+        self.save(meta)
+
+    def put_part(self, meta: UploadMeta, number: int, data: bytes, md5_b64: str) -> None:
+        self.client._upload_part(self.bucket, self._final_key(meta), data, {"Content-MD5": md5_b64},
+                                 meta.s3_upload_id, number)
+
+    def received(self, meta: UploadMeta) -> dict[int, str]:
+        parts, marker = {}, None
+        while True:
+            result = self.client._list_parts(self.bucket, self._final_key(meta), meta.s3_upload_id,
+                                             part_number_marker=marker)
+            for part in result.parts:
+                parts[part.part_number] = part.etag.strip('"')
+            if not result.is_truncated:
+                return parts
+            marker = str(result.next_part_number_marker)
+
+    def assemble(self, meta: UploadMeta, key: str) -> tuple[int, str, bytes]:
+        from minio.datatypes import Part
+
+        final = self._final_key(meta)
+        parts = [Part(n, etag) for n, etag in sorted(self.received(meta).items())]
+        try:
+            self.client._complete_multipart_upload(self.bucket, final, meta.s3_upload_id, parts)
+        except Exception as exc:  # noqa: BLE001 - e.g. EntityTooSmall: parts under the store's minimum
+            raise UploadError(400, f"the store refused to assemble the parts: {getattr(exc, 'code', 'error')}"
+                              ) from None
+        digest, head = hashlib.sha256(), b""
+        response = self.client.get_object(self.bucket, final)
+        try:
+            for chunk in response.stream(1 << 20):
+                if len(head) < SNIFF_BYTES:
+                    head += chunk[: SNIFF_BYTES - len(head)]
+                digest.update(chunk)
+        finally:
+            response.close()
+            response.release_conn()
+        return self.client.stat_object(self.bucket, final).size, digest.hexdigest(), head
+
+    def remove_document(self, key: str) -> None:
+        self.client.remove_object(self.bucket, self._key("sources", key))
+
+    def discard(self, meta: UploadMeta) -> None:
+        if meta.s3_upload_id and not meta.completed:
+            with contextlib.suppress(Exception):
+                self.client._abort_multipart_upload(self.bucket, self._final_key(meta), meta.s3_upload_id)
+        self.client.remove_object(self.bucket, self._meta_key(meta.user, meta.upload_id))
+
+
+class UploadStore:
+    """Uploads of every user in one store; a user only ever sees their own (others' ids are 'not found')."""
+
+    def __init__(self, root: Path | None, part_size: int, max_bytes: int, allowed: set[str], expiry_s: float,
+                 backend: LocalBackend | S3Backend | None = None) -> None:
+        self.backend = backend or LocalBackend(Path(root))
+        self.part_size, self.max_bytes = part_size, max_bytes
+        self.allowed, self.expiry_s = allowed, expiry_s
+
+    def source_uri(self, collection: str) -> str:
+        """The collection's upload source, as ``docingest ingest`` takes it."""
+        return self.backend.source_uri(collection)
+
+    def _save(self, meta: UploadMeta) -> None:
+        self.backend.save(meta)
+
     def get(self, user: str, upload_id: str) -> UploadMeta:
-        path = self._dir(user, upload_id) / "meta.json"
-        if not path.is_file():
+        if not re.fullmatch(r"[0-9a-f]{32}", upload_id):
             raise UploadError(404, "upload not found")
-        meta = UploadMeta.model_validate_json(path.read_text())
-        if meta.user != user:
+        meta = self.backend.load(user, upload_id)
+        if meta is None or meta.user != user:
             raise UploadError(404, "upload not found")
         return meta
 
@@ -138,11 +346,10 @@ class UploadStore:
             raise UploadError(422, f"priority must be one of {', '.join(PRIORITIES)}")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", collection) or collection.endswith("__manifest"):
             raise UploadError(422, "invalid collection name")
-        meta = UploadMeta(upload_id=uuid.uuid4().hex, user=user, filename=safe, size=size, content_type=content_type,
-                          collection=collection, priority=priority, part_size=self.part_size,
-                          parts=max(1, -(-size // self.part_size)), created_at=time.time())
-        self._dir(user, meta.upload_id).mkdir(parents=True)
-        self._save(meta)
+        meta = UploadMeta(upload_id=uuid.uuid4().hex, user=user, filename=safe, size=size,
+                          content_type=content_type[:200], collection=collection, priority=priority,
+                          part_size=self.part_size, parts=max(1, -(-size // self.part_size)), created_at=time.time())
+        self.backend.begin(meta)
         return meta
 
     def put_part(self, user: str, upload_id: str, number: int, data: bytes, content_md5: str | None) -> str:
@@ -163,68 +370,66 @@ class UploadStore:
             raise UploadError(400, "Content-MD5 is not base64") from None
         if given != digest:
             raise UploadError(400, "Content-MD5 mismatch: part not stored")
-        folder = self._dir(user, upload_id)
-        tmp = folder / f"part-{number:05d}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.write_bytes(data)
-        tmp.replace(folder / f"part-{number:05d}")
-        with self._lock:
-            meta = self.get(user, upload_id)
-            meta.etags[number] = digest.hex()
-            self._save(meta)
+        self.backend.put_part(meta, number, data, content_md5)
         return digest.hex()
 
-    def missing(self, meta: UploadMeta) -> list[int]:
-        return [n for n in range(1, meta.parts + 1) if n not in meta.etags]
+    def received(self, meta: UploadMeta) -> list[int]:
+        return sorted(self.backend.received(meta)) if not meta.completed else list(range(1, meta.parts + 1))
 
-    def complete(self, user: str, upload_id: str, sha256: str | None) -> tuple[UploadMeta, Path]:
-        """Assemble the parts into the collection's upload source; checks size, sha256 and the real type."""
+    def missing(self, meta: UploadMeta) -> list[int]:
+        have = set(self.received(meta))
+        return [n for n in range(1, meta.parts + 1) if n not in have]
+
+    def complete(self, user: str, upload_id: str, sha256: str | None) -> tuple[UploadMeta, str]:
+        """Assemble the parts into the collection's upload source; checks size, sha256 and the real type. Returns
+        the meta and the document's path in the collection's upload source (``<upload id>/<name>``)."""
         meta = self.get(user, upload_id)
         if meta.completed:
             raise UploadError(409, "upload already completed")
         if missing := self.missing(meta):
             raise UploadError(409, f"parts missing: {missing[:20]}")
-        folder = self._dir(user, upload_id)
-        assembled = folder / "assembled"
-        digest = hashlib.sha256()
-        with open(assembled, "wb") as out:
-            for n in range(1, meta.parts + 1):
-                with open(folder / f"part-{n:05d}", "rb") as part:
-                    while chunk := part.read(1 << 20):
-                        digest.update(chunk)
-                        out.write(chunk)
-        if assembled.stat().st_size != meta.size:
-            raise UploadError(400, "assembled size does not match the declared size")
-        if sha256 and digest.hexdigest() != sha256.lower():
-            raise UploadError(400, "sha256 mismatch")
-        ext = meta.filename.rpartition(".")[2].lower()
-        if reason := sniff(assembled, ext):
-            self.abort(user, upload_id)
-            raise UploadError(415, f"refused: {reason}")
-        target = self.source_dir(meta.collection) / upload_id / meta.filename
-        target.parent.mkdir(parents=True, exist_ok=True)
-        assembled.replace(target)
-        meta.completed = True
-        self._save(meta)
-        for part in folder.glob("part-*"):
-            part.unlink()
-        return meta, target
+        document = f"{upload_id}/{meta.filename}"
+        key = f"{meta.collection}/{document}"
+        size, digest, head = self.backend.assemble(meta, key)
+        reason = None
+        if size != meta.size:
+            reason = (400, "assembled size does not match the declared size")
+        elif sha256 and digest != sha256.lower():
+            reason = (400, "sha256 mismatch: the upload is discarded; upload the file again")
+        elif refused := sniff_bytes(head, meta.filename.rpartition(".")[2].lower()):
+            reason = (415, f"refused: {refused}")
+        if reason:  # nothing refused stays in the upload source, and the upload is gone
+            self.backend.remove_document(key)
+            meta.completed = True
+            self.backend.discard(meta)
+            raise UploadError(*reason)
+        meta.completed, meta.sha256 = True, digest
+        self.backend.save(meta)
+        return meta, document
 
     def abort(self, user: str, upload_id: str) -> None:
-        self.get(user, upload_id)  # 404 for someone else's
-        shutil.rmtree(self._dir(user, upload_id), ignore_errors=True)
+        meta = self.get(user, upload_id)  # 404 for someone else's
+        self.backend.discard(meta)
 
     def expire(self, now: float | None = None) -> int:
-        """Remove incomplete uploads older than the expiry; returns how many."""
+        """Remove incomplete uploads older than the expiry (and their parts); returns how many."""
         now = now or time.time()
         removed = 0
-        for meta_file in (self.root / "incoming").glob("*/*/meta.json"):
-            try:
-                meta = UploadMeta.model_validate_json(meta_file.read_text())
-            except (OSError, ValueError):
-                continue
+        for meta in list(self.backend.all_meta()):
             if not meta.completed and now - meta.created_at > self.expiry_s:
-                shutil.rmtree(meta_file.parent, ignore_errors=True)
+                self.backend.discard(meta)
                 removed += 1
         return removed
 
 
+def make_store(settings, allowed: set[str]) -> UploadStore:
+    """The upload store the settings ask for: ``DOCINGEST_UPLOAD_BUCKET`` (S3/MinIO, with the DOCINGEST_S3_*
+    settings), else the local folder ``DOCINGEST_UPLOAD_DIR`` (default ``<home>/uploads``)."""
+    root = settings.upload_dir or settings.home / "uploads"
+    backend = None
+    if settings.upload_bucket:
+        secret = lambda v: v.get_secret_value() if v else None  # noqa: E731
+        backend = S3Backend(settings.upload_bucket, settings.s3_endpoint, secret(settings.s3_access_key),
+                            secret(settings.s3_secret_key), settings.s3_region)
+    return UploadStore(root, settings.upload_part_size, settings.upload_max_bytes, allowed, settings.upload_expiry_s,
+                       backend=backend)
