@@ -155,3 +155,61 @@ def test_deploy_worker_and_runs_from_cli_python_and_a_priority_queue(stack, tmp_
 
     store = QdrantStore(QdrantLocation(path=tmp_path / "docingest-home" / "qdrant"))
     assert store.count("e2e") == 2 and store.count("e2e-u") == 2 and store.count("e2e-n") == 2
+
+
+def test_upload_service_hands_jobs_to_a_deployment_on_the_priority_queue(stack, tmp_path):
+    """DOCINGEST_UPLOAD_DEPLOYMENT: a completed upload becomes a run of the deployment on the queue named by its
+    priority; the job's state, progress and per-document outcome come from the flow run and its artifacts."""
+    import base64
+    import hashlib
+    import json
+
+    import httpx
+    import jwt
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from websockets.sync.client import connect
+
+    assert stack.run(sys.executable, "deployments/setup_pools.py", "local-pool").returncode == 0
+    deploy = stack.run(str(BIN / "prefect"), "--no-prompt", "deploy", "--name", "local")
+    assert deploy.returncode == 0, deploy.output
+    stack.env.update(DOCINGEST_JWT_SECRET="s" * 40, DOCINGEST_UPLOAD_DEPLOYMENT="ingest-documents/local")
+    port = free_port()
+    serve = stack.start("serve", str(BIN / "docingest"), "serve", "--host", "127.0.0.1", "--port", str(port))
+    base = f"http://127.0.0.1:{port}"
+    wait_http(f"{base}/health", serve, tmp_path / "serve.log", timeout=120)
+    client = httpx.Client(base_url=base, timeout=60)
+    health = client.get("/health").json()
+    assert health["prefect"] is True and health["jobs_mode"] == "deployment" and health["qdrant"] is None, health
+    auth = {"Authorization": "Bearer " + jwt.encode({"sub": "alice"}, "s" * 40, algorithm="HS256")}
+
+    data = b"# Badge policy\n\nVisitors collect a temporary badge at the north entrance and return it by six.\n"
+    made = client.post("/api/v1/uploads", headers=auth, json={"filename": "badges.md", "size": len(data),
+                                                              "collection": "desk", "priority": "high"}).json()
+    put = client.put(f"/api/v1/uploads/{made['upload_id']}/parts/1", content=data, headers={
+        **auth, "Content-MD5": base64.b64encode(hashlib.md5(data).digest()).decode()})
+    assert put.status_code == 200
+    job_id = client.post(f"/api/v1/uploads/{made['upload_id']}/complete", headers=auth, json={}).json()["job_id"]
+    # No worker yet: the run waits on the "high" queue, and the job says queued.
+    deadline = time.monotonic() + 60
+    while not (job := client.get(f"/api/v1/jobs/{job_id}", headers=auth).json())["flow_run_id"]:
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+    assert job["state"] == "queued"
+    with temporary_settings({PREFECT_API_URL: stack.api}), get_client(sync_client=True) as prefect:
+        run = prefect.read_flow_run(job["flow_run_id"])
+    assert run.work_queue_name == "high" and run.parameters["collection"] == "desk"
+
+    stack.start("worker", str(BIN / "prefect"), "worker", "start", "--pool", "local-pool", "--limit", "1")
+    messages = []
+    with connect(base.replace("http://", "ws://") + "/api/v1/ws/jobs", open_timeout=30) as ws:
+        ws.send(json.dumps({"token": auth["Authorization"][7:], "subscribe": [job_id]}))
+        while True:
+            message = json.loads(ws.recv(timeout=300))
+            messages.append(message)
+            if message["state"] in ("completed", "failed"):
+                break
+    final = messages[-1]
+    assert final["state"] == "completed", (final, stack.log("worker"))
+    assert final["counts"]["new"] == 1 and final["chunks"] >= 1 and final["progress"] == 100.0
+    assert "running" in [m["state"] for m in messages]

@@ -205,9 +205,15 @@ def create_app(settings: DocingestSettings | None = None) -> FastAPI:
     @app.get("/health")
     async def health():
         """Storage, Prefect and Qdrant reachable (200), else 503 naming what is down."""
-        storage, prefect_ok, qdrant = await asyncio.gather(
-            probe(store.backend.healthy), probe(check_prefect), probe(check_qdrant))
-        ok = storage and prefect_ok and qdrant
+        # In deployment mode with Qdrant local mode the deployment's flow runs own the folder (one process at a
+        # time), so the service leaves it alone: qdrant is null, "not this process's concern".
+        local_qdrant = not settings.qdrant_url
+        checks = [probe(store.backend.healthy), probe(check_prefect)]
+        if not (jobs.mode == "deployment" and local_qdrant):
+            checks.append(probe(check_qdrant))
+        storage, prefect_ok, *rest = await asyncio.gather(*checks)
+        qdrant = rest[0] if rest else None
+        ok = storage and prefect_ok and qdrant is not False
         body = {"ok": ok, "storage": storage, "storage_kind": store.backend.kind, "prefect": prefect_ok,
                 "qdrant": qdrant, "jobs_mode": jobs.mode, "jobs_pending": jobs.pending()}
         return JSONResponse(body, status_code=200 if ok else 503)
