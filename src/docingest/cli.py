@@ -172,6 +172,9 @@ def ingest(
 ) -> None:
     """Parse, chunk, embed and upsert every new or changed document of SOURCE into a collection."""
     _quiet_environment(verbose)
+    from docingest import ephemeral
+
+    early = None if dry_run else ephemeral.start_early()  # boots while we import and check the inputs
     from pydantic import ValidationError
 
     from docingest.core import progress
@@ -244,6 +247,7 @@ def ingest(
         progress.add_listener(on_progress)
         bar.start()
     aborted = None
+    ephemeral.adopt(early)
     try:
         flow = ingest_documents
         if task_runner or dask_address:

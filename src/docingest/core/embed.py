@@ -30,12 +30,27 @@ class ModelInfo:
     backend: str = "torch"
 
 
-@dataclass
 class LoadedModel:
-    info: ModelInfo
-    model: SentenceTransformer
-    lock: threading.Lock
-    device: str | None = None
+    """A model's :class:`ModelInfo` and the model itself, which may load only when first used (``.model``): a run
+    that embeds nothing (a no-op re-sync) never pays for loading torch and the weights."""
+
+    def __init__(self, info: ModelInfo, model=None, lock: threading.Lock | None = None, device: str | None = None,
+                 loader=None) -> None:
+        self.info, self._model, self._loader, self.device = info, model, loader, device
+        self.lock = lock or threading.Lock()
+        self._load_lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self) -> SentenceTransformer:
+        if self._model is None:
+            with self._load_lock:
+                if self._model is None:
+                    self._model = self._loader()
+        return self._model
 
     def __reduce__(self):
         """Pickled as (name, device, backend): another process (a Dask worker) loads its own copy, once."""
@@ -86,36 +101,78 @@ def load_model(name: str, device: str | None = None, backend: str = "torch") -> 
             _models[key] = loaded
             return loaded
         location, revision = resolve_model_location(name)
-        try:
-            from sentence_transformers import SentenceTransformer
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()
-
-            if backend == "int8":
-                import torch
-
-                model = SentenceTransformer(location, device="cpu")
-                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-            else:
-                model = SentenceTransformer(location, device=device or default_device())
-        except Exception as exc:  # noqa: BLE001 - an unloadable model is a configuration problem
-            raise ConfigurationError(f"cannot load embedding model {name!r}: {exc}") from exc
-        if revision == "hub":
-            revision = _hub_revision(model) or "unknown"
-        dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else None
-        dim = dim or model.get_sentence_embedding_dimension()
-        info = ModelInfo(
-            name=name,
-            location=location,
-            revision=revision,
-            dimension=int(dim),
-            max_seq_length=int(model.max_seq_length or 512),
-            backend=backend,
-        )
-        loaded = LoadedModel(info=info, model=model, lock=threading.Lock(), device=device)
+        cached = _cached_info(name, location, revision, backend) if revision != "hub" else None
+        if cached is not None:  # seen before at this revision: load the weights only when something is embedded
+            loaded = LoadedModel(info=cached, device=device,
+                                 loader=lambda: _load_sentence_transformer(name, location, device, backend))
+        else:
+            model = _load_sentence_transformer(name, location, device, backend)
+            if revision == "hub":
+                revision = _hub_revision(model) or "unknown"
+            dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else None
+            dim = dim or model.get_sentence_embedding_dimension()
+            info = ModelInfo(name=name, location=location, revision=revision, dimension=int(dim),
+                             max_seq_length=int(model.max_seq_length or 512), backend=backend)
+            _remember_info(info)
+            loaded = LoadedModel(info=info, model=model, device=device)
         _models[key] = loaded
         return loaded
+
+
+def _load_sentence_transformer(name: str, location: str, device: str | None, backend: str):
+    try:
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+        if backend == "int8":
+            import torch
+
+            model = SentenceTransformer(location, device="cpu")
+            return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        return SentenceTransformer(location, device=device or default_device())
+    except Exception as exc:  # noqa: BLE001 - an unloadable model is a configuration problem
+        raise ConfigurationError(f"cannot load embedding model {name!r}: {exc}") from exc
+
+
+def _info_cache() -> Path:
+    from docingest.settings import get_settings
+
+    return get_settings().home / "cache" / "model-info.json"
+
+
+def _info_key(name: str, location: str, revision: str, backend: str) -> str:
+    return "|".join((name, location, revision, backend))
+
+
+def _cached_info(name: str, location: str, revision: str, backend: str) -> ModelInfo | None:
+    """The ModelInfo of an earlier load of the same model files (keyed by revision: the package version or the
+    config files' hash), or None."""
+    try:
+        entry = json.loads(_info_cache().read_text()).get(_info_key(name, location, revision, backend))
+        return ModelInfo(**entry) if entry else None
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _remember_info(info: ModelInfo) -> None:
+    import dataclasses
+    import os
+
+    path = _info_cache()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            cache = json.loads(path.read_text())
+        except (OSError, ValueError):
+            cache = {}
+        cache[_info_key(info.name, info.location, info.revision, info.backend)] = dataclasses.asdict(info)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        tmp.replace(path)
+    except OSError:  # a read-only home only costs the next run a model load
+        pass
 
 
 PLUGIN_PREFIX = "plugin:"

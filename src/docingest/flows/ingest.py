@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import time
@@ -17,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from docingest.blocks.loading import load_block
 from docingest.core import faults, progress
-from docingest.core.embed import load_model
+from docingest.core.embed import LoadedModel, load_model
 from docingest.core.ids import document_id
 from docingest.core.metrics import Pusher, RunMetrics
 from docingest.core.parse import accurate_models_status
@@ -143,11 +144,13 @@ class _Run:
         self.total = total
         self.artifact: _ProgressArtifact | None = None
         self.done = 0
-        self.processed = self.processed_failed = 0  # documents parsed this run (not unchanged, skipped, dead)
+        # For the circuit breaker, counted where each outcome is first known: parse/chunk outcomes in the flow thread
+        # as documents are taken (the writer thread may lag behind), embed/upsert failures by the writer.
+        self.taken = self.taken_failed = self.late_failed = 0
 
     def tripped(self, options: IngestOptions) -> str | None:
         """The circuit breaker: a reason to stop when too many of the documents processed so far failed."""
-        n, failed = self.processed, self.processed_failed
+        n, failed = self.taken, self.taken_failed + self.late_failed
         if n >= options.breaker_min_docs and failed / n > options.max_failure_ratio:
             return (f"circuit breaker: {failed} of {n} processed documents failed "
                     f"({failed / n:.0%} > --max-failure-ratio {options.max_failure_ratio:g}); "
@@ -157,9 +160,8 @@ class _Run:
     def record(self, outcome: DocumentOutcome, processed: bool = True) -> None:
         counts = self.result.documents
         self.result.outcomes.append(outcome)
-        if processed and outcome.status in (DocumentStatus.SUCCESS, DocumentStatus.FAILURE):
-            self.processed += 1
-            self.processed_failed += outcome.status is DocumentStatus.FAILURE
+        if processed and outcome.status is DocumentStatus.FAILURE and outcome.stage in (Stage.EMBED, Stage.UPSERT):
+            self.late_failed += 1
         if outcome.status is DocumentStatus.SKIPPED:
             counts.skipped += 1
             self.result.skipped.append(SkippedItem(source=outcome.source, reason=outcome.error or ""))
@@ -288,6 +290,50 @@ class _Writer:
         self.records.append(manifest_record(d, self.profile, self.known.get(d.document.path),
                                             DocumentStatus.FAILURE, stage, error))
         self.run.record(_outcome(d, DocumentStatus.FAILURE, stage, error))
+
+
+class _BackgroundWriter:
+    """Runs a :class:`_Writer` in one thread of its own, fed through a bounded queue, so documents keep being parsed
+    and chunked while a batch is embedded and upserted (before, the flow thread did both in turn and the cores idled
+    between them). The writer keeps its single-threaded state; the first error it meets is raised in the flow
+    thread at the next hand-over or at ``close``."""
+
+    def __init__(self, writer: _Writer, maxsize: int) -> None:
+        import contextvars
+        import queue
+        import threading
+
+        self.writer, self.error = writer, None
+        self.queue: queue.Queue = queue.Queue(maxsize=max(1, maxsize))
+        context = contextvars.copy_context()  # the flow run's context: tasks and the run logger work in the thread
+        self.thread = threading.Thread(target=context.run, args=(self._loop,), name="docingest-writer", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.writer.add(item)
+                except BaseException as exc:  # noqa: BLE001 - handed to the flow thread
+                    self.error = exc
+        if self.error is None:
+            try:
+                self.writer.flush()
+            except BaseException as exc:  # noqa: BLE001
+                self.error = exc
+
+    def add(self, prepared: PreparedDocument) -> None:
+        if self.error is not None:
+            self.close()
+        self.queue.put(prepared)
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
 
 
 def make_task_runner(kind: str | None = None, address: str | None = None, workers: int | None = None):
@@ -539,7 +585,8 @@ def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation
     run.result.mode = options.mode.value
     run.result.flow_run_id = str(flow_run.get_id() or "")
     metrics = metrics or RunMetrics(collection, src.uri)
-    writer = _Writer(run, location, physical, profile, options, model, known, metrics)
+    writer = _BackgroundWriter(_Writer(run, location, physical, profile, options, model, known, metrics),
+                               maxsize=options.window)
 
     for p in plan.documents:
         if p.action is Action.SKIP:
@@ -556,6 +603,8 @@ def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation
                                        change=p.change, stage=stage, error=p.reason), processed=False)
 
     # 3. Parse+chunk new and changed documents in a bounded window; embed+upsert in batches as they finish.
+    if plan.by_action(Action.PROCESS) and isinstance(model, LoadedModel) and not model.loaded:
+        _prefetch_model(model)  # the weights load while the first documents are parsed
     window: deque[PrefectFuture] = deque()
     for p in plan.by_action(Action.PROCESS):
         if run.result.aborted:
@@ -571,7 +620,7 @@ def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation
     while window:
         _take(window.popleft(), writer, run, options)
         metrics.set_in_flight(len(window))
-    writer.flush()
+    writer.close()  # the last batch is written, or the writer's error is raised here
 
     # 4. Full sync: remove what vanished from this source's scope, only after a run that was not aborted.
     if plan.deleted and not run.result.aborted:
@@ -583,11 +632,25 @@ def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation
     return run.result
 
 
-def _take(future: PrefectFuture, writer: _Writer, run: _Run, options: IngestOptions) -> None:
+def _prefetch_model(model: LoadedModel) -> None:
+    """Load a lazily loaded model in a background thread; a load error surfaces where the model is first used."""
+    import threading
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            model.model  # noqa: B018 - the property loads it
+
+    threading.Thread(target=load, name="docingest-model-load", daemon=True).start()
+
+
+def _take(future: PrefectFuture, writer: _BackgroundWriter, run: _Run, options: IngestOptions) -> None:
     try:
         prepared = future.result()
     except PrepareFailed as failed:  # the document's own failure (the task run shows Failed in the UI)
         prepared = failed.prepared
+    if prepared.status in (DocumentStatus.SUCCESS, DocumentStatus.FAILURE):
+        run.taken += 1
+        run.taken_failed += prepared.status is DocumentStatus.FAILURE
     writer.add(prepared)
     faults.checkpoint("after-prepare")
     if not run.result.aborted and (reason := run.tripped(options)):

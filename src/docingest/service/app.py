@@ -77,6 +77,18 @@ def _metrics():
     }
 
 
+def _stop_temporary_prefect() -> None:
+    """Stop Prefect's temporary API server if the jobs started one: uvicorn ends the process by re-raising SIGTERM,
+    which skips the atexit hook that would otherwise stop it (it would outlive the service)."""
+    import sys
+
+    if "prefect.server.api.server" in sys.modules:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        for server in list(SubprocessASGIServer._instances.values()):
+            server.stop()
+
+
 def create_app(settings: DocingestSettings | None = None) -> FastAPI:
     import jwt
 
@@ -106,6 +118,7 @@ def create_app(settings: DocingestSettings | None = None) -> FastAPI:
         yield
         task.cancel()
         await asyncio.to_thread(jobs.close)  # finish the running job; queued ones stay on disk for the next start
+        await asyncio.to_thread(_stop_temporary_prefect)
 
     app = FastAPI(title="docingest upload service", version="1", lifespan=lifespan,
                   description="Resumable uploads that become searchable documents.")

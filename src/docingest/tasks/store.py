@@ -43,7 +43,7 @@ def finalize_documents_task(
     unless ``records`` holds a new one for it (a skip record).
     """
     store = QdrantStore(location)
-    deleted = sum(store.delete_other_versions(collection, doc_id, keep) for doc_id, keep in replace)
+    deleted = store.delete_other_versions_many(collection, replace)
     store.write_manifest(collection, records)
     recorded = {r.doc_id for r in records}
     store.delete_manifest(collection, [doc_id for doc_id, keep in replace if keep is None and doc_id not in recorded])
