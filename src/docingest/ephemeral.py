@@ -33,6 +33,9 @@ def start_early() -> EarlyServer | None:
 
         if PREFECT_API_URL.value() or not get_current_settings().server.ephemeral.enabled:
             return None
+        if (server_module := sys.modules.get("prefect.server.api.server")) is not None and any(
+                s.running for s in server_module.SubprocessASGIServer._instances.values()):
+            return None  # this process already has one (the Python API or tests running several commands)
         with contextlib.closing(socket.socket()) as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]

@@ -1,0 +1,85 @@
+"""What a run costs before and after its work: a re-sync with nothing to embed never loads the model, and no Prefect
+temporary server outlives the command that started it (the CLI starts it early; `serve` stops it on SIGTERM)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import free_port, wait_http
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+EXE = Path(sys.executable).with_name("docingest")
+
+
+def processes_with(marker: str) -> list[int]:
+    """Live processes whose environment holds ``marker`` (our unique PREFECT_HOME)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes():
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture
+def env(tmp_path):
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "DOCINGEST_"))}
+    e.update(DOCINGEST_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect-home-startup"),
+             HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return e
+
+
+def test_noop_resync_skips_the_model_and_leaves_no_server_behind(env, tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(3):
+        (docs / f"n{i}.md").write_text(f"# Note {i}\n\nThe archive keeps note {i} for seven years.\n")
+    first = subprocess.run([str(EXE), "ingest", str(docs), "-c", "notes", "--json"], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert json.loads(first.stdout)["documents"]["new"] == 3
+    assert processes_with(env["PREFECT_HOME"]) == []  # the early-started temporary server stopped with the CLI
+
+    script = ("import sys, json; from docingest.flows.ingest import ingest_documents; "
+              f"r = ingest_documents(source={str(docs)!r}, collection='notes'); "
+              "print(json.dumps([r.documents.unchanged, 'sentence_transformers' in sys.modules, 'torch' in sys.modules]))")
+    second = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert json.loads(second.stdout.strip().splitlines()[-1]) == [3, False, False]
+
+    (docs / "n1.md").write_text("# Note 1\n\nThe archive now keeps note 1 for ten years.\n")
+    third = subprocess.run([str(EXE), "ingest", str(docs), "-c", "notes", "--json"], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert third.returncode == 0, third.stderr[-2000:]
+    data = json.loads(third.stdout)
+    assert (data["documents"]["changed"], data["chunks"]["embedded"], data["chunks"]["deleted"]) == (1, 1, 1)
+
+
+def test_serve_stops_its_temporary_prefect_server_on_sigterm(env, tmp_path):
+    port = free_port()
+    env = dict(env, DOCINGEST_JWT_SECRET="x" * 40)
+    log = tmp_path / "serve.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([str(EXE), "serve", "--port", str(port)], env=env, stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc, log, timeout=120)  # healthy = Prefect's server is up
+        assert len(processes_with(env["PREFECT_HOME"])) >= 2  # the service and its temporary Prefect server
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        assert processes_with(env["PREFECT_HOME"]) == [], log.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
