@@ -303,7 +303,7 @@ class _BackgroundWriter:
         import queue
         import threading
 
-        self.writer, self.error = writer, None
+        self.writer, self.error, self.abandoned = writer, None, False
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, maxsize))
         context = contextvars.copy_context()  # the flow run's context: tasks and the run logger work in the thread
         self.thread = threading.Thread(target=context.run, args=(self._loop,), name="docingest-writer", daemon=True)
@@ -311,12 +311,12 @@ class _BackgroundWriter:
 
     def _loop(self) -> None:
         while (item := self.queue.get()) is not None:
-            if self.error is None:
+            if self.error is None and not self.abandoned:
                 try:
                     self.writer.add(item)
                 except BaseException as exc:  # noqa: BLE001 - handed to the flow thread
                     self.error = exc
-        if self.error is None:
+        if self.error is None and not self.abandoned:
             try:
                 self.writer.flush()
             except BaseException as exc:  # noqa: BLE001
@@ -326,6 +326,12 @@ class _BackgroundWriter:
         if self.error is not None:
             self.close()
         self.queue.put(prepared)
+
+    def abandon(self) -> None:
+        """The flow thread failed: drop what is queued (the next run redoes it) and end the thread."""
+        self.abandoned = True
+        if self.thread.is_alive():
+            self.queue.put(None)
 
     def close(self) -> None:
         if self.thread.is_alive():
@@ -606,20 +612,24 @@ def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation
     if plan.by_action(Action.PROCESS) and isinstance(model, LoadedModel) and not model.loaded:
         _prefetch_model(model)  # the weights load while the first documents are parsed
     window: deque[PrefectFuture] = deque()
-    for p in plan.by_action(Action.PROCESS):
-        if run.result.aborted:
-            break
-        attempt = p.known.attempts if p.known and p.known.stage in (Stage.READ, Stage.PARSE, Stage.CHUNK) else 0
-        # Not quote()d: Prefect's Dask runner would hand the wrapper itself to the task (the arguments are small or
-        # opaque objects Prefect does not walk into, so quoting saves nothing here).
-        window.append(prepare.submit(src, p.doc, p.change, profile, options, model, attempt))
-        metrics.set_in_flight(len(window))
-        while len(window) >= options.window:
+    try:
+        for p in plan.by_action(Action.PROCESS):
+            if run.result.aborted:
+                break
+            attempt = p.known.attempts if p.known and p.known.stage in (Stage.READ, Stage.PARSE, Stage.CHUNK) else 0
+            # Not quote()d: Prefect's Dask runner would hand the wrapper itself to the task (the arguments are small or
+            # opaque objects Prefect does not walk into, so quoting saves nothing here).
+            window.append(prepare.submit(src, p.doc, p.change, profile, options, model, attempt))
+            metrics.set_in_flight(len(window))
+            while len(window) >= options.window:
+                _take(window.popleft(), writer, run, options)
+                metrics.set_in_flight(len(window))
+        while window:
             _take(window.popleft(), writer, run, options)
             metrics.set_in_flight(len(window))
-    while window:
-        _take(window.popleft(), writer, run, options)
-        metrics.set_in_flight(len(window))
+    except BaseException:
+        writer.abandon()
+        raise
     writer.close()  # the last batch is written, or the writer's error is raised here
 
     # 4. Full sync: remove what vanished from this source's scope, only after a run that was not aborted.
