@@ -147,3 +147,23 @@ def task_states(flow_run_id: str, task_name: str) -> list[str]:
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     return [r.state.name for r in runs if r.name.startswith(task_name)]
+
+
+def start_service(tmp_path: Path, **settings: str) -> tuple[subprocess.Popen, str, dict[str, str], Path]:
+    """`docingest serve` on a free loopback port with its own home and the given DOCINGEST_* settings, once it answers
+    /health: (process, base URL, environment, log file). The caller stops it."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "DOCINGEST_", "AWS_"))}
+    env.update(DOCINGEST_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "ph"), **settings)
+    log = tmp_path / "serve.log"
+    exe = Path(sys.executable).with_name("docingest")
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=tmp_path,
+                                env=env, stdout=fh, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/health", proc, log, timeout=180)
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc, base, env, log

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
-from support import free_port, wait_http
+from support import start_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -45,17 +44,9 @@ def handbook_text() -> bytes:
 
 @pytest.fixture
 def service(tmp_path):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "DOCINGEST_"))}
-    env.update(DOCINGEST_HOME=str(tmp_path / "home"), DOCINGEST_JWT_SECRET=SECRET, PREFECT_HOME=str(tmp_path / "ph"),
-               DOCINGEST_UPLOAD_PART_SIZE=str(PART), DOCINGEST_RATE_LIMIT_UPLOADS_PER_MIN="12")
-    log = tmp_path / "serve.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([str(EXE), "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=tmp_path,
-                                env=env, stdout=fh, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    proc, base, env, log = start_service(tmp_path, DOCINGEST_JWT_SECRET=SECRET, DOCINGEST_UPLOAD_PART_SIZE=str(PART),
+                                         DOCINGEST_RATE_LIMIT_UPLOADS_PER_MIN="12")
     try:
-        wait_http(f"{base}/health", proc, log, timeout=120)
         yield base, proc, env, log
     finally:
         if proc.poll() is None:

@@ -23,12 +23,11 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
-from support import free_port, wait_http
+from support import free_port, start_service, wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PART = 1024
-EXE = Path(sys.executable).with_name("docingest")
 AUDIENCE = "docingest"
 WORDS = ["amber", "basalt", "cobalt", "dune", "ember", "fjord", "garnet", "harbor", "indigo", "juniper"]
 
@@ -106,20 +105,11 @@ def s3(tmp_path):
 def test_s3_store_jwks_tokens_and_fifty_concurrent_uploads(s3, tmp_path):
     endpoint, bucket = s3
     idp = IdentityProvider()
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "DOCINGEST_", "AWS_"))}
-    env.update(DOCINGEST_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "ph"),
-               DOCINGEST_UPLOAD_BUCKET="s3://uploads/svc", DOCINGEST_S3_ENDPOINT=endpoint,
-               DOCINGEST_S3_ACCESS_KEY="testing", DOCINGEST_S3_SECRET_KEY="testing-secret",
-               DOCINGEST_JWT_JWKS_URL=idp.url, DOCINGEST_JWT_AUDIENCE=AUDIENCE, DOCINGEST_UPLOAD_PART_SIZE=str(PART),
-               DOCINGEST_RATE_LIMIT_REQUESTS_PER_MIN="150")
-    log = tmp_path / "serve.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([str(EXE), "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=tmp_path,
-                                env=env, stdout=fh, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    proc, base, env, log = start_service(
+        tmp_path, DOCINGEST_UPLOAD_BUCKET="s3://uploads/svc", DOCINGEST_S3_ENDPOINT=endpoint,
+        DOCINGEST_S3_ACCESS_KEY="testing", DOCINGEST_S3_SECRET_KEY="testing-secret", DOCINGEST_JWT_JWKS_URL=idp.url,
+        DOCINGEST_JWT_AUDIENCE=AUDIENCE, DOCINGEST_UPLOAD_PART_SIZE=str(PART), DOCINGEST_RATE_LIMIT_REQUESTS_PER_MIN="150")
     try:
-        wait_http(f"{base}/health", proc, log, timeout=180)
         client = httpx.Client(base_url=base, timeout=60)
         health = client.get("/health").json()
         assert health["ok"] and health["storage_kind"] == "s3" and health["prefect"] and health["qdrant"], health
