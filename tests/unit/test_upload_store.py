@@ -117,3 +117,61 @@ def test_an_executable_is_refused_at_completion_and_removed(store):
     assert not list(Path(store.source_uri("kb")).rglob("*.pdf"))  # nothing refused stays in the source
     with pytest.raises(UploadError):
         store.get("a", meta.upload_id)
+
+
+def _ready(store, data: bytes = b"# hello world\n"):
+    meta = store.create("alice", "n.md", len(data), "", "kb", "normal")
+    for n in range(1, meta.parts + 1):
+        part = data[(n - 1) * 4: n * 4]
+        store.put_part("alice", meta.upload_id, n, part, md5(part))
+    return meta
+
+
+def test_two_concurrent_completions_assemble_once(store, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    meta = _ready(store)
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(store.complete, "alice", meta.upload_id, None) for _ in range(4)]
+    outcomes = []
+    for f in futures:
+        try:
+            outcomes.append(f.result()[1])
+        except UploadError as exc:
+            outcomes.append(exc.status)
+    assert sorted(outcomes, key=str) == sorted([409, 409, 409, f"{meta.upload_id}/n.md"], key=str)
+    target = tmp_path / "sources" / "kb" / meta.upload_id / "n.md"
+    assert target.read_bytes() == b"# hello world\n"
+    assert not list((tmp_path / "incoming").rglob("assembled*"))  # no temporary file left behind
+
+
+def test_a_part_after_an_abort_is_not_written(store, tmp_path):
+    meta = store.create("alice", "n.md", 8, "", "kb", "normal")
+    store.abort("alice", meta.upload_id)
+    with pytest.raises(UploadError) as gone:
+        store.put_part("alice", meta.upload_id, 1, b"abcd", md5(b"abcd"))
+    assert gone.value.status == 404
+    assert not list(tmp_path.rglob("part-*"))
+
+
+def test_a_store_refusal_discards_the_upload_a_store_failure_keeps_it(store, monkeypatch):
+    meta = _ready(store)
+    real = store.backend.assemble
+    monkeypatch.setattr(store.backend, "assemble", lambda *a: (_ for _ in ()).throw(OSError("disk")))
+    with pytest.raises(UploadError) as failed:
+        store.complete("alice", meta.upload_id, None)
+    assert failed.value.status == 503 and "retry" in failed.value.message
+    monkeypatch.setattr(store.backend, "assemble", real)  # the parts are still there: completing again works
+    assert store.complete("alice", meta.upload_id, None)[1] == f"{meta.upload_id}/n.md"
+
+    other = _ready(store)
+
+    def refuse(*_):
+        raise UploadError(400, "the store refused to assemble the parts: EntityTooSmall", final=True)
+
+    monkeypatch.setattr(store.backend, "assemble", refuse)
+    with pytest.raises(UploadError, match="EntityTooSmall"):
+        store.complete("alice", other.upload_id, None)
+    with pytest.raises(UploadError) as gone:  # refused parts never complete: the upload is discarded
+        store.get("alice", other.upload_id)
+    assert gone.value.status == 404

@@ -332,6 +332,8 @@ class _BackgroundWriter:
         self.abandoned = True
         if self.thread.is_alive():
             self.queue.put(None)
+            # Wait for a batch already being written (bounded): no writes after the flow has reported its failure.
+            self.thread.join(timeout=120)
 
     def close(self) -> None:
         if self.thread.is_alive():

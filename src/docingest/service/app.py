@@ -110,8 +110,13 @@ def create_app(settings: DocingestSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         async def expire_loop():
+            import logging
+
             while True:
-                await asyncio.to_thread(store.expire)
+                try:
+                    await asyncio.to_thread(store.expire)
+                except Exception:  # noqa: BLE001 - e.g. the store is briefly unreachable: try again next round
+                    logging.getLogger("docingest.service").exception("expiring abandoned uploads failed")
                 await asyncio.sleep(300)
 
         task = asyncio.create_task(expire_loop())
@@ -141,7 +146,10 @@ def create_app(settings: DocingestSettings | None = None) -> FastAPI:
         if request.url.path.startswith(("/api/", "/metrics")):
             # Authenticate before anything else, so an anonymous caller learns nothing (not even validation errors).
             try:
-                request.state.user = authenticate(request.headers.get("authorization"))
+                header = request.headers.get("authorization")
+                # A JWKS lookup may fetch the provider's keys over the network: never on the event loop.
+                request.state.user = await asyncio.to_thread(authenticate, header) if jwks is not None \
+                    else authenticate(header)
             except HTTPException as exc:
                 return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
         started = time.perf_counter()
@@ -155,7 +163,8 @@ def create_app(settings: DocingestSettings | None = None) -> FastAPI:
         if not authorization or not authorization.lower().startswith("bearer "):
             raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
         token = authorization[7:].strip()
-        checks = {"options": {"require": ["sub"]}, "audience": settings.jwt_audience, "issuer": settings.jwt_issuer}
+        checks = {"options": {"require": ["sub", "exp"]}, "audience": settings.jwt_audience,
+                  "issuer": settings.jwt_issuer}
         try:
             if jwks is not None and jwt.get_unverified_header(token).get("alg") != "HS256":
                 key = jwks.get_signing_key_from_jwt(token).key  # cached; refetched for an unknown key id
@@ -251,7 +260,12 @@ def create_app(settings: DocingestSettings | None = None) -> FastAPI:
     @app.put("/api/v1/uploads/{upload_id}/parts/{number}")
     async def put_part(upload_id: str, number: int, request: Request, who: User,
                        content_md5: Annotated[str | None, Header(alias="Content-MD5")] = None):
-        data = await request.body()
+        data = bytearray()
+        async for piece in request.stream():  # bounded even without Content-Length (chunked transfer encoding)
+            data += piece
+            if len(data) > settings.upload_part_size:
+                raise UploadError(413, "request body too large")
+        data = bytes(data)
         try:
             etag = await asyncio.to_thread(store.put_part, who, upload_id, number, data, content_md5)
         except UploadError as exc:
@@ -266,10 +280,19 @@ def create_app(settings: DocingestSettings | None = None) -> FastAPI:
     async def get_upload(upload_id: str, who: User):
         return upload_view(await asyncio.to_thread(store.get, who, upload_id))
 
+    def complete_and_start(who: str, upload_id: str, sha256: str | None) -> dict:
+        with store.lock(upload_id):  # a second completion of the same upload waits, then gets 409
+            meta = store.get(who, upload_id)
+            if meta.completed and meta.job_id is None:
+                # Assembled and checked earlier, but its job was not accepted then (503): start it now.
+                return start_job(who, meta, store.document(meta))
+            jobs.check_capacity()  # before assembling: a refused job must not leave a completed upload behind
+            meta, document = store.complete(who, upload_id, sha256)
+            return start_job(who, meta, document)
+
     @app.post("/api/v1/uploads/{upload_id}/complete")
     async def complete_upload(upload_id: str, who: User, body: CompleteUpload | None = None):
-        meta, document = await asyncio.to_thread(store.complete, who, upload_id, body.sha256 if body else None)
-        return start_job(who, meta, document)
+        return await asyncio.to_thread(complete_and_start, who, upload_id, body.sha256 if body else None)
 
     @app.delete("/api/v1/uploads/{upload_id}", status_code=204)
     async def abort_upload(upload_id: str, who: User):
@@ -291,10 +314,10 @@ def create_app(settings: DocingestSettings | None = None) -> FastAPI:
             for n in range(1, meta.parts + 1):
                 part = data[(n - 1) * meta.part_size: n * meta.part_size]
                 store.put_part(who, meta.upload_id, n, part, base64.b64encode(hashlib.md5(part).digest()).decode())
-            return store.complete(who, meta.upload_id, None)
+            return complete_and_start(who, meta.upload_id, None)
 
-        meta, document = await asyncio.to_thread(store_all)
-        return start_job(who, meta, document)
+        jobs.check_capacity()
+        return await asyncio.to_thread(store_all)
 
     @app.get("/api/v1/jobs/{job_id}")
     async def get_job(job_id: str, who: User):

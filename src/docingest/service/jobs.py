@@ -29,6 +29,7 @@ from docingest.service.uploads import PRIORITIES, UploadError
 JOB_STATES = ("queued", "running", "completed", "failed")
 BATCH = 100  # jobs of one collection per embedded flow run
 WATCH_INTERVAL_S = 1.0
+WATCH_PAGE = 50  # flow runs per API read (two artifacts each at most; Prefect's default limit is 200 rows)
 
 
 class Job(BaseModel):
@@ -72,7 +73,8 @@ class JobManager:
             job = Job.model_validate_json(path.read_text())
             if job.state in ("queued", "running") and not (deployment and job.flow_run_id):
                 # The process stopped under it: run it again (document ids are stable, so nothing duplicates).
-                job.state, job.progress = "queued", 0.0
+                # A run id from deployment mode is dropped: embedded mode runs the job itself.
+                job.state, job.progress, job.flow_run_id = "queued", 0.0, None
             self.jobs[job.job_id] = job
         self.max_queue = max_queue
         self._lock = threading.RLock()
@@ -89,11 +91,15 @@ class JobManager:
     def pending(self) -> int:
         return sum(j.state in ("queued", "running") for j in self.jobs.values())
 
-    def submit(self, user: str, upload_id: str, collection: str, document: str, priority: str) -> Job:
+    def check_capacity(self) -> None:
+        """Raise 503 when no job can be taken now (shutting down, or the queue is full)."""
         if self._closed:
             raise UploadError(503, "the service is shutting down")
         if self.pending() >= self.max_queue:
             raise UploadError(503, "too many jobs queued; retry later")
+
+    def submit(self, user: str, upload_id: str, collection: str, document: str, priority: str) -> Job:
+        self.check_capacity()
         job = Job(job_id=uuid.uuid4().hex, user=user, upload_id=upload_id, collection=collection,
                   document=document, priority=priority)
         self._store(job)
@@ -137,11 +143,17 @@ class JobManager:
 
     def _publish(self, job: Job) -> None:
         message = {"type": "job", **job.public()}
+        def put(queue: asyncio.Queue) -> None:
+            try:
+                queue.put_nowait(message)
+            except asyncio.QueueFull:  # a client that does not read: it misses messages, nobody else waits
+                pass
+
         for loop, queue, ids in list(self._subscribers):
             if job.job_id in ids:
                 try:
-                    loop.call_soon_threadsafe(queue.put_nowait, message)
-                except (RuntimeError, asyncio.QueueFull):  # loop closed or a client that does not read
+                    loop.call_soon_threadsafe(put, queue)
+                except RuntimeError:  # its loop is closed
                     pass
 
     # -- the worker ----------------------------------------------------------------------------------------------------
@@ -244,13 +256,20 @@ class JobManager:
         active = {uuid.UUID(j.flow_run_id): j for j in self._watched()}
         if not active:
             return
+        runs, artifacts = [], []
+        ids = list(active)
         with get_client(sync_client=True) as client:
-            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(active))))
-            artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-                flow_run_id=ArtifactFilterFlowRunId(any_=list(active)),
-                type=ArtifactFilterType(any_=["progress", "table"])))
+            for start in range(0, len(ids), WATCH_PAGE):  # the API returns at most `limit` rows per read
+                page = ids[start:start + WATCH_PAGE]
+                runs += client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=page)),
+                                              limit=WATCH_PAGE)
+                artifacts += client.read_artifacts(artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=page),
+                    type=ArtifactFilterType(any_=["progress", "table"])), limit=4 * WATCH_PAGE)
         progress = {a.flow_run_id: a.data for a in artifacts if a.type == "progress"}
         tables = {a.flow_run_id: a.data for a in artifacts if a.type == "table"}
+        for run_id in set(active) - {run.id for run in runs}:  # deleted from Prefect: it will never end
+            self._finish(active[run_id], "failure", stage="run", error="its flow run was deleted from Prefect")
         for run in runs:
             job = active[run.id]
             kind = run.state.type.value if run.state else "SCHEDULED"

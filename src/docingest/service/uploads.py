@@ -39,9 +39,10 @@ EXECUTABLE_SIGNATURES = (b"MZ", b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xfe\xed\xfa\
 class UploadError(Exception):
     """An upload request that cannot be served: ``status`` is the HTTP status, ``message`` safe to show."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, final: bool = False) -> None:
         super().__init__(message)
         self.status, self.message = status, message
+        self.final = final  # the upload cannot be completed any more: its parts are gone or refused
 
 
 class UploadMeta(BaseModel):
@@ -116,7 +117,6 @@ class LocalBackend:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self._lock = threading.Lock()
 
     def folder(self, meta_or_user, upload_id: str | None = None) -> Path:
         user, upload_id = (meta_or_user.user, meta_or_user.upload_id) if upload_id is None else (meta_or_user,
@@ -153,15 +153,16 @@ class LocalBackend:
 
     def put_part(self, meta: UploadMeta, number: int, data: bytes, md5_b64: str) -> None:
         folder = self.folder(meta)
+        # The store holds this upload's lock: parts, completion and abort of one upload never interleave.
+        current = self.load(meta.user, meta.upload_id)
+        if current is None or current.completed:  # aborted or completed meanwhile: nothing is written
+            raise UploadError(404 if current is None else 409,
+                              "upload not found" if current is None else "upload already completed")
         tmp = folder / f"part-{number:05d}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.write_bytes(data)
         tmp.replace(folder / f"part-{number:05d}")
-        with self._lock:  # parts of one upload may arrive at once: record each under the lock
-            current = self.load(meta.user, meta.upload_id)
-            if current is None:  # aborted meanwhile
-                raise UploadError(404, "upload not found")
-            current.etags[number] = hashlib.md5(data).hexdigest()  # noqa: S324
-            self.save(current)
+        current.etags[number] = hashlib.md5(data).hexdigest()  # noqa: S324
+        self.save(current)
 
     def received(self, meta: UploadMeta) -> dict[int, str]:
         return dict(meta.etags)
@@ -169,16 +170,20 @@ class LocalBackend:
     def assemble(self, meta: UploadMeta, key: str) -> tuple[int, str, bytes]:
         """Concatenate the parts into ``sources/<key>``; returns (size, sha256 hex, first bytes)."""
         folder = self.folder(meta)
-        assembled = folder / "assembled"
-        digest = hashlib.sha256()
-        with open(assembled, "wb") as out:
-            for n in range(1, meta.parts + 1):
-                with open(folder / f"part-{n:05d}", "rb") as part:
-                    while chunk := part.read(1 << 20):
-                        digest.update(chunk)
-                        out.write(chunk)
-        with open(assembled, "rb") as fh:
-            head = fh.read(SNIFF_BYTES)
+        assembled = folder / f"assembled.tmp-{uuid.uuid4().hex[:8]}"
+        digest, head = hashlib.sha256(), b""
+        try:
+            with open(assembled, "wb") as out:
+                for n in range(1, meta.parts + 1):
+                    with open(folder / f"part-{n:05d}", "rb") as part:
+                        while chunk := part.read(1 << 20):
+                            if len(head) < SNIFF_BYTES:
+                                head += chunk[: SNIFF_BYTES - len(head)]
+                            digest.update(chunk)
+                            out.write(chunk)
+        except BaseException:
+            assembled.unlink(missing_ok=True)
+            raise
         target = self.root / "sources" / key
         target.parent.mkdir(parents=True, exist_ok=True)
         assembled.replace(target)
@@ -201,6 +206,7 @@ class S3Backend:
     says which parts it holds, so several service replicas can take parts of the same upload."""
 
     kind = "s3"
+    REFUSALS = ("EntityTooSmall", "InvalidPart", "InvalidPartOrder", "NoSuchUpload")
 
     def __init__(self, uri: str, endpoint: str | None, access_key: str | None, secret_key: str | None,
                  region: str | None) -> None:
@@ -280,25 +286,34 @@ class S3Backend:
 
     def assemble(self, meta: UploadMeta, key: str) -> tuple[int, str, bytes]:
         from minio.datatypes import Part
+        from minio.error import S3Error
 
         final = self._final_key(meta)
         parts = [Part(n, etag) for n, etag in sorted(self.received(meta).items())]
         try:
             self.client._complete_multipart_upload(self.bucket, final, meta.s3_upload_id, parts)
-        except Exception as exc:  # noqa: BLE001 - e.g. EntityTooSmall: parts under the store's minimum
-            raise UploadError(400, f"the store refused to assemble the parts: {getattr(exc, 'code', 'error')}"
-                              ) from None
-        digest, head = hashlib.sha256(), b""
-        response = self.client.get_object(self.bucket, final)
+        except S3Error as exc:
+            if exc.code in self.REFUSALS:  # e.g. EntityTooSmall: parts under the store's minimum part size
+                raise UploadError(400, f"the store refused to assemble the parts: {exc.code}", final=True) from None
+            raise UploadError(503, "the store failed to assemble the parts; retry completing the upload") from None
+        except Exception:  # noqa: BLE001 - the store is unreachable: the parts are still there
+            raise UploadError(503, "the store failed to assemble the parts; retry completing the upload") from None
         try:
-            for chunk in response.stream(1 << 20):
-                if len(head) < SNIFF_BYTES:
-                    head += chunk[: SNIFF_BYTES - len(head)]
-                digest.update(chunk)
-        finally:
-            response.close()
-            response.release_conn()
-        return self.client.stat_object(self.bucket, final).size, digest.hexdigest(), head
+            digest, head = hashlib.sha256(), b""
+            response = self.client.get_object(self.bucket, final)
+            try:
+                for chunk in response.stream(1 << 20):
+                    if len(head) < SNIFF_BYTES:
+                        head += chunk[: SNIFF_BYTES - len(head)]
+                    digest.update(chunk)
+            finally:
+                response.close()
+                response.release_conn()
+            size = self.client.stat_object(self.bucket, final).size
+        except Exception:  # noqa: BLE001 - assembled but not checked: it must not stay; the parts are consumed
+            raise UploadError(503, "the store failed while checking the assembled upload; upload the file again",
+                              final=True) from None
+        return size, digest.hexdigest(), head
 
     def remove_document(self, key: str) -> None:
         self.client.remove_object(self.bucket, self._key("sources", key))
@@ -318,6 +333,12 @@ class UploadStore:
         self.backend = backend or LocalBackend(Path(root))
         self.part_size, self.max_bytes = part_size, max_bytes
         self.allowed, self.expiry_s = allowed, expiry_s
+        self._locks = [threading.RLock() for _ in range(64)]
+
+    def lock(self, upload_id: str) -> threading.RLock:
+        """The lock of one upload in this process (striped): a part, the completion and an abort of the same upload
+        never interleave (two completions would assemble twice; a part could land after an abort)."""
+        return self._locks[int(hashlib.md5(upload_id.encode()).hexdigest()[:8], 16) % len(self._locks)]  # noqa: S324
 
     def source_uri(self, collection: str) -> str:
         """The collection's upload source, as ``docingest ingest`` takes it."""
@@ -353,6 +374,10 @@ class UploadStore:
         return meta
 
     def put_part(self, user: str, upload_id: str, number: int, data: bytes, content_md5: str | None) -> str:
+        with self.lock(upload_id):
+            return self._put_part(user, upload_id, number, data, content_md5)
+
+    def _put_part(self, user: str, upload_id: str, number: int, data: bytes, content_md5: str | None) -> str:
         meta = self.get(user, upload_id)
         if meta.completed:
             raise UploadError(409, "upload already completed")
@@ -383,14 +408,33 @@ class UploadStore:
     def complete(self, user: str, upload_id: str, sha256: str | None) -> tuple[UploadMeta, str]:
         """Assemble the parts into the collection's upload source; checks size, sha256 and the real type. Returns
         the meta and the document's path in the collection's upload source (``<upload id>/<name>``)."""
+        with self.lock(upload_id):
+            return self._complete(user, upload_id, sha256)
+
+    @staticmethod
+    def document(meta: UploadMeta) -> str:
+        """The upload's document in its collection's upload source."""
+        return f"{meta.upload_id}/{meta.filename}"
+
+    def _complete(self, user: str, upload_id: str, sha256: str | None) -> tuple[UploadMeta, str]:
         meta = self.get(user, upload_id)
         if meta.completed:
             raise UploadError(409, "upload already completed")
         if missing := self.missing(meta):
             raise UploadError(409, f"parts missing: {missing[:20]}")
-        document = f"{upload_id}/{meta.filename}"
+        document = self.document(meta)
         key = f"{meta.collection}/{document}"
-        size, digest, head = self.backend.assemble(meta, key)
+        try:
+            size, digest, head = self.backend.assemble(meta, key)
+        except UploadError as exc:
+            if exc.final:  # refused, or the parts were consumed: nothing of the upload stays behind
+                with contextlib.suppress(Exception):
+                    self.backend.remove_document(key)
+                with contextlib.suppress(Exception):
+                    self.backend.discard(meta)  # aborts the multipart upload if S3 still holds it
+            raise
+        except OSError:  # the parts are still there: completing again may succeed
+            raise UploadError(503, "the store failed while assembling the upload; retry completing it") from None
         reason = None
         if size != meta.size:
             reason = (400, "assembled size does not match the declared size")
@@ -408,8 +452,9 @@ class UploadStore:
         return meta, document
 
     def abort(self, user: str, upload_id: str) -> None:
-        meta = self.get(user, upload_id)  # 404 for someone else's
-        self.backend.discard(meta)
+        with self.lock(upload_id):
+            meta = self.get(user, upload_id)  # 404 for someone else's
+            self.backend.discard(meta)
 
     def expire(self, now: float | None = None) -> int:
         """Remove incomplete uploads older than the expiry (and their parts); returns how many."""
@@ -417,7 +462,8 @@ class UploadStore:
         removed = 0
         for meta in list(self.backend.all_meta()):
             if not meta.completed and now - meta.created_at > self.expiry_s:
-                self.backend.discard(meta)
+                with self.lock(meta.upload_id):
+                    self.backend.discard(meta)
                 removed += 1
         return removed
 
@@ -429,6 +475,12 @@ def make_store(settings, allowed: set[str]) -> UploadStore:
     backend = None
     if settings.upload_bucket:
         secret = lambda v: v.get_secret_value() if v else None  # noqa: E731
+        if settings.upload_part_size < 5 * 1024 * 1024:
+            import logging
+
+            logging.getLogger("docingest.service").warning(
+                "DOCINGEST_UPLOAD_PART_SIZE is %d bytes: S3 and MinIO refuse to assemble parts under 5 MiB (but the "
+                "last), so multi-part uploads will be refused", settings.upload_part_size)
         backend = S3Backend(settings.upload_bucket, settings.s3_endpoint, secret(settings.s3_access_key),
                             secret(settings.s3_secret_key), settings.s3_region)
     return UploadStore(root, settings.upload_part_size, settings.upload_max_bytes, allowed, settings.upload_expiry_s,

@@ -1,0 +1,90 @@
+"""The upload service's request handling in process (FastAPI's TestClient): tokens, completion retries, limits."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+
+import jwt
+import pytest
+from fastapi.testclient import TestClient
+
+from docingest.service.uploads import UploadError
+from docingest.settings import DocingestSettings
+
+pytestmark = pytest.mark.unit
+
+SECRET = "unit-secret-of-at-least-32-bytes-0123456789"
+
+
+def auth(user: str = "alice", **claims) -> dict[str, str]:
+    claims = {"sub": user, "exp": int(time.time()) + 600, **claims}
+    return {"Authorization": "Bearer " + jwt.encode(claims, SECRET, algorithm="HS256")}
+
+
+@pytest.fixture
+def client(tmp_path):
+    from docingest.service.app import create_app
+
+    app = create_app(DocingestSettings(home=tmp_path, jwt_secret=SECRET, upload_part_size=1024))
+    app.state.jobs.close()  # no worker: jobs stay queued, nothing is ingested in a unit test
+    app.state.jobs._closed = False
+    with TestClient(app) as c:
+        c.app_state = app.state
+        yield c
+
+
+def upload(client, data: bytes = b"# Title\n\nSome words here.\n") -> str:
+    made = client.post("/api/v1/uploads", headers=auth(), json={"filename": "a.md", "size": len(data),
+                                                                "collection": "kb"}).json()
+    for n in range(1, made["parts"] + 1):
+        part = data[(n - 1) * 1024: n * 1024]
+        r = client.put(f"/api/v1/uploads/{made['upload_id']}/parts/{n}", content=part, headers={
+            **auth(), "Content-MD5": base64.b64encode(hashlib.md5(part).digest()).decode()})
+        assert r.status_code == 200, r.text
+    return made["upload_id"]
+
+
+def test_tokens_need_sub_and_exp(client):
+    assert client.get("/api/v1/jobs").status_code == 401
+    never_expires = jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256")
+    assert client.get("/api/v1/jobs", headers={"Authorization": f"Bearer {never_expires}"}).status_code == 401
+    assert client.get("/api/v1/jobs", headers=auth(exp=int(time.time()) - 5)).status_code == 401
+    assert client.get("/api/v1/jobs", headers=auth()).status_code == 200
+
+
+def test_a_full_queue_refuses_before_assembling_and_a_refused_job_is_started_on_retry(client, monkeypatch):
+    jobs = client.app_state.jobs
+    upload_id = upload(client)
+    monkeypatch.setattr(jobs, "max_queue", 0)
+    r = client.post(f"/api/v1/uploads/{upload_id}/complete", headers=auth())
+    assert r.status_code == 503
+    assert client.get(f"/api/v1/uploads/{upload_id}", headers=auth()).json()["completed"] is False
+    monkeypatch.setattr(jobs, "max_queue", 1000)
+
+    # The job is refused after assembly (e.g. shutdown began in between): the same call later starts it.
+    real_submit = jobs.submit
+    monkeypatch.setattr(jobs, "submit", lambda *a: (_ for _ in ()).throw(UploadError(503, "shutting down")))
+    assert client.post(f"/api/v1/uploads/{upload_id}/complete", headers=auth()).status_code == 503
+    assert client.get(f"/api/v1/uploads/{upload_id}", headers=auth()).json()["completed"] is True
+    monkeypatch.setattr(jobs, "submit", real_submit)
+    started = client.post(f"/api/v1/uploads/{upload_id}/complete", headers=auth())
+    assert started.status_code == 200, started.text
+    job_id = started.json()["job_id"]
+    assert client.get(f"/api/v1/jobs/{job_id}", headers=auth()).json()["state"] == "queued"
+    again = client.post(f"/api/v1/uploads/{upload_id}/complete", headers=auth())
+    assert again.status_code == 409  # now it has its job: never a second one
+
+
+def test_a_chunked_part_larger_than_the_part_size_is_refused(client):
+    made = client.post("/api/v1/uploads", headers=auth(), json={"filename": "a.md", "size": 1500,
+                                                                "collection": "kb"}).json()
+
+    def body():  # no Content-Length: chunked transfer encoding
+        yield b"x" * 1000
+        yield b"y" * 1000  # 2000 bytes > the 1024-byte part size
+
+    r = client.put(f"/api/v1/uploads/{made['upload_id']}/parts/1", content=body(), headers={
+        **auth(), "Content-MD5": "AAAAAAAAAAAAAAAAAAAAAA=="})
+    assert r.status_code == 413
