@@ -290,3 +290,29 @@ def test_int8_backend_ingests_and_search_uses_the_same_backend(prefect_server, h
     torch = IngestOptions.model_validate({"embed": {"backend": "torch"}})
     again = ingest_documents(source=str(docs), collection="int8", options=torch)  # another fingerprint: re-embedded
     assert again.documents.changed == 2
+
+
+def test_batched_task_runs_give_the_same_points_and_keep_failures_per_document(prefect_server, home, tmp_path):
+    docs = tmp_path / "batched"
+    docs.mkdir()
+    for i in range(7):
+        (docs / f"note{i}.md").write_text(f"# Note {i}\n\nThe greenhouse number {i} grows tomatoes and basil.\n")
+    (docs / "corrupt.docx").write_bytes(b"PK\x03\x04 not a real office file")
+    batched = IngestOptions(docs_per_task=3)
+
+    result = ingest_documents(source=str(docs), collection="batched", options=batched)
+    assert (result.documents.new, result.documents.failed, result.chunks.upserted) == (8, 1, 7)
+    assert [f.source.rsplit("/", 1)[-1] for f in result.failures] == ["corrupt.docx"]
+    states = sorted(task_states(result.flow_run_id, "parse-and-chunk-batch"))
+    assert states == ["Completed", "Completed", "Failed"]  # 8 documents in 3 task runs; the failed one not cached
+    single = ingest_documents(source=str(docs), collection="single", options=IngestOptions(docs_per_task=1))
+    assert len(task_states(single.flow_run_id, "parse-and-chunk")) == 8
+
+    store = store_for(home)
+    strip = lambda points: {p["path"]: p["text"] for p in points.values()}  # noqa: E731
+    assert strip(all_points(store, "batched")) == strip(all_points(store, "single"))  # same chunks either way
+
+    # The failed document is retried alone; the batches that completed are cached results for the same documents.
+    again = ingest_documents(source=str(docs), collection="batched-again", options=batched)
+    assert sorted(task_states(again.flow_run_id, "parse-and-chunk-batch")) == ["Cached", "Cached", "Failed"]
+    assert (again.documents.failed, again.chunks.upserted) == (1, 7)

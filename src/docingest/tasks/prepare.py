@@ -36,21 +36,35 @@ def prepare_cache_key(context: TaskRunContext, parameters: dict) -> str:
     Built from plain strings only: clients, models and sources are never hashed (Prefect would silently skip
     caching for unserializable inputs).
     """
-    doc: SourceDocument = parameters["doc"]
-    profile: Profile = parameters["profile"]
-    key = f"{doc.source_uri}\n{doc.path}\n{doc.content_hash}\n{profile.fingerprint_for(doc.path)}\n{code_version()}"
-    key += f"\n{parameters.get('attempt', 0)}"
+    key = _document_key(parameters["doc"], parameters["profile"], parameters.get("attempt", 0))
     return "docingest-prepare-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _document_key(doc: SourceDocument, profile: Profile, attempt: int) -> str:
+    return (f"{doc.source_uri}\n{doc.path}\n{doc.content_hash}\n{profile.fingerprint_for(doc.path)}\n{code_version()}"
+            f"\n{attempt}")
+
+
+def prepare_batch_cache_key(context: TaskRunContext, parameters: dict) -> str:
+    """The batch's documents' keys, in order: the same documents, unchanged, in the same batch hit the cache."""
+    profile: Profile = parameters["profile"]
+    keys = "\n\n".join(_document_key(doc, profile, attempt) for doc, _, attempt in parameters["items"])
+    return "docingest-prepare-batch-" + hashlib.sha256(keys.encode()).hexdigest()[:32]
 
 
 class PrepareFailed(Exception):  # noqa: N818 - a task outcome, not an error of ours
     """Raised by the task for a failed document, so Prefect marks the run Failed and never caches the failure
     (a transient read error must not be replayed to a later run); carries the document's outcome."""
 
-    def __init__(self, prepared: PreparedDocument) -> None:
-        super().__init__(f"{prepared.document.path}: {prepared.stage.value if prepared.stage else '?'}: "
-                         f"{prepared.error}")
+    def __init__(self, prepared: PreparedDocument | list[PreparedDocument]) -> None:
+        failed = [p for p in (prepared if isinstance(prepared, list) else [prepared])
+                  if p.status is DocumentStatus.FAILURE]
+        super().__init__("; ".join(f"{p.document.path}: {p.stage.value if p.stage else '?'}: {p.error}"
+                                   for p in failed[:5]))
         self.prepared = prepared
+
+    def __reduce__(self):  # travels back from a Dask worker with its documents
+        return type(self), (self.prepared,)
 
 
 @task(
@@ -76,5 +90,32 @@ def prepare_document_task(
     """
     prepared = prepare_document(source, doc, change, profile, options, model)
     if prepared.status is DocumentStatus.FAILURE:
+        raise PrepareFailed(prepared)
+    return prepared
+
+
+@task(
+    name="parse-and-chunk-batch",
+    task_run_name="parse-and-chunk-batch {label}",
+    cache_key_fn=prepare_batch_cache_key,
+    cache_expiration=timedelta(days=7),
+    persist_result=True,
+)
+def prepare_documents_task(
+    source: Source,
+    items: list[tuple[SourceDocument, ChangeKind, int]],
+    profile: Profile,
+    options: IngestOptions,
+    model: LoadedModel,
+    label: str = "",
+) -> list[PreparedDocument]:
+    """Several documents in one task run (``(doc, change, attempt)`` each), one after another: the same work as
+    :func:`prepare_document_task` for each, with one task run's orchestration cost for all of them.
+
+    A batch with a failed document raises PrepareFailed carrying every document's outcome, so it is never cached;
+    its documents that succeeded are recorded as such by the flow.
+    """
+    prepared = [prepare_document(source, doc, change, profile, options, model) for doc, change, _ in items]
+    if any(p.status is DocumentStatus.FAILURE for p in prepared):
         raise PrepareFailed(prepared)
     return prepared
