@@ -47,8 +47,11 @@ class WorkerResult:
     timings: dict[str, float] | None = None
 
 
-def _worker_main(conn, config: WorkerConfig) -> None:  # runs in the child process
+def _worker_main(conn, config: WorkerConfig, env: dict[str, str] | None = None) -> None:  # runs in the child
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    if env is not None:  # a fork server's child: take the environment the parent has now, as a spawned one would
+        os.environ.clear()
+        os.environ.update(env)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import logging
     import warnings
@@ -111,6 +114,27 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+_context_lock = threading.Lock()
+_ctx: Any = None
+
+
+def _context():
+    """How workers start. Plain fork is unsafe with threads, torch and tokenizers in the parent; spawn is safe but
+    each worker imports Docling again (~4.5 s of CPU). Where it exists (Linux), a fork server: a clean
+    single-threaded process started once, which imports Docling once (``worker_preload``) and forks each worker.
+    ``DOCINGEST_PARSE_START_METHOD=spawn`` turns it off."""
+    global _ctx
+    with _context_lock:
+        if _ctx is None:
+            method = os.environ.get("DOCINGEST_PARSE_START_METHOD", "")
+            if method != "spawn" and "forkserver" in mp.get_all_start_methods():
+                _ctx = mp.get_context("forkserver")
+                _ctx.set_forkserver_preload(["docingest.core.worker_preload"])
+            else:
+                _ctx = mp.get_context("spawn")
+        return _ctx
+
+
 class ParseWorker:
     """One worker process; ``run`` parses one document under the time and memory limits."""
 
@@ -122,9 +146,11 @@ class ParseWorker:
         self.done = 0
 
     def _start(self) -> None:
-        ctx = mp.get_context("spawn")  # fork is unsafe with threads, torch and tokenizers in the parent
+        ctx = _context()
         parent, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, self.config), daemon=True, name="docingest-parse")
+        env = dict(os.environ) if ctx.get_start_method() == "forkserver" else None
+        self.proc = ctx.Process(target=_worker_main, args=(child, self.config, env), daemon=True,
+                                name="docingest-parse")
         self.proc.start()
         child.close()
         self.conn = parent
