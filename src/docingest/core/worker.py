@@ -135,6 +135,15 @@ def _context():
         return _ctx
 
 
+def start_server() -> None:
+    """Start the fork server now, so it imports Docling while this process does other things (no-op with spawn)."""
+    ctx = _context()
+    if ctx.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
 class ParseWorker:
     """One worker process; ``run`` parses one document under the time and memory limits."""
 

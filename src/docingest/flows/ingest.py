@@ -135,6 +135,27 @@ def preflight(source: str | None, options: IngestOptions, qdrant: QdrantTarget |
     resolve_result_storage(result_storage)
 
 
+def warm_up_first_ingest(collection: str | None, options: IngestOptions, qdrant: QdrantTarget | None = None,
+                         qdrant_block: str | None = None, collection_block: str | None = None,
+                         embedder_block: str | None = None) -> bool:
+    """Before a run into a collection that does not exist yet (every document will be parsed and embedded), start the
+    parse workers' fork server and load the model in the background; the CLI calls it while Prefect's temporary
+    server boots. A re-sync is never warmed up: it may have nothing to do, and a no-op must stay cheap."""
+    options = with_preset(options)
+    collection, location = resolve_target(collection, qdrant, qdrant_block, collection_block)
+    if embedder_block or QdrantStore(location).collection_exists(collection):
+        return False
+    if options.parse.isolation is Isolation.PROCESS and get_settings().task_runner == "threads":
+        from docingest.core.worker import start_server
+
+        start_server()
+    settings = get_settings()
+    model = load_model(options.embed.model or settings.embed_model, settings.embed_device, options.embed.backend)
+    if isinstance(model, LoadedModel) and not model.loaded:
+        _prefetch_model(model)
+    return True
+
+
 class _Run:
     """Accumulates per-document outcomes into the typed result and reports progress."""
 
@@ -191,6 +212,9 @@ def _outcome(p: PreparedDocument, status: DocumentStatus | None = None, stage: S
     )
 
 
+FIRST_BATCH = 64  # chunks in the first embedding batch of a run (then options.store.upsert_batch_size)
+
+
 class _Writer:
     """Buffers prepared documents and writes them in batches: embed -> upsert -> drop old versions + manifest."""
 
@@ -203,6 +227,7 @@ class _Writer:
         self.records: list[ManifestRecord] = []
         self.replace: list[tuple[str, str | None]] = []
         self.logger = get_run_logger()
+        self.flushed = 0
 
     def add(self, p: PreparedDocument) -> None:
         for stage, seconds in p.timings.items():
@@ -210,7 +235,10 @@ class _Writer:
         previous = self.known.get(p.document.path)
         if p.status is DocumentStatus.SUCCESS:
             self.pending.append(p)
-            if sum(len(d.chunks) for d in self.pending) >= self.options.store.upsert_batch_size:
+            # The first batch is small, so the embedder starts while the first documents are still being parsed.
+            limit = self.options.store.upsert_batch_size if self.flushed else min(FIRST_BATCH,
+                                                                                   self.options.store.upsert_batch_size)
+            if sum(len(d.chunks) for d in self.pending) >= limit:
                 self.flush()
             return
         if p.status is DocumentStatus.FAILURE:
@@ -229,6 +257,7 @@ class _Writer:
     def flush(self) -> None:
         docs, self.pending = self.pending, []
         if docs:
+            self.flushed += 1
             self._write(docs)
         if self.records or self.replace:
             records, replace = self.records, self.replace
