@@ -95,7 +95,9 @@ def test_a_run_pushes_its_metrics_and_prometheus_has_them(prefect_server, home, 
     scope = first.source
     sel = f'collection="metrics",scope="{scope}"'
 
-    outcomes = by(wait_for(prometheus, f"docingest_documents_total{{{sel}}}"), "outcome")
+    # The run also pushes every 15 s while it runs: wait for the push of its end (the only one with a run status).
+    wait_for(prometheus, f"docingest_run_status{{{sel}}}")
+    outcomes = by(query(prometheus, f"docingest_documents_total{{{sel}}}"), "outcome")
     assert outcomes["success"] == 3 and outcomes["failed"] == 1 and outcomes["unchanged"] == 0
     failed = query(prometheus, f'docingest_documents_total{{{sel},outcome="failed"}}')
     assert failed[0]["metric"]["stage"] == "parse"

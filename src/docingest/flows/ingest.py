@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import re
+import threading
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -168,6 +171,7 @@ class _Run:
         # For the circuit breaker, counted where each outcome is first known: parse/chunk outcomes in the flow thread
         # as documents are taken (the writer thread may lag behind), embed/upsert failures by the writer.
         self.taken = self.taken_failed = self.late_failed = 0
+        self._lock = threading.RLock()  # outcomes arrive from the flow thread, the writer and its store thread
 
     def tripped(self, options: IngestOptions) -> str | None:
         """The circuit breaker: a reason to stop when too many of the documents processed so far failed."""
@@ -179,6 +183,10 @@ class _Run:
         return None
 
     def record(self, outcome: DocumentOutcome, processed: bool = True) -> None:
+        with self._lock:
+            self._record(outcome, processed)
+
+    def _record(self, outcome: DocumentOutcome, processed: bool) -> None:
         counts = self.result.documents
         self.result.outcomes.append(outcome)
         if processed and outcome.status is DocumentStatus.FAILURE and outcome.stage in (Stage.EMBED, Stage.UPSERT):
@@ -216,7 +224,10 @@ FIRST_BATCH = 64  # chunks in the first embedding batch of a run (then options.s
 
 
 class _Writer:
-    """Buffers prepared documents and writes them in batches: embed -> upsert -> drop old versions + manifest."""
+    """Buffers prepared documents and writes them in batches: embed -> upsert -> drop old versions + manifest.
+
+    A batch's upsert and finalize run in a store thread while the next batch is embedded (one batch at a time there,
+    in order), so the encoder does not wait for Qdrant between batches."""
 
     def __init__(self, run: _Run, location: QdrantLocation, collection: str, profile: Profile,
                  options: IngestOptions, model, known: dict[str, ManifestRecord], metrics: RunMetrics) -> None:
@@ -228,6 +239,9 @@ class _Writer:
         self.replace: list[tuple[str, str | None]] = []
         self.logger = get_run_logger()
         self.flushed = 0
+        self._lock = threading.Lock()  # records, replace and counters: shared with the store thread
+        self._store_pool: ThreadPoolExecutor | None = None
+        self._stored: Future | None = None  # the previous batch's upsert + finalize
 
     def add(self, p: PreparedDocument) -> None:
         for stage, seconds in p.timings.items():
@@ -243,15 +257,19 @@ class _Writer:
             return
         if p.status is DocumentStatus.FAILURE:
             # The old version (if any) stays searchable; the failure is recorded so the next run retries it.
-            self.records.append(manifest_record(p, self.profile, previous, DocumentStatus.FAILURE, p.stage, p.error))
+            with self._lock:
+                self.records.append(manifest_record(p, self.profile, previous, DocumentStatus.FAILURE, p.stage,
+                                                    p.error))
             self.logger.warning("failed %s at %s: %s", p.document.path, p.stage.value if p.stage else "?", p.error)
         elif p.stage is Stage.CHUNK or previous is None:
             # Skipped after reading it (empty, or a format this installation cannot read): recorded, so the next run
             # finds it unchanged instead of parsing it again (a changed fingerprint, e.g. OCR installed, re-checks it).
             # A document that became empty also loses its old chunks; any other skip keeps a previous version.
-            self.records.append(manifest_record(p, self.profile, previous, DocumentStatus.SKIPPED, p.stage, p.error))
-            if previous is not None:
-                self.replace.append((document_id(p.document.source_uri, p.document.path), None))
+            with self._lock:
+                self.records.append(manifest_record(p, self.profile, previous, DocumentStatus.SKIPPED, p.stage,
+                                                    p.error))
+                if previous is not None:
+                    self.replace.append((document_id(p.document.source_uri, p.document.path), None))
         self.run.record(_outcome(p))
 
     def flush(self) -> None:
@@ -259,12 +277,38 @@ class _Writer:
         if docs:
             self.flushed += 1
             self._write(docs)
-        if self.records or self.replace:
+        with self._lock:
             records, replace = self.records, self.replace
             self.records, self.replace = [], []
-            self.run.result.chunks.deleted += finalize_documents_task(
-                self.location, self.collection, quote(replace), quote(records)
-            )
+        if records or replace:
+            self._deleted(finalize_documents_task(self.location, self.collection, quote(replace), quote(records)))
+
+    def finish(self) -> None:
+        """The end of the run: everything written (or the first error raised) and the store thread gone."""
+        try:
+            self.flush()
+            self.wait_stored()
+            self.flush()  # records the store thread added last (upsert failures)
+        finally:
+            self.stop_store()
+
+    def wait_stored(self) -> None:
+        """Wait for the previous batch's upsert and finalize; raises its error."""
+        stored, self._stored = self._stored, None
+        if stored is not None:
+            stored.result()
+
+    def stop_store(self) -> None:
+        """Wait for a store in progress (its error dropped: the run already failed) and end the store thread."""
+        with contextlib.suppress(BaseException):
+            self.wait_stored()
+        if self._store_pool is not None:
+            self._store_pool.shutdown(wait=True)
+            self._store_pool = None
+
+    def _deleted(self, n: int) -> None:
+        with self._lock:
+            self.run.result.chunks.deleted += n
 
     def _embed(self, docs: list[PreparedDocument]):
         texts = [c.embed_text for d in docs for c in d.chunks]
@@ -294,6 +338,13 @@ class _Writer:
                     self._fail(d, Stage.EMBED, str(exc))
             docs = ok
         points = [pt for d, vecs in zip(docs, per_doc, strict=True) for pt in build_points(d, vecs, self.profile)]
+        self.wait_stored()  # one batch in the store thread at a time, in order
+        if self._store_pool is None:
+            self._store_pool = ThreadPoolExecutor(1, thread_name_prefix="docingest-store")
+        context = contextvars.copy_context()  # the flow run's context: tasks and the run logger work in the thread
+        self._stored = self._store_pool.submit(context.run, self._store, docs, points)
+
+    def _store(self, docs: list[PreparedDocument], points: list) -> None:
         try:
             started = time.perf_counter()
             self.run.result.chunks.upserted += upsert_points_task(
@@ -308,16 +359,15 @@ class _Writer:
         records = [manifest_record(d, self.profile, self.known.get(d.document.path), DocumentStatus.SUCCESS)
                    for d in docs]
         replace = [(r.doc_id, r.version) for r in records]
-        self.run.result.chunks.deleted += finalize_documents_task(
-            self.location, self.collection, quote(replace), quote(records)
-        )
+        self._deleted(finalize_documents_task(self.location, self.collection, quote(replace), quote(records)))
         faults.checkpoint("after-finalize")
         for d in docs:
             self.run.record(_outcome(d))
 
     def _fail(self, d: PreparedDocument, stage: Stage, error: str) -> None:
-        self.records.append(manifest_record(d, self.profile, self.known.get(d.document.path),
-                                            DocumentStatus.FAILURE, stage, error))
+        with self._lock:
+            self.records.append(manifest_record(d, self.profile, self.known.get(d.document.path),
+                                                DocumentStatus.FAILURE, stage, error))
         self.run.record(_outcome(d, DocumentStatus.FAILURE, stage, error))
 
 
@@ -347,9 +397,11 @@ class _BackgroundWriter:
                     self.error = exc
         if self.error is None and not self.abandoned:
             try:
-                self.writer.flush()
+                self.writer.finish()
             except BaseException as exc:  # noqa: BLE001
                 self.error = exc
+        else:
+            self.writer.stop_store()
 
     def add(self, prepared: PreparedDocument) -> None:
         if self.error is not None:
