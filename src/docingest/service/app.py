@@ -336,7 +336,7 @@ def create_app(settings: DocingestSettings | None = None) -> FastAPI:
         await ws.accept()
         try:
             hello = json.loads(await asyncio.wait_for(ws.receive_text(), timeout=30))
-            who = authenticate(f"Bearer {hello.get('token', '')}")
+            who = await asyncio.to_thread(authenticate, f"Bearer {hello.get('token', '')}")  # JWKS: off the loop
             limiter.check(who, "requests", settings.rate_limit_requests_per_min)
         except (TimeoutError, HTTPException, ValueError):
             await ws.close(code=4401)
