@@ -48,3 +48,46 @@ def test_missing_source_and_unknown_scheme_are_configuration_errors(tmp_path):
     with pytest.raises(ConfigurationError, match="scheme"):
         open_source("ftp://example/x")
     assert open_source((tmp_path).as_uri()).root == tmp_path.resolve()
+
+
+def test_file_hash_is_remembered_only_while_the_file_is_unchanged(tmp_path, monkeypatch):
+    """A folder listed twice in one process (the CLI's plan, then the flow) reads each file once; any change (even
+    one that keeps the size and the mtime) is read again, and a file changed just before it was hashed is never
+    trusted (it could change again within the same timestamp)."""
+    import hashlib
+    import os
+    import time
+    import types
+
+    from docingest.core.sources import local
+
+    reads = []
+    real = local.sha256_file
+    monkeypatch.setattr(local, "sha256_file", lambda p: reads.append(p) or real(p))
+    later = types.SimpleNamespace(time_ns=lambda: time.time_ns() + 60_000_000_000)
+    path = tmp_path / "doc.md"
+    path.write_text("# old")
+
+    local.file_hash(path)
+    local.file_hash(path)
+    assert reads == [path, path]  # just written: racy, read every time
+
+    monkeypatch.setattr(local, "time", later)  # the same file, hashed a minute after it was written
+    assert local.file_hash(path) == (5, hashlib.sha256(b"# old").hexdigest())
+    assert local.file_hash(path)[1] == hashlib.sha256(b"# old").hexdigest()
+    assert len(reads) == 3  # the second call used the remembered hash
+
+    stat = path.stat()
+    path.write_text("# new")  # same size, new bytes
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # even with the old mtime restored: ctime moved
+    assert local.file_hash(path)[1] == hashlib.sha256(b"# new").hexdigest()
+    assert len(reads) == 4
+
+
+def test_iter_documents_uses_the_remembered_hashes(tmp_path):
+    root = make_tree(tmp_path / "docs")
+    first = [(d.path, d.size, d.content_hash) for d in LocalFolderSource(root).iter_documents()]
+    (root / "a.md").write_text("# A, changed")
+    second = {d.path: d.content_hash for d in LocalFolderSource(root).iter_documents()}
+    assert second["sub/b.md"] == dict((p, h) for p, _, h in first)["sub/b.md"]
+    assert second["a.md"] != dict((p, h) for p, _, h in first)["a.md"]
