@@ -131,8 +131,13 @@ def ingest(
     enricher: Annotated[
         list[str] | None, typer.Option("--enricher", help="An enricher plugin to run after chunking (repeatable).")
     ] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Chunks per embedding call \\[default: 64].")
-                          ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Chunks per forward pass of the model \\[default: 64].")
+    ] = None,
+    pool_size: Annotated[
+        int | None,
+        typer.Option("--pool-size", help="Most chunks, across documents, per encode call \\[default: 1024]."),
+    ] = None,
     embed_backend: Annotated[
         EmbedBackend | None,
         typer.Option("--embed-backend", help="torch (fp32, CUDA when present) or int8 (CPU, faster) \\[default: torch]."),
@@ -211,7 +216,8 @@ def ingest(
             parse=ParseOptions(pdf_mode=pdf_mode, ocr=ocr, timeout_s=doc_timeout,
                                isolation=isolation, **given(max_memory_mb=doc_memory_mb)),
             chunk=ChunkOptions(max_tokens=max_tokens, chunker=chunker, enrichers=enricher or []),
-            embed=EmbedOptions(model=model, **given(batch_size=batch_size, backend=embed_backend)),
+            embed=EmbedOptions(model=model, **given(batch_size=batch_size, pool_size=pool_size,
+                                                    backend=embed_backend)),
             **given(workers=workers, window=window, preset=preset),
             mode=mode,
             max_delete_ratio=max_delete_ratio,
@@ -250,16 +256,17 @@ def ingest(
     aborted = None
     if early is not None and not (task_runner or dask_address):  # the server is still booting: use the wait
         with contextlib.suppress(Exception):  # only ever saves time; the run itself reports any problem
-            from docingest.flows.ingest import warm_up_first_ingest
+            from docingest.flows.ingest import warm_up
 
-            warm_up_first_ingest(collection, options, target, qdrant_block, collection_block, embedder_block)
+            warm_up(collection, options, target, qdrant_block, collection_block, embedder_block, source, source_block)
     ephemeral.adopt(early)
     try:
         flow = ingest_documents
         if task_runner or dask_address:
             flow = ingest_documents.with_options(task_runner=make_task_runner(task_runner or "dask", dask_address))
-        result = flow(source=source, collection=collection, options=options, qdrant=target,
-                                  embedder_block=embedder_block, result_storage=result_storage, **blocks)
+        with ephemeral.run_settings(early):
+            result = flow(source=source, collection=collection, options=options, qdrant=target,
+                          embedder_block=embedder_block, result_storage=result_storage, **blocks)
     except CircuitBreakerOpen as exc:
         result, aborted = exc.result, str(exc)
     except ConfigurationError as exc:

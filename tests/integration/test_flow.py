@@ -316,3 +316,51 @@ def test_batched_task_runs_give_the_same_points_and_keep_failures_per_document(p
     again = ingest_documents(source=str(docs), collection="batched-again", options=batched)
     assert sorted(task_states(again.flow_run_id, "parse-and-chunk-batch")) == ["Cached", "Cached", "Failed"]
     assert (again.documents.failed, again.chunks.upserted) == (1, 7)
+
+
+def test_encoder_pools_are_bounded_in_order_and_a_bad_document_fails_alone(prefect_server, home, tmp_path,
+                                                                          monkeypatch):
+    """Pools never exceed embed.pool_size, every chunk is encoded, and an encode error fails only the document that
+    causes it (also when it is alone in its pool: it used to stop the run)."""
+    import time
+    from collections import Counter
+
+    from docingest.core import embed as embed_module
+    from docingest.exceptions import EmbedError
+    from docingest.tasks import embed as embed_task_module
+
+    calls: list[list[str]] = []
+    real = embed_module.embed_texts
+
+    def slow_encoder(model, texts, batch_size=64):
+        calls.append(list(texts))
+        if any("POISON" in t for t in texts):
+            raise EmbedError("RuntimeError: the encoder choked")
+        time.sleep(0.3)  # a busy encoder: the next pool grows meanwhile
+        return real(model, texts, batch_size)
+
+    monkeypatch.setattr(embed_task_module, "embed_texts", slow_encoder)
+    docs = tmp_path / "pools"
+    docs.mkdir()
+    for i in range(40):
+        word = "POISON" if i == 17 else "greenhouse"
+        (docs / f"note{i:02}.md").write_text(f"# Note {i}\n\nThe {word} number {i} grows tomatoes and basil.\n")
+    options = IngestOptions.model_validate({"embed": {"pool_size": 8}})
+    result = ingest_documents(source=str(docs), collection="pools", options=options)
+
+    assert (result.documents.new, result.documents.failed, result.chunks.upserted) == (40, 1, 39)
+    assert [f.source.rsplit("/", 1)[-1] for f in result.failures] == ["note17.md"]
+    assert result.failures[0].stage == "embed"
+    assert max(len(c) for c in calls) <= 8
+    pool = set(next(c for c in calls if any("POISON" in t for t in c)))
+    counts = Counter(t for c in calls for t in c)
+    assert len([t for t in counts if "POISON" not in t]) == 39  # every good chunk encoded...
+    assert all(n == 1 for t, n in counts.items() if t not in pool)  # ...once, unless it shared the poisoned pool
+    assert {p["path"] for p in all_points(store_for(home), "pools").values()} == {
+        f"note{i:02}.md" for i in range(40) if i != 17}
+
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "only.md").write_text("# Only\n\nPOISON in the only document.\n")
+    alone = ingest_documents(source=str(lone), collection="lone")
+    assert (alone.documents.failed, alone.failures[0].stage) == (1, "embed")

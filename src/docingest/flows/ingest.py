@@ -138,22 +138,36 @@ def preflight(source: str | None, options: IngestOptions, qdrant: QdrantTarget |
     resolve_result_storage(result_storage)
 
 
-def warm_up_first_ingest(collection: str | None, options: IngestOptions, qdrant: QdrantTarget | None = None,
-                         qdrant_block: str | None = None, collection_block: str | None = None,
-                         embedder_block: str | None = None) -> bool:
-    """Before a run into a collection that does not exist yet (every document will be parsed and embedded), start the
-    parse workers' fork server and load the model in the background; the CLI calls it while Prefect's temporary
-    server boots. A re-sync is never warmed up: it may have nothing to do, and a no-op must stay cheap."""
-    options = with_preset(options)
+def warm_up(collection: str | None, options: IngestOptions, qdrant: QdrantTarget | None = None,
+            qdrant_block: str | None = None, collection_block: str | None = None, embedder_block: str | None = None,
+            source: str | None = None, source_block: str | None = None) -> bool:
+    """Start the parse workers' fork server and load the model in the background when the run will parse and embed;
+    the CLI calls it while Prefect's temporary server boots. That is known for a collection that does not exist yet;
+    for a re-sync of a local folder, the plan (the dry run's: listing and hashing, no model, each file's hash is
+    remembered for the run itself) must find a document to process. Other re-syncs are not warmed up: their listing
+    costs requests, and a no-op must stay cheap."""
+    given, options = options, with_preset(options)
     collection, location = resolve_target(collection, qdrant, qdrant_block, collection_block)
-    if embedder_block or QdrantStore(location).collection_exists(collection):
+    if embedder_block:
         return False
+    store = QdrantStore(location)
+    if store.collection_exists(collection):
+        if source_block or not source or "://" in source:
+            return False
+        adopt_collection_model(given, options, location, collection)
+        src, model, profile = _resolve(source, options)
+        physical = store.resolve(collection)
+        known = store.manifest(physical, src.uri) if store.collection_exists(store.manifest_name(physical)) else {}
+        plan = make_plan(src.uri, list(src.iter_documents()), known, profile, options)
+        if not any(d.action is Action.PROCESS for d in plan.documents):
+            return False
+    else:
+        settings = get_settings()
+        model = load_model(options.embed.model or settings.embed_model, settings.embed_device, options.embed.backend)
     if options.parse.isolation is Isolation.PROCESS and get_settings().task_runner == "threads":
         from docingest.core.worker import start_server
 
         start_server()
-    settings = get_settings()
-    model = load_model(options.embed.model or settings.embed_model, settings.embed_device, options.embed.backend)
     if isinstance(model, LoadedModel) and not model.loaded:
         _prefetch_model(model)
     return True
@@ -220,14 +234,16 @@ def _outcome(p: PreparedDocument, status: DocumentStatus | None = None, stage: S
     )
 
 
-FIRST_BATCH = 64  # chunks in the first embedding batch of a run (then options.store.upsert_batch_size)
+MIN_POOL = 64  # chunks from which an idle encoder starts on a pool (up to options.embed.pool_size while it works)
 
 
 class _Writer:
-    """Buffers prepared documents and writes them in batches: embed -> upsert -> drop old versions + manifest.
+    """Buffers prepared documents and writes them in pools: embed -> upsert -> drop old versions + manifest.
 
-    A batch's upsert and finalize run in a store thread while the next batch is embedded (one batch at a time there,
-    in order), so the encoder does not wait for Qdrant between batches."""
+    Three stages, each in a thread of its own and one pool at a time, in order: this writer gathers documents; an
+    embed thread encodes a pool; a store thread upserts and finalizes it. The next pool grows while the previous one
+    is encoded (an idle encoder takes what is there, from 64 chunks), so an encoder-bound run encodes few large pools,
+    which pad less, and parsing never waits for the encoder."""
 
     def __init__(self, run: _Run, location: QdrantLocation, collection: str, profile: Profile,
                  options: IngestOptions, model, known: dict[str, ManifestRecord], metrics: RunMetrics) -> None:
@@ -240,8 +256,11 @@ class _Writer:
         self.logger = get_run_logger()
         self.flushed = 0
         self._lock = threading.Lock()  # records, replace and counters: shared with the store thread
+        self.pending_chunks = 0
         self._store_pool: ThreadPoolExecutor | None = None
         self._stored: Future | None = None  # the previous batch's upsert + finalize
+        self._embed_pool: ThreadPoolExecutor | None = None
+        self._embedding: Future | None = None  # the previous pool's encode (then handed to the store thread)
 
     def add(self, p: PreparedDocument) -> None:
         for stage, seconds in p.timings.items():
@@ -249,11 +268,8 @@ class _Writer:
         previous = self.known.get(p.document.path)
         if p.status is DocumentStatus.SUCCESS:
             self.pending.append(p)
-            # The first batch is small, so the embedder starts while the first documents are still being parsed.
-            limit = self.options.store.upsert_batch_size if self.flushed else min(FIRST_BATCH,
-                                                                                   self.options.store.upsert_batch_size)
-            if sum(len(d.chunks) for d in self.pending) >= limit:
-                self.flush()
+            self.pending_chunks += len(p.chunks)
+            self.maybe_flush()
             return
         if p.status is DocumentStatus.FAILURE:
             # The old version (if any) stays searchable; the failure is recorded so the next run retries it.
@@ -272,11 +288,24 @@ class _Writer:
                     self.replace.append((document_id(p.document.source_uri, p.document.path), None))
         self.run.record(_outcome(p))
 
+    def maybe_flush(self, idle: bool = False) -> None:
+        """Hand the pending pool to the encoder when it is full, or when the encoder is idle and the pool has 64
+        chunks (any, when no document arrived for a while: ``idle``)."""
+        n = self.pending_chunks
+        busy = self._embedding is not None and not self._embedding.done()
+        if n and (n >= self.options.embed.pool_size or (not busy and (idle or n >= min(MIN_POOL,
+                                                                                    self.options.embed.pool_size)))):
+            self.flush()
+
     def flush(self) -> None:
-        docs, self.pending = self.pending, []
+        docs, self.pending, self.pending_chunks = self.pending, [], 0
         if docs:
             self.flushed += 1
-            self._write(docs)
+            self.wait_embedded()  # one pool in the encoder at a time, in order
+            if self._embed_pool is None:
+                self._embed_pool = ThreadPoolExecutor(1, thread_name_prefix="docingest-embed")
+            context = contextvars.copy_context()  # the flow run's context: tasks and the run logger work there
+            self._embedding = self._embed_pool.submit(context.run, self._write, docs)
         with self._lock:
             records, replace = self.records, self.replace
             self.records, self.replace = [], []
@@ -287,10 +316,17 @@ class _Writer:
         """The end of the run: everything written (or the first error raised) and the store thread gone."""
         try:
             self.flush()
+            self.wait_embedded()
             self.wait_stored()
-            self.flush()  # records the store thread added last (upsert failures)
+            self.flush()  # records the embed and store threads added last (embed and upsert failures)
         finally:
             self.stop_store()
+
+    def wait_embedded(self) -> None:
+        """Wait for the previous pool's encode (its hand-over to the store thread included); raises its error."""
+        embedding, self._embedding = self._embedding, None
+        if embedding is not None:
+            embedding.result()
 
     def wait_stored(self) -> None:
         """Wait for the previous batch's upsert and finalize; raises its error."""
@@ -299,7 +335,13 @@ class _Writer:
             stored.result()
 
     def stop_store(self) -> None:
-        """Wait for a store in progress (its error dropped: the run already failed) and end the store thread."""
+        """Wait for an encode and a store in progress (their errors dropped: the run already failed) and end the
+        embed and store threads."""
+        with contextlib.suppress(BaseException):
+            self.wait_embedded()
+        if self._embed_pool is not None:
+            self._embed_pool.shutdown(wait=True)
+            self._embed_pool = None
         with contextlib.suppress(BaseException):
             self.wait_stored()
         if self._store_pool is not None:
@@ -325,9 +367,10 @@ class _Writer:
     def _write(self, docs: list[PreparedDocument]) -> None:
         try:
             per_doc = self._embed(docs)
-        except DocingestError:
+        except DocingestError as exc:
             if len(docs) == 1:
-                raise
+                self._fail(docs[0], Stage.EMBED, str(exc))
+                return
             # Isolate the document that breaks the batch: embed one by one.
             ok, per_doc = [], []
             for d in docs:
@@ -337,6 +380,8 @@ class _Writer:
                 except DocingestError as exc:
                     self._fail(d, Stage.EMBED, str(exc))
             docs = ok
+            if not docs:
+                return
         points = [pt for d, vecs in zip(docs, per_doc, strict=True) for pt in build_points(d, vecs, self.profile)]
         self.wait_stored()  # one batch in the store thread at a time, in order
         if self._store_pool is None:
@@ -371,6 +416,9 @@ class _Writer:
         self.run.record(_outcome(d, DocumentStatus.FAILURE, stage, error))
 
 
+_IDLE = object()
+
+
 class _BackgroundWriter:
     """Runs a :class:`_Writer` in one thread of its own, fed through a bounded queue, so documents keep being parsed
     and chunked while a batch is embedded and upserted (before, the flow thread did both in turn and the cores idled
@@ -389,10 +437,21 @@ class _BackgroundWriter:
         self.thread.start()
 
     def _loop(self) -> None:
-        while (item := self.queue.get()) is not None:
+        import queue
+
+        while True:
+            try:
+                item = self.queue.get(timeout=0.2)
+            except queue.Empty:  # no document for a moment: an idle encoder takes what is pending
+                item = _IDLE
+            if item is None:
+                break
             if self.error is None and not self.abandoned:
                 try:
-                    self.writer.add(item)
+                    if item is _IDLE:
+                        self.writer.maybe_flush(idle=True)
+                    else:
+                        self.writer.add(item)
                 except BaseException as exc:  # noqa: BLE001 - handed to the flow thread
                     self.error = exc
         if self.error is None and not self.abandoned:
@@ -621,13 +680,15 @@ def _scope_name(collection: str, scope: str) -> str:
 def _server_limit(collection: str, scope: str, settings):
     """A limit-1 Prefect global concurrency limit for (collection, scope), when a Prefect server is configured.
 
-    Not with the ephemeral API: it runs no repossessor, so a crashed run's slot would never be freed there.
+    Not with a temporary API server (Prefect's ephemeral one, or the CLI's): it runs no repossessor, so a crashed run's
+    slot would never be freed there.
     """
     from prefect.concurrency.sync import concurrency
     from prefect.context import FlowRunContext
-    from prefect.settings import PREFECT_API_URL
 
-    if not PREFECT_API_URL.value():
+    from docingest.ephemeral import temporary_api
+
+    if temporary_api():
         yield
         return
     name = _scope_name(collection, scope)
