@@ -102,9 +102,11 @@ def load_model(name: str, device: str | None = None, backend: str = "torch") -> 
             return loaded
         location, revision = resolve_model_location(name)
         cached = _cached_info(name, location, revision, backend) if revision != "hub" else None
-        if cached is not None:  # seen before at this revision: load the weights only when something is embedded
+        if cached is None and revision != "hub" and (cached := info_from_config(name, location, revision, backend)):
+            _remember_info(cached)
+        if cached is not None:  # known at this revision: load the weights only when something is embedded
             loaded = LoadedModel(info=cached, device=device,
-                                 loader=lambda: _load_sentence_transformer(name, location, device, backend))
+                                 loader=lambda info=cached: _load_checked(info, device))
         else:
             model = _load_sentence_transformer(name, location, device, backend)
             if revision == "hub":
@@ -117,6 +119,52 @@ def load_model(name: str, device: str | None = None, backend: str = "torch") -> 
             loaded = LoadedModel(info=info, model=model, device=device)
         _models[key] = loaded
         return loaded
+
+
+_POOLING_MODES = ("pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens",
+                  "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")
+
+
+def info_from_config(name: str, location: str, revision: str, backend: str) -> ModelInfo | None:
+    """A sentence-transformers folder's dimension and max sequence length, read from the config files its loader reads
+    (``modules.json``, ``sentence_bert_config.json``, the Pooling and Dense modules' ``config.json``), so a run can plan
+    and start parsing while the weights load in the background. None for anything else (another module type, a
+    missing value): then the model is loaded to find out. The loaded model is checked against it."""
+    root = Path(location)
+    try:
+        modules = json.loads((root / "modules.json").read_text())
+        max_seq = json.loads((root / "sentence_bert_config.json").read_text()).get("max_seq_length")
+        dim = None
+        for module in modules:
+            kind = module["type"].rsplit(".", 1)[-1]
+            config = root / module.get("path", "") / "config.json"
+            if kind == "Pooling":
+                cfg = json.loads(config.read_text())
+                dim = int(cfg["word_embedding_dimension"]) * sum(bool(cfg.get(m)) for m in _POOLING_MODES)
+            elif kind == "Dense":
+                dim = int(json.loads(config.read_text())["out_features"])
+            elif kind not in ("Transformer", "Normalize"):
+                return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not dim or not isinstance(max_seq, int) or max_seq <= 0:
+        return None
+    return ModelInfo(name=name, location=location, revision=revision, dimension=dim, max_seq_length=max_seq,
+                     backend=backend)
+
+
+def _load_checked(info: ModelInfo, device: str | None):
+    """Load the weights of a model whose info was known before; a model that disagrees with it is an error (its
+    vectors would not fit the collection, or its chunks would have been cut for another length)."""
+    model = _load_sentence_transformer(info.name, info.location, device, info.backend)
+    dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else None
+    dim = dim or model.get_sentence_embedding_dimension()
+    if (int(dim), int(model.max_seq_length or 512)) != (info.dimension, info.max_seq_length):
+        raise ConfigurationError(
+            f"model {info.name} at {info.location} has dimension {dim} and max sequence length "
+            f"{model.max_seq_length}, not the {info.dimension} and {info.max_seq_length} recorded for it; remove "
+            f"{_info_cache()} and run again")
+    return model
 
 
 def _load_sentence_transformer(name: str, location: str, device: str | None, backend: str):
@@ -250,6 +298,8 @@ def embed_texts(loaded: LoadedModel, texts: list[str], batch_size: int = 64) -> 
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
+    except ConfigurationError:  # the model cannot be loaded (or is not the one recorded): the run's problem
+        raise
     except Exception as exc:  # noqa: BLE001
         raise EmbedError(f"{type(exc).__name__}: {exc}") from exc
     if len(texts) >= TRIM_FROM:

@@ -367,6 +367,8 @@ class _Writer:
     def _write(self, docs: list[PreparedDocument]) -> None:
         try:
             per_doc = self._embed(docs)
+        except ConfigurationError:
+            raise  # the model itself (not a document): the run stops
         except DocingestError as exc:
             if len(docs) == 1:
                 self._fail(docs[0], Stage.EMBED, str(exc))
