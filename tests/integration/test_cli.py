@@ -139,3 +139,19 @@ def test_doctor_reports_what_works_and_what_does_not(home, handbook, monkeypatch
     assert not checks["pushgateway"]["ok"] and checks["embedding model"]["ok"]
     code, stdout, _ = invoke(["doctor"])
     assert code == 1 and "FAIL" in stdout and "qdrant" in stdout
+
+
+def test_a_model_whose_weights_do_not_load_stops_the_run_with_exit_2(prefect_server, home, handbook, tmp_path):
+    """Its dimension comes from its config files, so the run starts; the weights fail at the first embedding, and
+    that is the run's configuration error (one line, exit 2), not a failure of every document."""
+    import shutil
+
+    from docingest.core.embed import resolve_model_location
+
+    bundled, _ = resolve_model_location("sentence-transformers/all-MiniLM-L6-v2")
+    broken = tmp_path / "broken-model"
+    shutil.copytree(bundled, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    code, stdout, stderr = invoke(["ingest", str(handbook), "-c", "broken-model", "--model", str(broken), "--json"])
+    assert code == 2 and stdout == ""
+    assert stderr.startswith("error: cannot load embedding model") and len(stderr.strip().splitlines()) == 1
