@@ -147,18 +147,14 @@ def warm_up(collection: str | None, options: IngestOptions, qdrant: QdrantTarget
     remembered for the run itself) must find a document to process. Other re-syncs are not warmed up: their listing
     costs requests, and a no-op must stay cheap."""
     given, options = options, with_preset(options)
-    collection, location = resolve_target(collection, qdrant, qdrant_block, collection_block)
+    name, location = resolve_target(collection, qdrant, qdrant_block, collection_block)
     if embedder_block:
         return False
-    store = QdrantStore(location)
-    if store.collection_exists(collection):
+    if QdrantStore(location).collection_exists(name):
         if source_block or not source or "://" in source:
             return False
-        adopt_collection_model(given, options, location, collection)
-        src, model, profile = _resolve(source, options)
-        physical = store.resolve(collection)
-        known = store.manifest(physical, src.uri) if store.collection_exists(store.manifest_name(physical)) else {}
-        plan = make_plan(src.uri, list(src.iter_documents()), known, profile, options)
+        plan, model, options = _planned(source, collection, given, qdrant, qdrant_block,
+                                        collection_block=collection_block)
         if not any(d.action is Action.PROCESS for d in plan.documents):
             return False
     else:
@@ -254,7 +250,6 @@ class _Writer:
         self.records: list[ManifestRecord] = []
         self.replace: list[tuple[str, str | None]] = []
         self.logger = get_run_logger()
-        self.flushed = 0
         self._lock = threading.Lock()  # records, replace and counters: shared with the store thread
         self.pending_chunks = 0
         self._store_pool: ThreadPoolExecutor | None = None
@@ -300,7 +295,6 @@ class _Writer:
     def flush(self) -> None:
         docs, self.pending, self.pending_chunks = self.pending, [], 0
         if docs:
-            self.flushed += 1
             self.wait_embedded()  # one pool in the encoder at a time, in order
             if self._embed_pool is None:
                 self._embed_pool = ThreadPoolExecutor(1, thread_name_prefix="docingest-embed")
@@ -610,14 +604,22 @@ def plan_documents(source: str | None, collection: str | None, options: IngestOp
                    source_block: str | None = None, collection_block: str | None = None,
                    embedder_block: str | None = None) -> Plan:
     """The plan a run would follow, computed without writing anything (``--dry-run``)."""
+    return _planned(source, collection, options, qdrant, qdrant_block, source_block, collection_block,
+                    embedder_block)[0]
+
+
+def _planned(source: str | None, collection: str | None, options: IngestOptions | None = None,
+             qdrant: QdrantTarget | None = None, qdrant_block: str | None = None, source_block: str | None = None,
+             collection_block: str | None = None, embedder_block: str | None = None):
+    """(plan, model, resolved options) of a run, computed without writing anything or loading the weights."""
     given, options = options, with_preset(options)
     collection, location = resolve_target(collection, qdrant, qdrant_block, collection_block)
     adopt_collection_model(given, options, location, collection, embedder_block)
-    src, _, profile = _resolve(source, options, source_block, embedder_block)
+    src, model, profile = _resolve(source, options, source_block, embedder_block)
     store = QdrantStore(location)
     physical = store.resolve(collection)
     known = store.manifest(physical, src.uri) if store.collection_exists(store.manifest_name(physical)) else {}
-    return make_plan(src.uri, list(src.iter_documents()), known, profile, options)
+    return make_plan(src.uri, list(src.iter_documents()), known, profile, options), model, options
 
 
 def with_preset(options: IngestOptions | None, preset: Preset | None = None) -> IngestOptions:
