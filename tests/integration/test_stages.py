@@ -135,3 +135,13 @@ def test_any_sentence_transformers_model_by_path(tmp_path):
     assert loaded.info.location == str(local.resolve())
     assert loaded.info.revision.startswith("sha256:")
     assert embed_texts(loaded, ["hello"]).shape == (1, 384)
+
+
+def test_parse_worker_that_dies_at_start_is_reported_with_its_exit_code(tmp_path):
+    """A worker that cannot start (here: its tokenizer folder is missing) is one clear error, not an AttributeError."""
+    from docingest.core.worker import ParseWorker, WorkerConfig
+
+    worker = ParseWorker(WorkerConfig(ParseOptions(), ChunkOptions(), PdfMode.FAST, str(tmp_path / "missing"), 256))
+    with pytest.raises(RuntimeError, match=r"parse worker died at start \(exit code 1\)"):
+        worker.run(tmp_path / "doc.md")
+    assert worker.proc is None

@@ -170,8 +170,10 @@ class ParseWorker:
         try:
             parent.recv()
         except EOFError as exc:
+            self.proc.join(5)
+            code = self.proc.exitcode  # read before stop(), which forgets the process
             self.stop()
-            raise RuntimeError(f"parse worker died at start (exit code {self.proc.exitcode})") from exc
+            raise RuntimeError(f"parse worker died at start (exit code {code})") from exc
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.is_alive()
