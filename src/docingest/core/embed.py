@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from docingest.core.memory import release_freed_memory
 from docingest.exceptions import ConfigurationError, EmbedError
 
 if TYPE_CHECKING:
@@ -308,21 +309,3 @@ def embed_texts(loaded: LoadedModel, texts: list[str], batch_size: int = 64) -> 
 
 
 TRIM_FROM = 256  # texts per encode call from which the freed activations are handed back to the OS
-_libc = None
-
-
-def release_freed_memory() -> None:
-    """Hand memory that is free but still mapped back to the OS (glibc's ``malloc_trim``). An encode call allocates
-    and frees activations of up to a few hundred MB; glibc keeps freed memory of each thread's arena mapped, and over a
-    long run the process's resident size drifts up with it. Elsewhere than glibc this does nothing."""
-    global _libc
-    if _libc is False:
-        return
-    try:
-        if _libc is None:
-            import ctypes
-
-            _libc = ctypes.CDLL("libc.so.6")
-        _libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        _libc = False

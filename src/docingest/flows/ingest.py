@@ -23,6 +23,7 @@ from docingest.blocks.loading import load_block
 from docingest.core import faults, progress
 from docingest.core.embed import LoadedModel, load_model
 from docingest.core.ids import document_id
+from docingest.core.memory import FreedMemoryReleaser
 from docingest.core.metrics import Pusher, RunMetrics
 from docingest.core.parse import accurate_models_status
 from docingest.core.pipeline import build_points, manifest_record
@@ -430,6 +431,7 @@ class _BackgroundWriter:
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, maxsize))
         context = contextvars.copy_context()  # the flow run's context: tasks and the run logger work in the thread
         self.thread = threading.Thread(target=context.run, args=(self._loop,), name="docingest-writer", daemon=True)
+        self.releaser = FreedMemoryReleaser().start()  # freed memory goes back to the OS while the run writes
         self.thread.start()
 
     def _loop(self) -> None:
@@ -450,13 +452,16 @@ class _BackgroundWriter:
                         self.writer.add(item)
                 except BaseException as exc:  # noqa: BLE001 - handed to the flow thread
                     self.error = exc
-        if self.error is None and not self.abandoned:
-            try:
-                self.writer.finish()
-            except BaseException as exc:  # noqa: BLE001
-                self.error = exc
-        else:
-            self.writer.stop_store()
+        try:
+            if self.error is None and not self.abandoned:
+                try:
+                    self.writer.finish()
+                except BaseException as exc:  # noqa: BLE001
+                    self.error = exc
+            else:
+                self.writer.stop_store()
+        finally:
+            self.releaser.stop()
 
     def add(self, prepared: PreparedDocument) -> None:
         if self.error is not None:
