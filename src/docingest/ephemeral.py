@@ -217,3 +217,33 @@ def temporary_api() -> bool:
 
     url = PREFECT_API_URL.value()
     return not url or url == os.environ.get(TEMPORARY_API)
+
+
+def prepare_database() -> str:
+    """Create and migrate the database of Prefect's temporary server under ``PREFECT_HOME`` and register its block
+    types, by starting that server once and stopping it. A run whose ``PREFECT_HOME`` is fresh (a container started
+    from an image) otherwise waits for it before its flow can start: 8 s instead of 3 s to a healthy server on a 2-CPU
+    machine. The Docker image runs this at build time (``python -m docingest.ephemeral``). Returns the database: its
+    file, or for another database (PostgreSQL) its address without credentials."""
+    import sqlite3
+
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        server = SubprocessASGIServer()
+        server.start()
+        server.stop()
+    url = get_current_settings().server.database.connection_url
+    url = url.get_secret_value() if url is not None else ""
+    prefix = "sqlite+aiosqlite:///"
+    if not url.startswith(prefix):  # another database (PostgreSQL): migrated by the start above, nothing to fold
+        return url.rpartition("@")[2]
+    database = url.removeprefix(prefix)
+    with contextlib.closing(sqlite3.connect(database)) as connection:  # fold the write-ahead log into the file
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return database
+
+
+if __name__ == "__main__":
+    print(f"Prefect database ready: {prepare_database()}")

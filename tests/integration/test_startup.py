@@ -83,3 +83,33 @@ def test_serve_stops_its_temporary_prefect_server_on_sigterm(env, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_prepared_prefect_database_is_migrated_and_used_by_the_next_run(env, tmp_path):
+    """`python -m docingest.ephemeral` (the Docker image's build step) leaves a migrated database with block types
+    registered and no write-ahead log; a run then uses it as it is (no second database, block registration skipped)."""
+    import sqlite3
+
+    done = subprocess.run([sys.executable, "-m", "docingest.ephemeral"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    home = Path(env["PREFECT_HOME"])
+    database = home / "prefect.db"
+    assert done.stdout.strip() == f"Prefect database ready: {database}"
+    assert not (home / "prefect.db-wal").exists() or (home / "prefect.db-wal").stat().st_size == 0
+    with sqlite3.connect(database) as db:
+        assert db.execute("select count(*) from alembic_version").fetchone() == (1,)
+        block_types = db.execute("select count(*) from block_type").fetchone()[0]
+    assert block_types > 0
+    assert "block_auto_registration" in (home / "memo_store.toml").read_text()
+    assert processes_with(env["PREFECT_HOME"]) == []
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# Retention\n\nInvoices are kept for ten years.\n")
+    run = subprocess.run([str(EXE), "ingest", str(docs), "-c", "prepared", "--json"], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    with sqlite3.connect(database) as db:
+        assert db.execute("select count(*) from flow_run").fetchone() == (1,)  # the run went into that database
+        assert db.execute("select count(*) from block_type").fetchone()[0] == block_types

@@ -247,3 +247,11 @@ def test_promtool_parses_every_dashboard_expression(dashboard, tmp_path):
     path.write_text(yaml.safe_dump(rules))
     run = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_dockerfile_prepares_prefects_temporary_database_as_the_runtime_user(stages):
+    final = stages[-1]
+    user_at = max(i for i, (ins, _) in enumerate(final) if ins == "USER")
+    runs = [(i, args) for i, (ins, args) in enumerate(final) if ins == "RUN" and "-m docingest.ephemeral" in args]
+    assert len(runs) == 1 and runs[0][0] > user_at  # in the home of the user that runs the containers
+    assert "PREFECT_SERVER_ANALYTICS_ENABLED=false" in runs[0][1]
