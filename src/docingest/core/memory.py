@@ -4,10 +4,11 @@ glibc keeps memory freed by a thread mapped in that thread's arena, and a run fr
 activations, tokenizer output, documents coming back from the parse workers, Qdrant's upsert copies). Sampled with
 ``mallinfo2`` through a run of 3000 generated documents, the arenas' free space grew from 3 to 635 MB while the memory
 in use stayed between 300 and 420 MB: the process grew with the run's length rather than with what it held.
-``malloc_trim`` releases every arena's free pages. Measured on the generated corpus (2 CPUs), one call
-every 3 s while a run writes: peak RSS at 10k documents 1702 → 1528 MB, at 1k 1290 → 1249 MB, no change in time.
-Once a second cut the 1k peak to 1190 MB but cost 4 % of the run (freed activations released and faulted in again);
-a fixed 4 MB ``mmap`` threshold (no arena growth at all) cost 12 %. Elsewhere than glibc all of this does nothing.
+
+``malloc_trim`` releases every arena's free pages. Measured on the generated corpus (2 CPUs), one call every 3 s while
+a run writes: peak RSS at 10k documents 1702 → 1528 MB, at 1k 1290 → 1249 MB, no change in time. Once a second cut the
+1k peak to 1190 MB but cost 4 % of the run (freed activations released and faulted in again); a fixed 4 MB ``mmap``
+threshold (no arena growth at all) cost 12 %. Elsewhere than glibc all of this does nothing.
 """
 
 from __future__ import annotations
