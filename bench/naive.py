@@ -45,7 +45,7 @@ def main() -> None:
     setup_s = time.perf_counter() - started
 
     stages = {"parse": 0.0, "chunk": 0.0, "embed": 0.0, "upsert": 0.0}
-    docs = failed = chunks_total = 0
+    docs = failed = chunks_total = pages = 0
     all_texts: list[str] = []
     for path in sorted(p for p in args.corpus.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES):
         t0 = time.perf_counter()
@@ -72,12 +72,13 @@ def main() -> None:
         stages["embed"] += t3 - t2
         stages["upsert"] += t4 - t3
         docs += 1
+        pages += len(doc.pages) if texts else 0  # as docingest counts them: pages of the documents it ingested
         chunks_total += len(texts)
         all_texts += texts
     if args.texts_out:
         args.texts_out.write_text(json.dumps(all_texts))
     print(json.dumps({"wall_s": time.perf_counter() - started, "setup_s": setup_s, "documents": docs,
-                      "failed": failed, "chunks": chunks_total, "stages": stages}))
+                      "failed": failed, "chunks": chunks_total, "pages": pages, "stages": stages}))
 
 
 if __name__ == "__main__":

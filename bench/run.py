@@ -112,15 +112,16 @@ def main() -> None:
     for name, p in phases.items():
         data = p["data"]
         if name == "raw_encode":
-            n_docs, n_chunks = None, data["chunks"]
+            n_docs, n_chunks, n_pages = None, data["chunks"], None
         elif name == "naive":
-            n_docs, n_chunks = data["documents"], data["chunks"]
+            n_docs, n_chunks, n_pages = data["documents"], data["chunks"], data.get("pages")
         else:
-            n_docs, n_chunks = data["documents"]["seen"], data["chunks"]["embedded"]
+            n_docs, n_chunks, n_pages = data["documents"]["seen"], data["chunks"]["embedded"], data.get("pages")
         wall = data["wall_s"] if name == "raw_encode" else p["wall_s"]
         rows[name] = {"wall_s": round(wall, 2), "documents": n_docs, "chunks": n_chunks,
                       "docs_per_s": round(n_docs / wall, 2) if n_docs else None,
-                      "chunks_per_s": round(n_chunks / wall, 2) if n_chunks else None,
+                      "chunks_per_s": round(n_chunks / wall, 2) if n_chunks else None, "pages": n_pages,
+                      "pages_per_s": round(n_pages / wall, 2) if n_pages else None,
                       "peak_rss_mb": round(p["peak_rss_mb"]), "stage_s": data.get("stage_seconds") or data.get("stages")}
     ratios = {}
     if "naive" in phases:
@@ -154,11 +155,11 @@ def print_table(report: dict) -> None:
 
     table = Table(title=f"{report['corpus']}: {report['files']} files, {report['chunks']} chunks, "
                         f"{report['machine']['cpus']} CPUs")
-    for column in ("phase", "wall s", "docs/s", "chunks/s", "peak RSS MB"):
+    for column in ("phase", "wall s", "docs/s", "chunks/s", "pages/s", "peak RSS MB"):
         table.add_column(column, justify="right" if column != "phase" else "left")
     for name, r in report["phases"].items():
         table.add_row(name, f"{r['wall_s']:.1f}", str(r["docs_per_s"] or "-"), str(r["chunks_per_s"] or "-"),
-                      str(r["peak_rss_mb"]))
+                      str(r.get("pages_per_s") or "-"), str(r["peak_rss_mb"]))
     console = Console(stderr=True)
     console.print(table)
     for k, v in report["ratios"].items():

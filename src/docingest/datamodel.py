@@ -70,6 +70,7 @@ class PreparedDocument(BaseModel):
     error: str | None = None
     parser: str | None = None
     chunks: list[Chunk] = Field(default_factory=list)
+    pages: int = Field(default=0, description="Pages of a paginated format (PDF, images); 0 for the others.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds spent in read, parse and chunk.")
 
 
@@ -83,6 +84,7 @@ class DocumentOutcome(BaseModel):
     stage: Stage | None = Field(default=None, description="Stage that failed or skipped the document.")
     error: str | None = Field(default=None, description="Reason for a failure or a skip.")
     chunks: int = 0
+    pages: int = Field(default=0, description="Pages of an ingested paginated document (PDF, images); 0 otherwise.")
 
 
 class DocumentCounts(BaseModel):
@@ -126,6 +128,7 @@ class IngestResult(BaseModel):
     source: str = ""
     documents: DocumentCounts = Field(default_factory=DocumentCounts)
     chunks: ChunkCounts = Field(default_factory=ChunkCounts)
+    pages: int = Field(default=0, description="Pages of the paginated documents (PDF, images) ingested by this run.")
     failures: list[FailureItem] = Field(default_factory=list)
     skipped: list[SkippedItem] = Field(default_factory=list)
     dead_letter: list[DeadLetterItem] = Field(
@@ -157,6 +160,7 @@ class IngestResult(BaseModel):
             "collection": self.collection,
             "documents": self.documents.model_dump(),
             "chunks": self.chunks.model_dump(),
+            "pages": self.pages,
             "failures": [f.model_dump() for f in self.failures],
             "skipped": [s.model_dump() for s in self.skipped],
             "dead_letter": [d.model_dump() for d in self.dead_letter],

@@ -35,3 +35,24 @@ def test_generated_corpus_is_deterministic(tmp_path):
     files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.*"))
     assert len(files_a) == 30 and any(p.suffix == ".html" for p in files_a)
     assert all((tmp_path / "a" / p).read_text() == (tmp_path / "b" / p).read_text() for p in files_a)
+
+
+def test_bench_reports_pages_per_second_for_paginated_documents(tmp_path, corpus):
+    """A corpus with PDFs: docingest and the naive script count the same pages, and the table has pages/s."""
+    import shutil
+
+    import pypdfium2
+
+    folder = tmp_path / "mini"
+    folder.mkdir()
+    for rel in ("pdf/sources/multi_page.pdf", "md/sources/duck.md"):
+        shutil.copy(corpus / rel, folder)
+    expected = len(pypdfium2.PdfDocument(folder / "multi_page.pdf"))
+    out = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "bench/run.py", "--corpus", str(folder), "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    phases = json.loads(out.read_text())["phases"]
+    assert phases["docingest_full"]["pages"] == phases["naive"]["pages"] == expected > 1
+    assert phases["docingest_full"]["pages_per_s"] > 0 and phases["noop_resync"]["pages"] == 0
+    assert "pages/s" in proc.stderr

@@ -64,6 +64,14 @@ def test_ingest_every_offline_format_then_search_finds_the_right_document(prefec
     assert result.chunks.embedded == result.chunks.upserted > len(SLICE)
     assert result.flow_run_id
     assert all(o.status is DocumentStatus.SUCCESS and o.chunks > 0 for o in result.outcomes)
+    # Pages: a PDF's own page count; none for formats without pages; the run's total is their sum.
+    import pypdfium2
+
+    pages = {o.path: o.pages for o in result.outcomes}
+    assert pages["multi_page.pdf"] == len(pypdfium2.PdfDocument(docs / "multi_page.pdf")) > 1
+    assert pages["redp5110_sampled.pdf"] == len(pypdfium2.PdfDocument(docs / "redp5110_sampled.pdf"))
+    assert pages["duck.md"] == pages["wiki_duck.html"] == pages["csv-comma.csv"] == 0
+    assert result.pages == sum(pages.values()) and result.to_json_dict()["pages"] == result.pages
 
     store = store_for(home)
     points = all_points(store, "corpus")

@@ -11,7 +11,7 @@ from conftest import REPO, copy_corpus_files
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-FILES = ["md/sources/duck.md", "md/sources/nested.md", "html/sources/wiki_duck.html"]
+FILES = ["md/sources/duck.md", "md/sources/nested.md", "html/sources/wiki_duck.html", "pdf/sources/multi_page.pdf"]
 
 
 def test_ingest_and_search_inside_a_running_event_loop(prefect_server, home, tmp_path, corpus):
@@ -23,17 +23,20 @@ def test_ingest_and_search_inside_a_running_event_loop(prefect_server, home, tmp
         return result, hits
 
     result, hits = asyncio.run(notebook_cell())
-    assert isinstance(result, docingest.IngestResult) and result.documents.new == 3
+    assert isinstance(result, docingest.IngestResult) and result.documents.new == 4
+    import pypdfium2
+
+    assert result.pages == len(pypdfium2.PdfDocument(docs / "multi_page.pdf")) > 1  # parsed in this process too
     frame = result.to_dataframe()
     assert list(frame.columns) == ["source", "path", "status", "change", "stage", "error", "chunks"]
-    assert sorted(frame["path"]) == ["duck.md", "nested.md", "wiki_duck.html"]
+    assert sorted(frame["path"]) == ["duck.md", "multi_page.pdf", "nested.md", "wiki_duck.html"]
     assert set(frame["status"]) == {"success"} and frame["chunks"].sum() == result.chunks.upserted
     assert len(hits) == 3 and all(isinstance(h, docingest.SearchHit) for h in hits)
     hits_frame = hits.to_dataframe()
     assert hits_frame["score"].is_monotonic_decreasing and "duck" in hits_frame["path"].iloc[0]
 
     again = docingest.ingest(str(docs), "api", isolation="none", progress=False)  # a plain script call
-    assert again.documents.unchanged == 3 and again.chunks.embedded == 0
+    assert again.documents.unchanged == 4 and again.chunks.embedded == 0 and again.pages == 0
 
 
 def test_unknown_and_invalid_options_are_configuration_errors():

@@ -42,8 +42,8 @@ def test_json_contract_has_exactly_the_documented_keys():
     result = IngestResult(collection="c", failures=[FailureItem(source="s", stage="parse", error="e")],
                           skipped=[SkippedItem(source="s2", reason="r")], flow_run_id="id", duration_s=1.23456)
     data = result.to_json_dict()
-    assert set(data) == {"collection", "documents", "chunks", "failures", "skipped", "dead_letter", "mode", "aborted",
-                         "duration_s", "stage_seconds", "flow_run_id"}
+    assert set(data) == {"collection", "documents", "chunks", "pages", "failures", "skipped", "dead_letter", "mode",
+                         "aborted", "duration_s", "stage_seconds", "flow_run_id"}
     assert set(data["documents"]) == {"seen", "new", "changed", "unchanged", "deleted", "failed", "skipped"}
     assert set(data["chunks"]) == {"embedded", "upserted", "deleted"}
     assert data["failures"] == [{"source": "s", "stage": "parse", "error": "e"}]

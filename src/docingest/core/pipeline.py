@@ -53,11 +53,11 @@ def prepare_document(
         timings["chunk"] = time.perf_counter() - started
     except ChunkError as exc:
         return outcome(DocumentStatus.FAILURE, Stage.CHUNK, str(exc), parser=parsed.parser, timings=timings)
-    return _finish(outcome, parsed.parser, chunks, timings, doc, options)
+    return _finish(outcome, parsed.parser, chunks, timings, doc, options, len(parsed.document.pages))
 
 
 def _finish(outcome, parser: str | None, chunks: list, timings: dict[str, float], doc: SourceDocument,
-            options: IngestOptions) -> PreparedDocument:
+            options: IngestOptions, pages: int = 0) -> PreparedDocument:
     if chunks and options.chunk.enrichers:
         try:
             started = time.perf_counter()
@@ -70,7 +70,7 @@ def _finish(outcome, parser: str | None, chunks: list, timings: dict[str, float]
         if parser == "docling-fast":
             reason += "; the PDF has no text layer (scanned?), it needs --pdf-mode accurate with OCR"
         return outcome(DocumentStatus.SKIPPED, Stage.CHUNK, reason, parser=parser, timings=timings)
-    return outcome(DocumentStatus.SUCCESS, parser=parser, chunks=chunks, timings=timings)
+    return outcome(DocumentStatus.SUCCESS, parser=parser, chunks=chunks, pages=pages, timings=timings)
 
 
 def _prepare_in_worker(source, doc, profile, options, model, outcome) -> PreparedDocument:
@@ -98,7 +98,7 @@ def _prepare_in_worker(source, doc, profile, options, model, outcome) -> Prepare
     if result.kind == "fail":
         return outcome(DocumentStatus.FAILURE, Stage(result.stage), result.error, parser=result.parser,
                        timings=timings)
-    return _finish(outcome, result.parser, result.chunks or [], timings, doc, options)
+    return _finish(outcome, result.parser, result.chunks or [], timings, doc, options, result.pages)
 
 
 def build_points(prepared: PreparedDocument, vectors: Any, profile: Profile) -> list[dict[str, Any]]:

@@ -42,6 +42,7 @@ class WorkerResult:
     kind: str
     parser: str | None = None
     chunks: list[Chunk] | None = None
+    pages: int = 0
     stage: str | None = None
     error: str | None = None
     timings: dict[str, float] | None = None
@@ -84,7 +85,7 @@ def _worker_main(conn, config: WorkerConfig, env: dict[str, str] | None = None) 
             started = time.perf_counter()
             parsed = parse_document(path, config.parse, config.pdf_mode)
             parsed_at = time.perf_counter()
-            result = WorkerResult("ok", parser=parsed.parser)
+            result = WorkerResult("ok", parser=parsed.parser, pages=len(parsed.document.pages))
             result.chunks = chunk_document(parsed.document, chunker)
             result.timings = {"parse": parsed_at - started, "chunk": time.perf_counter() - parsed_at}
         except UnsupportedDocumentError as exc:

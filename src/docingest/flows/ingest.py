@@ -208,6 +208,7 @@ class _Run:
         else:
             kind = outcome.change or ChangeKind.NEW
             setattr(counts, kind.value, getattr(counts, kind.value) + 1)
+        self.result.pages += outcome.pages
         if outcome.status is DocumentStatus.FAILURE:
             counts.failed += 1
             stage = outcome.stage.value if outcome.stage else "unknown"
@@ -228,6 +229,7 @@ def _outcome(p: PreparedDocument, status: DocumentStatus | None = None, stage: S
         stage=stage or p.stage,
         error=error or p.error,
         chunks=len(p.chunks) if (status or p.status) is DocumentStatus.SUCCESS else 0,
+        pages=p.pages if (status or p.status) is DocumentStatus.SUCCESS else 0,
     )
 
 
