@@ -70,7 +70,8 @@ class PreparedDocument(BaseModel):
     error: str | None = None
     parser: str | None = None
     chunks: list[Chunk] = Field(default_factory=list)
-    pages: int = Field(default=0, description="Pages of a paginated format (PDF, images); 0 for the others.")
+    pages: int = Field(default=0, description="Pages as Docling counts them (PDF and image pages, slides, sheets); 0 "
+                       "for flowing text (Markdown, HTML, Word).")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds spent in read, parse and chunk.")
 
 
@@ -84,7 +85,8 @@ class DocumentOutcome(BaseModel):
     stage: Stage | None = Field(default=None, description="Stage that failed or skipped the document.")
     error: str | None = Field(default=None, description="Reason for a failure or a skip.")
     chunks: int = 0
-    pages: int = Field(default=0, description="Pages of an ingested paginated document (PDF, images); 0 otherwise.")
+    pages: int = Field(default=0, description="Pages of an ingested document as Docling counts them (PDF and image "
+                       "pages, slides, sheets); 0 for flowing text and for documents not ingested.")
 
 
 class DocumentCounts(BaseModel):
@@ -128,7 +130,8 @@ class IngestResult(BaseModel):
     source: str = ""
     documents: DocumentCounts = Field(default_factory=DocumentCounts)
     chunks: ChunkCounts = Field(default_factory=ChunkCounts)
-    pages: int = Field(default=0, description="Pages of the paginated documents (PDF, images) ingested by this run.")
+    pages: int = Field(default=0, description="Pages of the documents this run ingested, as Docling counts them (PDF "
+                       "and image pages, slides, sheets).")
     failures: list[FailureItem] = Field(default_factory=list)
     skipped: list[SkippedItem] = Field(default_factory=list)
     dead_letter: list[DeadLetterItem] = Field(
