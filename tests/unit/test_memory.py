@@ -19,9 +19,14 @@ def test_releaser_calls_trim_periodically_and_stops(monkeypatch):
     assert not releaser._thread.is_alive()
 
 
-def test_release_freed_memory_runs_here_without_error():
-    memory.release_freed_memory()  # glibc here; elsewhere it turns itself off
-    assert memory._libc is not None
+def test_release_freed_memory_calls_glibc_here():
+    import platform
+
+    memory.release_freed_memory()
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert memory._libc not in (None, False)  # it found malloc_trim and called it
+    else:
+        assert memory._libc is False  # elsewhere it turns itself off and stays a no-op
 
 
 def test_interval_zero_starts_no_thread(monkeypatch):
