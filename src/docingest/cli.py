@@ -122,6 +122,11 @@ def ingest(
     ] = None,
     git_ref: Annotated[str | None, typer.Option("--git-ref", help="Git source: branch, tag or commit.")] = None,
     git_path: Annotated[str | None, typer.Option("--git-path", help="Git source: folder in the repository.")] = None,
+    follow_symlinks: Annotated[
+        bool | None, typer.Option("--follow-symlinks/--no-follow-symlinks",
+                                  help="Local folders: also read files that symlinks lead to outside the folder "
+                                  "\\[env: DOCINGEST_FOLLOW_SYMLINKS; default: off].", show_default=False)
+    ] = None,
     max_tokens: Annotated[
         int | None, typer.Option("--max-tokens", help="Chunk size in tokens (default and cap: the model's).")
     ] = None,
@@ -206,13 +211,19 @@ def ingest(
     if not collection and not collection_block:
         raise _fail("give --collection or --collection-block")
     blocks = dict(qdrant_block=qdrant_block, source_block=source_block, collection_block=collection_block)
+    def settings_follow_symlinks() -> bool:
+        from docingest.settings import get_settings
+
+        return get_settings().follow_symlinks
+
     def given(**kw):  # only what was given explicitly, so a preset fills the rest
         return {k: v for k, v in kw.items() if v is not None}
 
     try:
         options = IngestOptions(
             source=SourceOptions(include=include or ["**/*"], exclude=exclude or [], git_ref=git_ref,
-                                 git_path=git_path),
+                                 git_path=git_path, follow_symlinks=settings_follow_symlinks()
+                                 if follow_symlinks is None else follow_symlinks),
             parse=ParseOptions(pdf_mode=pdf_mode, ocr=ocr, timeout_s=doc_timeout,
                                isolation=isolation, **given(max_memory_mb=doc_memory_mb)),
             chunk=ChunkOptions(max_tokens=max_tokens, chunker=chunker, enrichers=enricher or []),

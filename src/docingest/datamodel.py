@@ -46,6 +46,9 @@ class SourceDocument(BaseModel):
     size: int = Field(description="Size in bytes.")
     content_hash: str = Field(description="sha256 of the document's bytes, hex.")
     error: str | None = Field(default=None, description="Why the document could not be read, if it could not.")
+    skip_reason: str | None = Field(
+        default=None, description="Why the listing leaves this entry out without reading it (a symlink out of the "
+        "source, a FIFO, a dangling link): reported as skipped, never opened.")
 
 
 class Chunk(BaseModel):

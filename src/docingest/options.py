@@ -54,6 +54,12 @@ class SourceOptions(_Options):
     )
     git_ref: str | None = Field(default=None, description="Git sources: branch, tag or commit (default: HEAD).")
     git_path: str | None = Field(default=None, description="Git sources: folder inside the repository.")
+    follow_symlinks: bool = Field(
+        default=False,
+        description="Local folders: also read files that symbolic links lead to outside the source root. Off by "
+        "default: such links are skipped ('symlink points outside the source'), so nobody who can drop a link into "
+        "the folder can publish other files. Links inside the root are always followed (once).",
+    )
 
 
 class ParseOptions(_Options):

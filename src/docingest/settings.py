@@ -56,6 +56,9 @@ class DocingestSettings(BaseSettings):
         description="S3 secret key (or AWS_SECRET_ACCESS_KEY).",
     )
     git_token: SecretStr | None = Field(default=None, description="Token for git over HTTPS (GitLab/GitHub).")
+    follow_symlinks: bool = Field(
+        default=False, description="Local folders: also read files that symbolic links lead to outside the source "
+        "root (the CLI's --follow-symlinks default). Off: such links are skipped and reported.")
     task_runner: Literal["threads", "dask"] = Field(
         default="threads",
         description="Where parse-and-chunk tasks run: threads of the flow process, or a Dask cluster (prefect-dask).",

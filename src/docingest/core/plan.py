@@ -141,6 +141,9 @@ def make_plan(
     for doc in documents:
         record = known.get(doc.path)
         change = classify(doc, record, profile)
+        if doc.skip_reason:
+            plan.documents.append(PlannedDocument(doc, change, Action.SKIP, record, doc.skip_reason))
+            continue
         try:
             check_supported(doc.path, options.parse)
         except UnsupportedDocumentError as exc:

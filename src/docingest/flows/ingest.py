@@ -275,7 +275,7 @@ class _Writer:
                 self.records.append(manifest_record(p, self.profile, previous, DocumentStatus.FAILURE, p.stage,
                                                     p.error))
             self.logger.warning("failed %s at %s: %s", p.document.path, p.stage.value if p.stage else "?", p.error)
-        elif p.stage is Stage.CHUNK or previous is None:
+        elif p.stage in (Stage.CHUNK, Stage.DISCOVER) or previous is None:
             # Skipped after reading it (empty, or a format this installation cannot read): recorded, so the next run
             # finds it unchanged instead of parsing it again (a changed fingerprint, e.g. OCR installed, re-checks it).
             # A document that became empty also loses its old chunks; any other skip keeps a previous version.
@@ -752,8 +752,16 @@ def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation
     writer = _BackgroundWriter(_Writer(run, location, physical, profile, options, model, known, metrics),
                                maxsize=options.window)
 
+    if options.source.follow_symlinks:
+        logger.warning("following symbolic links out of the source root (--follow-symlinks): files they lead to "
+                       "are ingested as part of %s", src.uri)
     for p in plan.documents:
-        if p.action is Action.SKIP:
+        if p.action is Action.SKIP and p.doc.skip_reason and p.known is not None and p.known.chunks:
+            # Left out by the listing (a link out of the source, a FIFO...) but indexed by an earlier run: its chunks
+            # go, so nothing read through a link that is no longer followed stays searchable.
+            writer.add(PreparedDocument(document=p.doc, change=p.change, status=DocumentStatus.SKIPPED,
+                                        stage=Stage.DISCOVER, error=p.reason))
+        elif p.action is Action.SKIP:
             run.record(DocumentOutcome(source=p.doc.uri, path=p.doc.path, status=DocumentStatus.SKIPPED,
                                        change=p.change, stage=Stage.DISCOVER, error=p.reason))
         elif p.action is Action.UNCHANGED:

@@ -10,13 +10,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import posixpath
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from docingest.core.sources.local import _matches
+from docingest.core.sources.local import OUTSIDE_REASON, _matches
+from docingest.core.sources.names import is_hidden, local_name
 from docingest.datamodel import SourceDocument
 from docingest.exceptions import ConfigurationError, SourceError
 from docingest.options import SourceOptions
@@ -92,24 +94,47 @@ class GitSource:
             args += ["--", self.path]
         out = self._git(*args).stdout
         prefix = f"{self.path}/" if self.path else ""
-        for entry in sorted(filter(None, out.split("\0")), key=lambda e: e.split("\t", 1)[1]):
-            meta, name = entry.split("\t", 1)
-            _mode, kind, sha, size = meta.split()
-            if kind != "blob" or not name.startswith(prefix):
+        entries = sorted((entry.split("\t", 1) for entry in filter(None, out.split("\0"))), key=lambda e: e[1])
+        tree = {name for _meta, name in entries}
+        for meta, name in entries:
+            mode, kind, sha, size = meta.split()
+            if not name.startswith(prefix):
                 continue
             rel = name[len(prefix):]
-            if any(part.startswith(".") for part in PurePosixPath(rel).parts):
+            if is_hidden(rel) or not _matches(rel, self.options.include) or _matches(rel, self.options.exclude):
                 continue
-            if not _matches(rel, self.options.include) or _matches(rel, self.options.exclude):
-                continue
-            yield SourceDocument(source_uri=self.uri, path=rel, uri=f"{self.uri.rstrip('/')}/{rel}",
+            doc = SourceDocument(source_uri=self.uri, path=rel, uri=f"{self.uri.rstrip('/')}/{rel}",
                                  size=int(size) if size.isdigit() else 0, content_hash=f"git-blob:{sha}")
+            if kind == "commit":
+                doc.skip_reason = "a git submodule: not followed"
+            elif kind != "blob":
+                continue
+            elif mode == "120000":
+                # A symlink is read from the repository, never from this machine. One that stays inside the source
+                # is its target, which is listed on its own; any other is skipped.
+                doc.skip_reason = self._link_skip_reason(name, sha, prefix, tree)
+                if doc.skip_reason is None:
+                    continue
+            yield doc
+
+    def _link_skip_reason(self, name: str, sha: str, prefix: str, tree: set[str]) -> str | None:
+        """Why the symlink blob ``sha`` at ``name`` is skipped; None when it leads to a file or folder of this source
+        (listed on its own: one document, its real path)."""
+        target = self._git("cat-file", "blob", sha, text=False).stdout.decode("utf-8", "surrogateescape")
+        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+        inside = not target.startswith("/") and (resolved.startswith(prefix) if prefix else not (
+            resolved == ".." or resolved.startswith("../")))
+        if not inside:
+            return OUTSIDE_REASON
+        if resolved in tree or any(n.startswith(f"{resolved}/") for n in tree):
+            return None
+        return "dangling symlink (its target does not exist)"
 
     @contextmanager
     def local_path(self, doc: SourceDocument) -> Iterator[Path]:
         sha = doc.content_hash.removeprefix("git-blob:")
         with tempfile.TemporaryDirectory(prefix="docingest-git-") as tmp:
-            target = Path(tmp) / PurePosixPath(doc.path).name
+            target = Path(tmp) / local_name(doc.path)  # any legal git path, read under a safe name
             with open(target, "wb") as fh:
                 proc = subprocess.run(["git", "--git-dir", str(self.repo), "cat-file", "blob", sha], stdout=fh,
                                       stderr=subprocess.PIPE, env=self._env(), timeout=600)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from docingest.core.sources.local import _matches
+from docingest.core.sources.names import is_hidden, local_name
 from docingest.datamodel import SourceDocument
 from docingest.exceptions import ConfigurationError, SourceError
 from docingest.options import SourceOptions
@@ -94,7 +95,7 @@ class S3Source:
             if obj.is_dir:
                 continue
             rel = obj.object_name[len(prefix):]
-            if any(part.startswith(".") for part in PurePosixPath(rel).parts):
+            if not rel or is_hidden(rel):
                 continue
             if not _matches(rel, self.options.include) or _matches(rel, self.options.exclude):
                 continue
@@ -106,7 +107,7 @@ class S3Source:
     def local_path(self, doc: SourceDocument) -> Iterator[Path]:
         key = doc.uri.removeprefix(f"s3://{self.bucket}/")
         with tempfile.TemporaryDirectory(prefix="docingest-s3-") as tmp:
-            target = Path(tmp) / PurePosixPath(key).name
+            target = Path(tmp) / local_name(key)  # any legal key, read under a safe name
             self._download(key, target, doc.uri)
             yield target
 
@@ -118,14 +119,43 @@ class S3Source:
 
         from minio.error import S3Error
 
+        dotted = any(part in (".", "..") for part in key.split("/"))
         for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
             try:
-                self.client.fget_object(self.bucket, key, str(target))  # streamed to disk in parts
+                if dotted:
+                    self._download_dotted(key, target)
+                else:
+                    self.client.fget_object(self.bucket, key, str(target))  # streamed to disk in parts
                 return
             except S3Error as exc:
                 raise SourceError(f"cannot download {uri}: {exc.code}: {exc.message}") from exc
+            except SourceError:
+                raise
             except Exception as exc:  # noqa: BLE001 - urllib3/socket errors are transient
                 if attempt == DOWNLOAD_ATTEMPTS:
                     raise SourceError(f"cannot download {uri} after {attempt} attempts: {type(exc).__name__}: {exc}"
                                       ) from exc
                 time.sleep(DOWNLOAD_BACKOFF_S * 2 ** (attempt - 1) * (1 + random.random() / 2))
+
+    def _download_dotted(self, key: str, target: Path) -> None:
+        """A key with ``.`` or ``..`` segments, which S3 allows and the minio client refuses to address, is read with
+        botocore, which sends it unnormalised; it is streamed to ``target`` like any other object."""
+        import botocore.session
+        from botocore.config import Config
+        from botocore.exceptions import ClientError
+
+        endpoint, access_key, secret_key, region, secure = self._connect
+        if endpoint and "://" not in endpoint:
+            endpoint = f"{'http' if secure is False else 'https'}://{endpoint}"
+        client = botocore.session.get_session().create_client(
+            "s3", endpoint_url=endpoint or None, aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+            region_name=region or "us-east-1", config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}))
+        try:
+            body = client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except ClientError as exc:  # an answer from the store (gone, denied): not retried
+            error = exc.response.get("Error", {})
+            raise SourceError(f"cannot download s3://{self.bucket}/{key}: {error.get('Code', 'Error')}: "
+                              f"{error.get('Message', '')}") from exc
+        with body, open(target, "wb") as fh:
+            for block in body.iter_chunks(1 << 20):
+                fh.write(block)
