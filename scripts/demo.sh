@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+bash scripts/system-deps.sh ocr   # Tesseract (OCR of images and scans) when root with apt; else says how
 export HF_HUB_OFFLINE=1
 sources=(examples/sample-docs)
 [ -d ../shared/corpus/docling-testdata ] && sources+=(../shared/corpus/docling-testdata)

@@ -111,7 +111,13 @@ def ingest(
     pdf_mode: Annotated[
         PdfMode, typer.Option("--pdf-mode", help="auto: accurate if Docling's models are installed, else fast.")
     ] = PdfMode.AUTO,
-    ocr: Annotated[OcrMode, typer.Option("--ocr", help="auto: OCR images with Tesseract when installed.")] = OcrMode.AUTO,
+    ocr: Annotated[OcrMode, typer.Option("--ocr", help="auto: OCR images and PDF pages without a usable text layer "
+                                         "(Tesseract, when installed); force: every PDF page; off: none.")
+                   ] = OcrMode.AUTO,
+    ocr_lang: Annotated[
+        str | None, typer.Option("--ocr-lang", help="Tesseract languages, e.g. eng+deu \\[default: eng]; "
+                                 "`docingest doctor` lists the installed ones.", show_default=False)
+    ] = None,
     model: Annotated[
         str | None, typer.Option("--model", help="sentence-transformers model name or path \\[env: DOCINGEST_EMBED_MODEL].")
     ] = None,
@@ -225,7 +231,7 @@ def ingest(
                                  git_path=git_path, follow_symlinks=settings_follow_symlinks()
                                  if follow_symlinks is None else follow_symlinks),
             parse=ParseOptions(pdf_mode=pdf_mode, ocr=ocr, timeout_s=doc_timeout,
-                               isolation=isolation, **given(max_memory_mb=doc_memory_mb)),
+                               isolation=isolation, **given(max_memory_mb=doc_memory_mb, ocr_lang=ocr_lang)),
             chunk=ChunkOptions(max_tokens=max_tokens, chunker=chunker, enrichers=enricher or []),
             embed=EmbedOptions(model=model, **given(batch_size=batch_size, pool_size=pool_size,
                                                     backend=embed_backend)),
@@ -262,7 +268,11 @@ def ingest(
         def on_progress(event: progress.ProgressEvent) -> None:
             bar.update(task_id, completed=event.done, total=event.total, description=event.path[-60:])
 
+        def on_page(event: progress.PageEvent) -> None:
+            bar.update(task_id, description=f"{event.path[-40:]}: OCR page {event.done}/{event.total}")
+
         progress.add_listener(on_progress)
+        progress.add_page_listener(on_page)
         bar.start()
     aborted = None
     if early is not None and not (task_runner or dask_address):  # the server is still booting: use the wait

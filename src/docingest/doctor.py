@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
@@ -74,14 +72,14 @@ def _pdf_models() -> str:
 
 
 def _ocr() -> str:
-    exe = shutil.which("tesseract")
-    if not exe:
-        raise RuntimeError("tesseract not installed: images are skipped (apt install tesseract-ocr)")
-    version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=20)
-    langs = subprocess.run([exe, "--list-langs"], capture_output=True, text=True, timeout=20)
-    first = (version.stdout or version.stderr).splitlines()[0] if (version.stdout or version.stderr) else exe
-    names = [line for line in langs.stdout.splitlines()[1:] if line.strip()]
-    return f"{first}; languages: {', '.join(names) or '?'}"
+    from docingest.core import ocr
+
+    if not ocr.tesseract_available():
+        raise RuntimeError("tesseract not installed: images and scanned PDF pages are skipped "
+                           "(apt install tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd)")
+    langs = ocr.installed_languages()
+    note = "" if "osd" in langs else "; no 'osd' data: rotated scans are read as they lie (apt install tesseract-ocr-osd)"
+    return f"tesseract {ocr.tesseract_version()}; languages: {', '.join(langs) or '?'}{note}"
 
 
 def _source(source: str | None, source_block: str | None) -> str:

@@ -19,10 +19,11 @@ class PdfMode(str, Enum):
 
 
 class OcrMode(str, Enum):
-    """Whether images are read with OCR."""
+    """Whether images and PDF pages without a usable text layer are read with OCR."""
 
     AUTO = "auto"
     OFF = "off"
+    FORCE = "force"
 
 
 class SyncMode(str, Enum):
@@ -74,9 +75,15 @@ class ParseOptions(_Options):
     )
     ocr: OcrMode = Field(
         default=OcrMode.AUTO,
-        description="auto: read images (PNG, JPEG, TIFF, WebP, BMP) with Tesseract when it is installed; off: skip them.",
+        description="auto: read images (PNG, JPEG, TIFF, WebP, BMP) and PDF pages without a usable text layer with "
+        "Tesseract when it is installed; force: OCR every PDF page too (for garbage text layers); off: skip images "
+        "and keep PDFs' text layers only.",
     )
     ocr_lang: str = Field(default="eng", description="Tesseract language codes, e.g. 'eng+deu'.")
+    ocr_page_timeout_s: float = Field(
+        default=60.0, gt=0, description="Time limit for reading one page with OCR; a page past it fails alone, and "
+        "each page read gives the document's own time limit that long again.")
+    ocr_dpi: int = Field(default=300, ge=72, le=600, description="Resolution PDF pages are rendered at for OCR.")
     max_file_size_mb: float = Field(default=200.0, gt=0, description="Larger files are skipped with a reason.")
     timeout_s: float = Field(
         default=120.0, gt=0, description="Per-document time limit for parse and chunk; past it the document fails."

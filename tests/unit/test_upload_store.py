@@ -175,3 +175,31 @@ def test_a_store_refusal_discards_the_upload_a_store_failure_keeps_it(store, mon
     with pytest.raises(UploadError) as gone:  # refused parts never complete: the upload is discarded
         store.get("alice", other.upload_id)
     assert gone.value.status == 404
+
+
+def test_the_upload_source_follows_the_local_listing_rules(store, tmp_path):
+    """The service's local store is a local source like any other: a link planted in it is never read, and an
+    upload is never written through a link that leads out of the store."""
+    from docingest.core.sources import LocalFolderSource
+    from docingest.core.sources.local import OUTSIDE_REASON
+
+    data = b"# Notes\n"
+    meta = store.create("alice", "n.md", len(data), "text/markdown", "kb", "normal")
+    store.put_part("alice", meta.upload_id, 1, data[:4], md5(data[:4]))
+    store.put_part("alice", meta.upload_id, 2, data[4:], md5(data[4:]))
+    _, document = store.complete("alice", meta.upload_id, None)
+    secret = tmp_path / "secret.md"
+    secret.write_text("# secret\n")
+    folder = Path(store.source_uri("kb"))
+    (folder / meta.upload_id / "planted.md").symlink_to(secret)
+    listed = {d.path: d.skip_reason for d in LocalFolderSource(folder).iter_documents()}
+    assert listed == {document: None, f"{meta.upload_id}/planted.md": OUTSIDE_REASON}
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (folder.parent / "team").symlink_to(elsewhere, target_is_directory=True)
+    other = store.create("alice", "o.md", 4, "text/markdown", "team", "normal")
+    store.put_part("alice", other.upload_id, 1, b"# o\n", md5(b"# o\n"))
+    with pytest.raises(UploadError, match="leads outside the store"):
+        store.complete("alice", other.upload_id, None)
+    assert list(elsewhere.rglob("*")) == []  # nothing was written through the link

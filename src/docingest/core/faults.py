@@ -1,6 +1,6 @@
 """Fault injection for crash tests: ``DOCINGEST_FAULT=<point>:<n>`` SIGKILLs this process the n-th time the flow
 passes <point>. Unset (always, outside tests) it does nothing. Points: after-prepare, after-upsert, after-finalize,
-mid-delete; and inside parse workers segfault:<file name> and hog:<file name>."""
+mid-delete; and inside parse workers segfault:<file name>, hog:<file name> and slow-ocr:<seconds per page>."""
 
 from __future__ import annotations
 
@@ -40,3 +40,12 @@ def in_parser(name: str) -> None:
         while True:
             hog.append(b"x" * (64 << 20))  # written, so it is resident
             time.sleep(0.02)
+
+
+def ocr_page() -> None:
+    """Before each page OCR reads: ``DOCINGEST_FAULT=slow-ocr:<seconds>`` makes every page take that long more."""
+    kind, _, seconds = os.environ.get("DOCINGEST_FAULT", "").partition(":")
+    if kind == "slow-ocr":
+        import time
+
+        time.sleep(float(seconds))

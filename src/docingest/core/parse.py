@@ -5,16 +5,17 @@ Docling's option classes are mapped here and nowhere else. Converters are built 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
-import subprocess
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from docingest.core import ocr
 from docingest.exceptions import ConfigurationError, ParseError, UnsupportedDocumentError
 from docingest.options import OcrMode, ParseOptions, PdfMode
 
@@ -51,6 +52,8 @@ class ParsedDocument:
     document: DoclingDocument
     parser: str
     pages: int
+    ocr_pages: int = 0
+    warning: str | None = None  # pages that could not be read, when others could
 
 
 def extension(path: str | Path) -> str:
@@ -58,7 +61,7 @@ def extension(path: str | Path) -> str:
 
 
 def tesseract_available() -> bool:
-    return shutil.which("tesseract") is not None
+    return ocr.tesseract_available()
 
 
 def libreoffice_available() -> bool:
@@ -113,29 +116,43 @@ def _log_auto_once(resolved: PdfMode, why: str) -> None:
     log.info("pdf-mode auto: using %s PDF conversion (%s)", resolved.value, why)
 
 
-def resolve_ocr(mode: OcrMode) -> bool:
-    return mode is OcrMode.AUTO and tesseract_available()
+def resolve_ocr(mode: OcrMode, lang: str = "eng") -> bool:
+    """Whether OCR runs: on unless ``--ocr off`` and Tesseract is installed. An unknown language is a
+    ConfigurationError (exit 2), not a skip of every scan."""
+    if mode is OcrMode.OFF or not tesseract_available():
+        return False
+    ocr.check_languages(lang)
+    return True
+
+
+OCR_EXTENSIONS = IMAGE_EXTENSIONS | {"pdf"}  # the kinds of document OCR can touch (their fingerprint counts it)
 
 
 _local = threading.local()
 
 
-def _converter(pdf_mode: PdfMode) -> DocumentConverter:
-    """One converter per thread and PDF mode: Docling pipelines are heavy to build and not shared across threads."""
+def _converter(pdf_mode: PdfMode, ocr_key: tuple = ()) -> DocumentConverter:
+    """One converter per thread, PDF mode (and OCR setting, for the accurate pipeline): Docling pipelines are heavy
+    to build and not shared across threads."""
     cache = _local.__dict__.setdefault("converters", {})
-    if pdf_mode not in cache:
-        cache[pdf_mode] = _build_converter(pdf_mode)
-    return cache[pdf_mode]
+    key = (pdf_mode, ocr_key if pdf_mode is PdfMode.ACCURATE else ())
+    if key not in cache:
+        cache[key] = _build_converter(pdf_mode, *key[1])
+    return cache[key]
 
 
-def _build_converter(pdf_mode: PdfMode) -> DocumentConverter:
+def _build_converter(pdf_mode: PdfMode, ocr_lang: str | None = None, force: bool = False) -> DocumentConverter:
     from docling.datamodel.base_models import InputFormat
     from docling.document_converter import DocumentConverter, NativePdfFormatOption, PdfFormatOption
 
     if pdf_mode is PdfMode.ACCURATE:
-        from docling.datamodel.pipeline_options import PdfPipelineOptions
+        from docling.datamodel.pipeline_options import OcrMode as DoclingOcrMode
+        from docling.datamodel.pipeline_options import PdfPipelineOptions, TesseractCliOcrOptions
 
-        opts = PdfPipelineOptions(do_ocr=False, do_table_structure=True)
+        # With layout models on disk, Docling's own Tesseract stage reads the regions that have no text layer.
+        ocr_options = TesseractCliOcrOptions(lang=(ocr_lang or "eng").split("+"), psm=1,
+                                             mode=DoclingOcrMode.FULL_PAGE if force else DoclingOcrMode.DEFAULT)
+        opts = PdfPipelineOptions(do_ocr=ocr_lang is not None, do_table_structure=True, ocr_options=ocr_options)
         pdf_option = PdfFormatOption(pipeline_options=opts)
     else:
         from docling.datamodel.pipeline_options import NativePdfPipelineOptions
@@ -165,8 +182,10 @@ def check_supported(path: str | Path, options: ParseOptions) -> None:
     raise UnsupportedDocumentError(f"unsupported file type: {('.' + ext) if ext else 'no extension'}")
 
 
-def parse_document(path: Path, options: ParseOptions, pdf_mode: PdfMode | None = None) -> ParsedDocument:
-    """Convert one file. Raises UnsupportedDocumentError (skip) or ParseError (failure), never returns partial."""
+def parse_document(path: Path, options: ParseOptions, pdf_mode: PdfMode | None = None,
+                   on_page: ocr.PageCallback | None = None) -> ParsedDocument:
+    """Convert one file. Raises UnsupportedDocumentError (skip) or ParseError (failure), never returns partial.
+    ``on_page(done, total)`` is called after each page OCR reads (a worker reports it, so its deadline moves)."""
     check_supported(path, options)
     size_mb = path.stat().st_size / 1e6
     if size_mb > options.max_file_size_mb:
@@ -177,9 +196,10 @@ def parse_document(path: Path, options: ParseOptions, pdf_mode: PdfMode | None =
     if (plugin := parser_for(ext)) is not None:
         return _plugin_parse(plugin, path, options)
     if ext in IMAGE_EXTENSIONS:
-        return _ocr_image(path, options)
+        return _ocr_image(path, options, on_page)
     mode = pdf_mode or resolve_pdf_mode(options.pdf_mode)
-    converter = _converter(mode)
+    ocr_on = options.ocr is not OcrMode.OFF and tesseract_available()
+    converter = _converter(mode, (options.ocr_lang, options.ocr is OcrMode.FORCE) if ocr_on else ())
     source: Path | object = path
     if ext == "txt":  # plain text is read as Markdown (Docling has no plain-text reader)
         from io import BytesIO
@@ -196,6 +216,8 @@ def parse_document(path: Path, options: ParseOptions, pdf_mode: PdfMode | None =
         reasons = "; ".join(e.error_message for e in result.errors) or f"conversion {status}"
         raise ParseError(f"Docling could not convert the file: {reasons}")
     parser = f"docling-{mode.value}" if ext == "pdf" else "docling"
+    if ext == "pdf" and mode is PdfMode.FAST and ocr_on:
+        return _ocr_pdf(result.document, path, options, parser, on_page)
     return ParsedDocument(document=result.document, parser=parser, pages=len(result.document.pages))
 
 
@@ -226,25 +248,111 @@ def _plugin_parse(plugin, path: Path, options: ParseOptions) -> ParsedDocument:
     return ParsedDocument(document=result.document, parser=parser, pages=0)
 
 
-def _ocr_image(path: Path, options: ParseOptions) -> ParsedDocument:
-    """Read an image with the Tesseract CLI into a DoclingDocument (one paragraph per text block)."""
-    from docling_core.types.doc import DocItemLabel, DoclingDocument
+def _ocr_image(path: Path, options: ParseOptions, on_page: ocr.PageCallback | None = None) -> ParsedDocument:
+    """Read every page of an image (all frames of a multi-page TIFF) with Tesseract into a DoclingDocument."""
+    from docling_core.types.doc import DoclingDocument, Size
 
-    try:
-        proc = subprocess.run(
-            ["tesseract", str(path), "stdout", "-l", options.ocr_lang],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise ParseError("OCR timed out after 300 s") from exc
-    if proc.returncode != 0:
-        raise ParseError(f"tesseract failed: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
     doc = DoclingDocument(name=path.stem)
-    for block in proc.stdout.split("\n\n"):
-        text = " ".join(line.strip() for line in block.splitlines() if line.strip())
-        if text:
-            doc.add_text(label=DocItemLabel.PARAGRAPH, text=text)
-    return ParsedDocument(document=doc, parser="tesseract", pages=1)
+    try:
+        frames = list(ocr.image_frames(path))
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken images
+        raise ParseError(f"cannot open the image: {type(exc).__name__}: {exc}") from exc
+    errors: dict[int, str] = {}
+    if on_page:
+        on_page(0, len(frames))  # OCR starts: a worker gives the document a page's time limit more
+    for number, frame in enumerate(frames, start=1):
+        doc.add_page(page_no=number, size=Size(width=frame.width, height=frame.height))
+        try:
+            page = ocr.read_image(frame, options.ocr_lang, options.ocr_page_timeout_s)
+        except ocr.OcrPageError as exc:
+            errors[number] = str(exc)
+        else:
+            _add_ocr_blocks(doc, number, page, 1.0, frame.height)
+        if on_page:
+            on_page(number, len(frames))
+    return _ocr_result(doc, "tesseract", len(frames), len(frames), errors)
+
+
+def _ocr_pdf(native: DoclingDocument, path: Path, options: ParseOptions, parser: str,
+             on_page: ocr.PageCallback | None) -> ParsedDocument:
+    """The fast path's document with every page that has no usable text layer (every page, with --ocr force)
+    replaced by what Tesseract reads on its rendering; pages with a good text layer keep it (no OCR time)."""
+    from docling_core.types.doc import DoclingDocument, PictureItem, Size, TextItem
+
+    import pypdfium2 as pdfium
+
+    by_page: dict[int, list] = {}
+    for item, _level in native.iterate_items():
+        if getattr(item, "prov", None):
+            by_page.setdefault(item.prov[0].page_no, []).append(item)
+    try:
+        with contextlib.closing(pdfium.PdfDocument(str(path))) as pdf:
+            count = len(pdf)
+    except Exception as exc:  # noqa: BLE001
+        raise ParseError(f"cannot render the PDF for OCR: {type(exc).__name__}: {exc}") from exc
+    force = options.ocr is OcrMode.FORCE
+    targets = [n for n in range(1, count + 1) if force or not ocr.text_layer_usable(
+        " ".join(i.text for i in by_page.get(n, []) if isinstance(i, TextItem)))]
+    if not targets:
+        return ParsedDocument(document=native, parser=parser, pages=len(native.pages))
+    doc = DoclingDocument(name=native.name, origin=native.origin)
+    read: dict[int, tuple[ocr.OcrPage, float]] = {}
+    errors: dict[int, str] = {}
+    pages = ocr.render_pdf_pages(path, targets, options.ocr_dpi)
+    if on_page:
+        on_page(0, len(targets))  # OCR starts: a worker gives the document a page's time limit more
+    for done, number in enumerate(targets, start=1):
+        try:
+            _, image, scale = next(pages)
+            read[number] = (ocr.read_image(image, options.ocr_lang, options.ocr_page_timeout_s), scale)
+        except ocr.OcrPageError as exc:
+            errors[number] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a page pdfium cannot render fails that page
+            errors[number] = f"cannot render the page: {type(exc).__name__}: {exc}"
+            pages = ocr.render_pdf_pages(path, targets[done:], options.ocr_dpi)
+        if on_page:
+            on_page(done, len(targets))
+    for number in range(1, count + 1):
+        if number in native.pages:
+            size = native.pages[number].size
+        elif number in read:
+            page, scale = read[number]
+            size = Size(width=page.width / scale, height=page.height / scale)
+        else:
+            continue
+        doc.add_page(page_no=number, size=size)
+        if number in read:
+            page, scale = read[number]
+            _add_ocr_blocks(doc, number, page, scale, size.height)
+        elif number not in targets:
+            for item in by_page.get(number, []):
+                if isinstance(item, TextItem):
+                    doc.add_text(label=item.label, text=item.text, orig=item.orig, prov=item.prov[0])
+                elif isinstance(item, PictureItem):
+                    doc.add_picture(prov=item.prov[0])
+    return _ocr_result(doc, f"{parser}+tesseract", count, len(targets), errors)
+
+
+def _add_ocr_blocks(doc: DoclingDocument, page_no: int, page: ocr.OcrPage, scale: float, height: float) -> None:
+    """Tesseract's paragraphs as text items of the page, in reading order, with boxes in page points."""
+    from docling_core.types.doc import BoundingBox, CoordOrigin, DocItemLabel, ProvenanceItem
+
+    for block in page.blocks:
+        left, top, right, bottom = (v / scale for v in block.box)
+        bbox = BoundingBox(l=left, t=height - top, r=right, b=height - bottom, coord_origin=CoordOrigin.BOTTOMLEFT)
+        doc.add_text(label=DocItemLabel.TEXT, text=block.text, orig=block.text,
+                     prov=ProvenanceItem(page_no=page_no, bbox=bbox, charspan=(0, len(block.text))))
+
+
+def _ocr_result(doc: DoclingDocument, parser: str, pages: int, ocr_pages: int,
+                errors: dict[int, str]) -> ParsedDocument:
+    """The document, with its unreadable pages named; a ParseError when OCR read no page and nothing else is there."""
+    if errors and len(errors) == ocr_pages and not any(True for _ in doc.iterate_items()):
+        first = next(iter(errors.values()))
+        raise ParseError(f"OCR could not read any page ({len(errors)} of {pages}): {first}")
+    warning = None
+    if errors:
+        listed = "; ".join(f"page {n}: {why}" for n, why in list(errors.items())[:5])
+        warning = f"{len(errors)} of {pages} pages could not be read ({listed})"
+    return ParsedDocument(document=doc, parser=parser, pages=pages, ocr_pages=ocr_pages - len(errors),
+                          warning=warning)

@@ -14,7 +14,7 @@ from docingest.core.sources import Source
 from docingest.core.worker import WorkerConfig, get_pool
 from docingest.datamodel import ChangeKind, DocumentStatus, ManifestRecord, PreparedDocument, SourceDocument, Stage
 from docingest.exceptions import ChunkError, EnrichError, ParseError, SourceError, UnsupportedDocumentError
-from docingest.options import IngestOptions, Isolation
+from docingest.options import IngestOptions, Isolation, OcrMode
 
 
 def prepare_document(
@@ -53,11 +53,11 @@ def prepare_document(
         timings["chunk"] = time.perf_counter() - started
     except ChunkError as exc:
         return outcome(DocumentStatus.FAILURE, Stage.CHUNK, str(exc), parser=parsed.parser, timings=timings)
-    return _finish(outcome, parsed.parser, chunks, timings, doc, options, len(parsed.document.pages))
+    return _finish(outcome, parsed.parser, chunks, timings, doc, options, parsed.pages, parsed.warning)
 
 
 def _finish(outcome, parser: str | None, chunks: list, timings: dict[str, float], doc: SourceDocument,
-            options: IngestOptions, pages: int = 0) -> PreparedDocument:
+            options: IngestOptions, pages: int = 0, warning: str | None = None) -> PreparedDocument:
     if chunks and options.chunk.enrichers:
         try:
             started = time.perf_counter()
@@ -68,9 +68,13 @@ def _finish(outcome, parser: str | None, chunks: list, timings: dict[str, float]
     if not chunks:
         reason = "empty document: no text found (0 chunks)"
         if parser == "docling-fast":
-            reason += "; the PDF has no text layer (scanned?), it needs --pdf-mode accurate with OCR"
+            reason += ("; the PDF has no text layer (scanned?): install Tesseract (apt install tesseract-ocr) so its "
+                       "pages are read with OCR" if options.parse.ocr is not OcrMode.OFF else
+                       "; the PDF has no text layer (scanned?) and OCR is off (--ocr off)")
+        elif warning:
+            reason += f"; {warning}"
         return outcome(DocumentStatus.SKIPPED, Stage.CHUNK, reason, parser=parser, timings=timings)
-    return outcome(DocumentStatus.SUCCESS, parser=parser, chunks=chunks, pages=pages, timings=timings)
+    return outcome(DocumentStatus.SUCCESS, None, warning, parser=parser, chunks=chunks, pages=pages, timings=timings)
 
 
 def _prepare_in_worker(source, doc, profile, options, model, outcome) -> PreparedDocument:
@@ -98,7 +102,7 @@ def _prepare_in_worker(source, doc, profile, options, model, outcome) -> Prepare
     if result.kind == "fail":
         return outcome(DocumentStatus.FAILURE, Stage(result.stage), result.error, parser=result.parser,
                        timings=timings)
-    return _finish(outcome, result.parser, result.chunks or [], timings, doc, options, result.pages)
+    return _finish(outcome, result.parser, result.chunks or [], timings, doc, options, result.pages, result.warning)
 
 
 def build_points(prepared: PreparedDocument, vectors: Any, profile: Profile) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from docingest import __version_schema__, plugins
 from docingest.core.chunk import effective_max_tokens
 from docingest.core.embed import ModelInfo
 from docingest.core.ids import fingerprint
-from docingest.core.parse import check_supported, resolve_ocr, resolve_pdf_mode
+from docingest.core.parse import OCR_EXTENSIONS, check_supported, resolve_ocr, resolve_pdf_mode
 from docingest.datamodel import ChangeKind, DocumentStatus, ManifestRecord, SourceDocument
 from docingest.exceptions import DeleteGuardError, UnsupportedDocumentError
 from docingest.options import IngestOptions, PdfMode, SyncMode
@@ -26,26 +26,31 @@ class Profile:
     model: ModelInfo
     fingerprint: str
     format_fingerprints: tuple[tuple[str, str], ...] = ()  # extension -> fingerprint, for parser plugins' formats
+    ocr_fingerprint: str | None = None  # for the kinds OCR can touch (images, PDFs); None: the same as the others
 
     def fingerprint_for(self, path: str) -> str:
-        """The fingerprint of one document: a parser plugin's name and version count for its formats only."""
-        if self.format_fingerprints:
-            ext = PurePosixPath(path).suffix.lower().lstrip(".")
-            for fmt, fp in self.format_fingerprints:
-                if fmt == ext:
-                    return fp
+        """The fingerprint of one document: a parser plugin's name and version count for its formats only, and the
+        OCR settings (and whether Tesseract is installed) for images and PDFs only."""
+        ext = PurePosixPath(path).suffix.lower().lstrip(".")
+        for fmt, fp in self.format_fingerprints:
+            if fmt == ext:
+                return fp
+        if self.ocr_fingerprint is not None and ext in OCR_EXTENSIONS:
+            return self.ocr_fingerprint
         return self.fingerprint
 
 
 def resolve_profile(options: IngestOptions, model: ModelInfo) -> Profile:
     pdf_mode = resolve_pdf_mode(options.parse.pdf_mode)
-    ocr = resolve_ocr(options.parse.ocr)
+    ocr = resolve_ocr(options.parse.ocr, options.parse.ocr_lang)
     max_tokens = effective_max_tokens(options.chunk, model.max_seq_length)
     parts = {
         "schema": __version_schema__,
         "pdf_mode": pdf_mode.value,
-        "ocr": ocr,
-        "ocr_lang": options.parse.ocr_lang if ocr else None,
+        # Documents OCR cannot touch keep the fingerprint they had when OCR was not installed: installing Tesseract
+        # or changing --ocr-lang re-processes images and PDFs only (they get ocr_parts below).
+        "ocr": False,
+        "ocr_lang": None,
         "max_tokens": max_tokens,
         "merge_peers": options.chunk.merge_peers,
         "model": model.name,
@@ -60,8 +65,11 @@ def resolve_profile(options: IngestOptions, model: ModelInfo) -> Profile:
         parts["enrichers"] = [plugins.get("enricher", n).fingerprint_part() for n in options.chunk.enrichers]
     formats = tuple(sorted((fmt, fingerprint({**parts, "parser": p.fingerprint_part()}))
                            for fmt, p in plugins.parsers_by_format().items()))
+    # Without OCR images are skipped and PDFs keep their text layer, as before: the same fingerprint as the rest.
+    ocr_parts = {**parts, "ocr": options.parse.ocr.value, "ocr_lang": options.parse.ocr_lang,
+                 "ocr_pdf_pages": True, "ocr_dpi": options.parse.ocr_dpi} if ocr else None
     return Profile(pdf_mode=pdf_mode, ocr=ocr, max_tokens=max_tokens, model=model, fingerprint=fingerprint(parts),
-                   format_fingerprints=formats)
+                   format_fingerprints=formats, ocr_fingerprint=fingerprint(ocr_parts) if ocr_parts else None)
 
 
 def classify(doc: SourceDocument, known: ManifestRecord | None, profile: Profile) -> ChangeKind:

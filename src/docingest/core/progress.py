@@ -35,3 +35,33 @@ def emit(event: ProgressEvent) -> None:
             listener(event)
         except Exception:  # noqa: BLE001 - a broken progress bar must never break a run
             pass
+
+
+@dataclass(frozen=True)
+class PageEvent:
+    """Page ``done`` of ``total`` pages of the document at ``path`` was read with OCR (a long scan shows progress)."""
+
+    path: str
+    done: int
+    total: int
+
+
+PageListener = Callable[[PageEvent], None]
+_page_listeners: list[PageListener] = []
+
+
+def add_page_listener(listener: PageListener) -> None:
+    _page_listeners.append(listener)
+
+
+def remove_page_listener(listener: PageListener) -> None:
+    if listener in _page_listeners:
+        _page_listeners.remove(listener)
+
+
+def emit_page(event: PageEvent) -> None:
+    for listener in list(_page_listeners):
+        try:
+            listener(event)
+        except Exception:  # noqa: BLE001
+            pass

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from docingest.core import progress
 from docingest.datamodel import Chunk
 from docingest.options import ChunkOptions, ParseOptions, PdfMode
 
@@ -46,6 +47,8 @@ class WorkerResult:
     stage: str | None = None
     error: str | None = None
     timings: dict[str, float] | None = None
+    warning: str | None = None  # e.g. scanned pages OCR could not read, when others could
+    ocr_pages: int = 0
 
 
 def _worker_main(conn, config: WorkerConfig, env: dict[str, str] | None = None) -> None:  # runs in the child
@@ -83,9 +86,11 @@ def _worker_main(conn, config: WorkerConfig, env: dict[str, str] | None = None) 
         faults.in_parser(path.name)
         try:
             started = time.perf_counter()
-            parsed = parse_document(path, config.parse, config.pdf_mode)
+            parsed = parse_document(path, config.parse, config.pdf_mode,
+                                    on_page=lambda done, total: conn.send(("progress", done, total)))
             parsed_at = time.perf_counter()
-            result = WorkerResult("ok", parser=parsed.parser, pages=len(parsed.document.pages))
+            result = WorkerResult("ok", parser=parsed.parser, pages=parsed.pages, warning=parsed.warning,
+                                  ocr_pages=parsed.ocr_pages)
             result.chunks = chunk_document(parsed.document, chunker)
             result.timings = {"parse": parsed_at - started, "chunk": time.perf_counter() - parsed_at}
         except UnsupportedDocumentError as exc:
@@ -185,25 +190,35 @@ class ParseWorker:
             self._start()
         limit_s, limit_mb = self.config.parse.timeout_s, self.config.parse.max_memory_mb
         self.conn.send(str(path))
-        deadline = time.monotonic() + limit_s
-        while not self.conn.poll(_POLL_S):
-            if not self.proc.is_alive():
+        started = time.monotonic()
+        deadline = started + limit_s
+        while True:
+            while not self.conn.poll(_POLL_S):
+                if not self.proc.is_alive():
+                    return self._crashed()
+                if time.monotonic() > deadline:
+                    self.stop()
+                    waited = time.monotonic() - started
+                    return WorkerResult("fail", stage="parse", error=f"timeout: parsing took longer than {waited:.0f} s"
+                                        + (f" (limit {limit_s:g} s)" if waited > limit_s + 1 else ""))
+                rss = _rss_mb(self.proc.pid)
+                if rss > limit_mb:
+                    self.stop()
+                    return WorkerResult(
+                        "fail", stage="parse", error=f"memory limit: parser used {rss:.0f} MB > {limit_mb} MB"
+                    )
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):  # the pipe closed: the worker died
                 return self._crashed()
-            if time.monotonic() > deadline:
-                self.stop()
-                return WorkerResult("fail", stage="parse", error=f"timeout: parsing took longer than {limit_s:g} s")
-            rss = _rss_mb(self.proc.pid)
-            if rss > limit_mb:
-                self.stop()
-                return WorkerResult(
-                    "fail", stage="parse", error=f"memory limit: parser used {rss:.0f} MB > {limit_mb} MB"
-                )
-        try:
-            _, result = self.conn.recv()
-        except (EOFError, OSError):  # the pipe closed: the worker died
-            return self._crashed()
-        self.done += 1
-        return result
+            if message[0] == "progress":
+                # A page was read with OCR: each page has its own limit, so a long scan never trips the document's
+                # limit while it advances; a stuck page still ends at the page limit (and the document's then).
+                deadline = max(deadline, time.monotonic() + self.config.parse.ocr_page_timeout_s + limit_s)
+                progress.emit_page(progress.PageEvent(path.name, message[1], message[2]))
+                continue
+            self.done += 1
+            return message[1]
 
     def _crashed(self) -> WorkerResult:
         self.proc.join(5)

@@ -265,6 +265,8 @@ class _Writer:
             self.metrics.observe_stage(stage, seconds)
         previous = self.known.get(p.document.path)
         if p.status is DocumentStatus.SUCCESS:
+            if p.error:  # ingested, with a note (pages OCR could not read)
+                self.logger.warning("%s: %s", p.document.path, p.error)
             self.pending.append(p)
             self.pending_chunks += len(p.chunks)
             self.maybe_flush()

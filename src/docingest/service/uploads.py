@@ -25,6 +25,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from docingest.core.sources.local import within
+
 PRIORITIES = ("critical", "high", "normal", "low")
 
 # Extensions docingest ingests, and what their bytes must look like.
@@ -185,8 +187,13 @@ class LocalBackend:
             assembled.unlink(missing_ok=True)
             raise
         target = self.root / "sources" / key
+        sources = os.path.realpath(self.root / "sources")
+        if not within(os.path.realpath(target.parent), sources):  # a link planted in the store leads elsewhere
+            assembled.unlink(missing_ok=True)
+            raise UploadError(500, "the upload store's folder for this collection leads outside the store",
+                              final=True)
         target.parent.mkdir(parents=True, exist_ok=True)
-        assembled.replace(target)
+        assembled.replace(target)  # rename: a link at the target is replaced, never followed
         for part in folder.glob("part-*"):
             part.unlink()
         return target.stat().st_size, digest.hexdigest(), head
