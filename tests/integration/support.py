@@ -167,3 +167,19 @@ def start_service(tmp_path: Path, **settings: str) -> tuple[subprocess.Popen, st
         proc.kill()
         raise
     return proc, base, env, log
+
+
+def git(*args: str, cwd: Path | None = None) -> None:
+    """Run git, failing the test on an error."""
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def git_origin(tmp_path: Path) -> tuple[Path, Path]:
+    """A bare repository ``origin.git`` on branch main and a clone ``work`` of it with a committer set."""
+    origin = tmp_path / "origin.git"
+    git("init", "--bare", "-q", "-b", "main", str(origin))
+    work = tmp_path / "work"
+    git("clone", "-q", str(origin), str(work))
+    git("config", "user.email", "t@example.com", cwd=work)
+    git("config", "user.name", "T", cwd=work)
+    return origin, work

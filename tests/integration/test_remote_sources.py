@@ -7,7 +7,7 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
-from support import AuthenticatingS3, GitHttpServer, free_port, task_states
+from support import AuthenticatingS3, GitHttpServer, free_port, git, git_origin, task_states
 
 from docingest.core.sources import open_source
 from docingest.exceptions import ConfigurationError
@@ -18,29 +18,9 @@ from docingest.retrieval import search
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def s3(s3_endpoint, monkeypatch, home):
-    from minio import Minio
-
-    from docingest.settings import get_settings
-
-    monkeypatch.setenv("DOCINGEST_S3_ENDPOINT", s3_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
-    get_settings.cache_clear()
-    client = Minio(s3_endpoint.removeprefix("http://"), access_key="testing", secret_key="testing-secret",
-                   secure=False)
+def s3(s3_env):
+    client = s3_env
     if not client.bucket_exists("handbook"):
         client.make_bucket("handbook")
     return client
@@ -85,18 +65,9 @@ def test_s3_configuration_errors(s3, s3_endpoint, monkeypatch):
         open_source("s3://handbook/docs")
 
 
-def git(*args, cwd=None):
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
-
-
 @pytest.fixture
 def repo(tmp_path) -> tuple[str, Path]:
-    origin = tmp_path / "origin.git"
-    git("init", "--bare", "-q", "-b", "main", str(origin))
-    work = tmp_path / "work"
-    git("clone", "-q", str(origin), str(work))
-    git("config", "user.email", "t@example.com", cwd=work)
-    git("config", "user.name", "T", cwd=work)
+    origin, work = git_origin(tmp_path)
     approved = work / "30-Aprovados"
     approved.mkdir()
     (approved / "policy.md").write_text("# Travel policy\n\nTrain travel is preferred for trips under five hours.\n")

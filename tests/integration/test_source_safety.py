@@ -6,12 +6,11 @@ from the repository only."""
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
-from support import free_port
+from support import git, git_origin
 
 from docingest.core.sources.local import OUTSIDE_REASON, LocalFolderSource
 from docingest.core.ids import sha256_file
@@ -84,29 +83,8 @@ def test_a_file_rewritten_during_the_run_is_left_for_the_next_run(prefect_server
     assert record.content_hash == sha256_file(docs / "a.md")  # the manifest's hash is that of the parsed bytes
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-def test_any_legal_s3_key_is_read_under_a_safe_name(prefect_server, home, s3_endpoint, monkeypatch, tmp_path):
-    from minio import Minio
-
-    from docingest.settings import get_settings
-
-    monkeypatch.setenv("DOCINGEST_S3_ENDPOINT", s3_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
-    get_settings.cache_clear()
-    client = Minio(s3_endpoint.removeprefix("http://"), access_key="testing", secret_key="testing-secret",
-                   secure=False)
-    client.make_bucket("names")
+def test_any_legal_s3_key_is_read_under_a_safe_name(prefect_server, home, s3_endpoint, s3_env, tmp_path):
+    s3_env.make_bucket("names")
     keys = {
         "docs/" + "名" * 120 + ".md": "Kanji file names of three hundred and sixty bytes work.",
         "docs/tab\there.md": "A tab in the key is fine.",
@@ -133,19 +111,10 @@ def test_any_legal_s3_key_is_read_under_a_safe_name(prefect_server, home, s3_end
     assert not {n for n in left if n.startswith("docingest-s3-") or n == "escape.md"}  # no snapshot left, none escaped
 
 
-def git(*args, cwd=None):
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
-
-
 def test_git_symlinks_are_read_from_the_repository_only(prefect_server, home, tmp_path):
     secret = tmp_path / "shadow"
     secret.write_text(SECRET)
-    origin = tmp_path / "origin.git"
-    git("init", "--bare", "-q", "-b", "main", str(origin))
-    work = tmp_path / "work"
-    git("clone", "-q", str(origin), str(work))
-    git("config", "user.email", "t@example.com", cwd=work)
-    git("config", "user.name", "T", cwd=work)
+    origin, work = git_origin(tmp_path)
     (work / "docs").mkdir()
     (work / "docs" / "guide.md").write_text("# Guide\n\nWrite short sentences.\n")
     (work / "docs" / "secret.md").symlink_to(secret)  # absolute, to this machine

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 
 @dataclass(frozen=True)
@@ -16,27 +17,6 @@ class ProgressEvent:
     status: str = ""
 
 
-Listener = Callable[[ProgressEvent], None]
-_listeners: list[Listener] = []
-
-
-def add_listener(listener: Listener) -> None:
-    _listeners.append(listener)
-
-
-def remove_listener(listener: Listener) -> None:
-    if listener in _listeners:
-        _listeners.remove(listener)
-
-
-def emit(event: ProgressEvent) -> None:
-    for listener in list(_listeners):
-        try:
-            listener(event)
-        except Exception:  # noqa: BLE001 - a broken progress bar must never break a run
-            pass
-
-
 @dataclass(frozen=True)
 class PageEvent:
     """Page ``done`` of ``total`` pages of the document at ``path`` was read with OCR (a long scan shows progress)."""
@@ -46,22 +26,31 @@ class PageEvent:
     total: int
 
 
+E = TypeVar("E")
+
+
+class _Listeners(Generic[E]):
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[E], None]] = []
+
+    def add(self, listener: Callable[[E], None]) -> None:
+        self._listeners.append(listener)
+
+    def remove(self, listener: Callable[[E], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def emit(self, event: E) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001 - a broken progress bar must never break a run
+                pass
+
+
+_documents: _Listeners[ProgressEvent] = _Listeners()
+_pages: _Listeners[PageEvent] = _Listeners()
+Listener = Callable[[ProgressEvent], None]
 PageListener = Callable[[PageEvent], None]
-_page_listeners: list[PageListener] = []
-
-
-def add_page_listener(listener: PageListener) -> None:
-    _page_listeners.append(listener)
-
-
-def remove_page_listener(listener: PageListener) -> None:
-    if listener in _page_listeners:
-        _page_listeners.remove(listener)
-
-
-def emit_page(event: PageEvent) -> None:
-    for listener in list(_page_listeners):
-        try:
-            listener(event)
-        except Exception:  # noqa: BLE001
-            pass
+add_listener, remove_listener, emit = _documents.add, _documents.remove, _documents.emit
+add_page_listener, remove_page_listener, emit_page = _pages.add, _pages.remove, _pages.emit
