@@ -62,3 +62,33 @@ def copy_corpus_files(corpus: Path, dest: Path, rel_paths: list[str]) -> Path:
     for rel in rel_paths:
         shutil.copy2(corpus / rel, dest / Path(rel).name)
     return dest
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1 for the module's tests."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_endpoint, monkeypatch, home):
+    """The environment that points docingest at the loopback S3 server, and a minio client for it."""
+    from minio import Minio
+
+    from docingest.settings import get_settings
+
+    monkeypatch.setenv("DOCINGEST_S3_ENDPOINT", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
+    get_settings.cache_clear()
+    return Minio(s3_endpoint.removeprefix("http://"), access_key="testing", secret_key="testing-secret", secure=False)
