@@ -325,7 +325,8 @@ def _print_plan(plan, collection: str, as_json: bool) -> None:
 
 def _print_summary(result) -> None:
     d, c = result.documents, result.chunks
-    table = Table(title=f"collection {result.collection!r} ({result.mode})", show_header=True)
+    table = Table(title=f"collection {result.collection!r} ({result.mode})", caption=f"source {result.source}",
+                  show_header=True)
     table.add_column("documents")
     table.add_column("", justify="right")
     table.add_column("chunks")
@@ -339,18 +340,18 @@ def _print_summary(result) -> None:
     out.print(table)
     if result.failures:
         failures = Table(title="failed documents", show_header=True)
-        failures.add_column("document")
+        failures.add_column("document", overflow="fold")
         failures.add_column("stage")
-        failures.add_column("error")
+        failures.add_column("error", overflow="fold")
         for f in result.failures:
-            failures.add_row(f.source, f.stage, f.error)
+            failures.add_row(f.path or f.source, f.stage, f.error)
         out.print(failures)
     if result.skipped:
         skipped = Table(title="skipped documents", show_header=True)
-        skipped.add_column("document")
-        skipped.add_column("reason")
+        skipped.add_column("document", overflow="fold")
+        skipped.add_column("reason", overflow="fold")
         for s in result.skipped:
-            skipped.add_row(s.source, s.reason)
+            skipped.add_row(s.path or s.source, s.reason)
         out.print(skipped)
     out.print(f"done in {result.duration_s:.1f}s, flow run {result.flow_run_id}")
 

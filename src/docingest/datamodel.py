@@ -112,11 +112,13 @@ class FailureItem(BaseModel):
     source: str
     stage: str
     error: str
+    path: str = Field(default="", description="The document's path relative to its source.")
 
 
 class SkippedItem(BaseModel):
     source: str
     reason: str
+    path: str = Field(default="", description="The document's path relative to its source.")
 
 
 class DeadLetterItem(BaseModel):

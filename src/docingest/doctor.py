@@ -83,7 +83,8 @@ def _ocr() -> str:
 
 
 def _source(source: str | None, source_block: str | None) -> str:
-    from docingest.core.sources import open_source, open_source_block
+    from docingest.blocks.sources import open_source_block
+    from docingest.core.sources import open_source
 
     src = open_source_block(source_block) if source_block else open_source(source or ".")
     n = sum(1 for _ in src.iter_documents())

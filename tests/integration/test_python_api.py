@@ -68,3 +68,26 @@ def test_example_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     assert not [o for o in outputs if o.output_type == "error"]
     text = "\n".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     assert "duck.md" in text and "unchanged" in text
+
+
+def test_a_plain_script_without_a_main_guard_ingests_with_worker_processes(home, tmp_path):
+    """The README's snippet pasted into a file as it is: parse workers (separate processes) must not run it again."""
+    import subprocess
+    import sys
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# Keys\n\nRotate the keys every ninety days.\n")
+    (docs / "b.md").write_text("# Lunch\n\nSoup on Fridays.\n")
+    script = tmp_path / "ingest_script.py"
+    marker = tmp_path / "runs.txt"
+    script.write_text(
+        "import docingest\n"
+        f"open({str(marker)!r}, 'a').write('ran\\n')\n"
+        f"result = docingest.ingest({str(docs)!r}, 'script', progress=False)\n"
+        "print('NEW', result.documents.new, 'FAILED', result.documents.failed)\n"
+        "print('HIT', docingest.search('how often are keys rotated', 'script', limit=1)[0].path)\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "NEW 2 FAILED 0" in proc.stdout and "HIT a.md" in proc.stdout
+    assert marker.read_text() == "ran\n"  # the script ran once: no worker re-imported it

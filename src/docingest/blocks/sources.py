@@ -105,3 +105,21 @@ class GitRepositorySource(Block):
 
         return GitSource(self.url, self.ref, self.path, options, cache_dir=get_settings().home / "git",
                          token=self.token.get_secret_value() if self.token else None)
+
+
+def open_source_block(name: str, options: SourceOptions | None = None):
+    """Open a saved source block by name (``NAME`` or ``<block-type-slug>/NAME``) as a docingest Source."""
+    from docingest.exceptions import ConfigurationError
+
+    if "/" in name:
+        block = Block.load(name)
+        if not hasattr(block, "open"):
+            raise ConfigurationError(f"block {name!r} is not a docingest source block")
+        return block.open(options)
+    for kind in (S3BucketSource, GitRepositorySource):
+        try:
+            block = kind.load(name)
+        except ValueError:
+            continue
+        return block.open(options)
+    raise ConfigurationError(f"no docingest source block named {name!r} (save an S3BucketSource or GitRepositorySource)")

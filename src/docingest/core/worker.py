@@ -8,10 +8,12 @@ of documents, since long-running parsers grow in memory.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -141,6 +143,29 @@ def _context():
         return _ctx
 
 
+_main_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _callers_script_hidden():
+    """While a worker starts, the caller's script is not named to it: multiprocessing would otherwise run the script
+    again in the worker (as ``__mp_main__``), and a script without an ``if __name__ == "__main__":`` guard would start
+    its ingest there. The worker needs nothing from the script: its target is docingest's own function. The one place
+    that touches multiprocessing's behaviour; tests/integration/test_python_api.py runs an unguarded script."""
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None)
+    spec_name = getattr(getattr(main, "__spec__", None), "name", None)
+    if main is None or script is None or spec_name is not None:  # python -m, a console script, a notebook
+        yield
+        return
+    with _main_lock:
+        del main.__file__
+        try:
+            yield
+        finally:
+            main.__file__ = script
+
+
 def start_server() -> None:
     """Start the fork server now, so it imports Docling while this process does other things (no-op with spawn)."""
     ctx = _context()
@@ -166,7 +191,8 @@ class ParseWorker:
         env = dict(os.environ) if ctx.get_start_method() == "forkserver" else None
         self.proc = ctx.Process(target=_worker_main, args=(child, self.config, env), daemon=True,
                                 name="docingest-parse")
-        self.proc.start()
+        with _callers_script_hidden():
+            self.proc.start()
         child.close()
         self.conn = parent
         self.done = 0

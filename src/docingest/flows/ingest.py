@@ -28,7 +28,8 @@ from docingest.core.metrics import Pusher, RunMetrics
 from docingest.core.parse import accurate_models_status
 from docingest.core.pipeline import build_points, manifest_record
 from docingest.core.plan import Action, Plan, Profile, make_plan, resolve_profile
-from docingest.core.sources import open_source, open_source_block
+from docingest.blocks.sources import open_source_block
+from docingest.core.sources import open_source
 from docingest.core.store import QdrantLocation, QdrantStore
 from docingest.core.worker import close_pools
 from docingest.datamodel import (
@@ -173,7 +174,8 @@ def warm_up(collection: str | None, options: IngestOptions, qdrant: QdrantTarget
 class _Run:
     """Accumulates per-document outcomes into the typed result and reports progress."""
 
-    def __init__(self, collection: str, source: str, total: int) -> None:
+    def __init__(self, collection: str, source: str, total: int, logger=None) -> None:
+        self.logger = logger
         self.result = IngestResult(collection=collection, source=source)
         self.result.documents.seen = total
         self.total = total
@@ -204,7 +206,10 @@ class _Run:
             self.late_failed += 1
         if outcome.status is DocumentStatus.SKIPPED:
             counts.skipped += 1
-            self.result.skipped.append(SkippedItem(source=outcome.source, reason=outcome.error or ""))
+            self.result.skipped.append(SkippedItem(source=outcome.source, path=outcome.path,
+                                                   reason=outcome.error or ""))
+            if self.logger is not None:  # one WARNING line per document left out, with its reason
+                self.logger.warning("skipped %s: %s", outcome.path, outcome.error)
         else:
             kind = outcome.change or ChangeKind.NEW
             setattr(counts, kind.value, getattr(counts, kind.value) + 1)
@@ -212,10 +217,13 @@ class _Run:
         if outcome.status is DocumentStatus.FAILURE:
             counts.failed += 1
             stage = outcome.stage.value if outcome.stage else "unknown"
-            self.result.failures.append(FailureItem(source=outcome.source, stage=stage, error=outcome.error or ""))
+            self.result.failures.append(FailureItem(source=outcome.source, path=outcome.path, stage=stage,
+                                                    error=outcome.error or ""))
+            if self.logger is not None:  # one WARNING line per failed document, with its stage and reason
+                self.logger.warning("failed %s at %s: %s", outcome.path, stage, outcome.error)
         self.done += 1
         if self.artifact is not None:
-            self.artifact.update(self.done, final=self.done == self.total)
+            self.artifact.update(self.done, counts.failed, final=self.done == self.total)
         progress.emit(progress.ProgressEvent(self.done, self.total, outcome.path, outcome.status.value))
 
 
@@ -276,7 +284,6 @@ class _Writer:
             with self._lock:
                 self.records.append(manifest_record(p, self.profile, previous, DocumentStatus.FAILURE, p.stage,
                                                     p.error))
-            self.logger.warning("failed %s at %s: %s", p.document.path, p.stage.value if p.stage else "?", p.error)
         elif p.stage in (Stage.CHUNK, Stage.DISCOVER) or previous is None:
             # Skipped after reading it (empty, or a format this installation cannot read): recorded, so the next run
             # finds it unchanged instead of parsing it again (a changed fingerprint, e.g. OCR installed, re-checks it).
@@ -603,6 +610,10 @@ def ingest_documents(
     logger.info("done in %.1fs: %d seen, %d new, %d changed, %d unchanged, %d deleted, %d skipped, %d failed; "
                 "%d chunks upserted, %d deleted", result.duration_s, d.seen, d.new, d.changed, d.unchanged, d.deleted,
                 d.skipped, d.failed, result.chunks.upserted, result.chunks.deleted)
+    if late := sum(o.status is DocumentStatus.SKIPPED and o.stage is not Stage.DISCOVER for o in result.outcomes):
+        logger.info("%d of the documents the plan counted as new or changed %s skipped after reading (empty, or "
+                    "content this installation cannot read): the plan cannot know that before parsing", late,
+                    "was" if late == 1 else "were")
     if result.aborted:
         raise CircuitBreakerOpen(result.aborted, result)
     return result
@@ -746,8 +757,8 @@ def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation
     plan = make_plan(src.uri, list(src.iter_documents()), known, profile, options)
     counts = plan.counts()
     logger.info("plan: %s", ", ".join(f"{v} {k}" for k, v in counts.items()))
-    run = _Run(collection, src.uri, len(plan.documents))
-    run.artifact = _ProgressArtifact(collection, len(plan.documents))
+    run = _Run(collection, src.uri, len(plan.documents), logger)
+    run.artifact = _ProgressArtifact(collection, len(plan.documents), str(flow_run.get_id() or ""))
     run.result.mode = options.mode.value
     run.result.flow_run_id = str(flow_run.get_id() or "")
     metrics = metrics or RunMetrics(collection, src.uri)
@@ -850,7 +861,10 @@ def _take(future: PrefectFuture, writer: _BackgroundWriter, run: _Run, options: 
         result = future.result()
     except PrepareFailed as failed:  # a document's own failure (the task run shows Failed in the UI)
         result = failed.prepared
+    cached = future.state.name == "Cached"  # parsed by an earlier run: this run did none of that work
     for prepared in result if isinstance(result, list) else [result]:
+        if cached:
+            prepared.timings = {}  # stage seconds count work done in this run
         if prepared.status in (DocumentStatus.SUCCESS, DocumentStatus.FAILURE):
             run.taken += 1
             run.taken_failed += prepared.status is DocumentStatus.FAILURE
@@ -864,20 +878,33 @@ def _take(future: PrefectFuture, writer: _BackgroundWriter, run: _Run, options: 
 TABLE_ROWS = 1000  # per-document rows in the outcomes table artifact (failures come first, so none is cut)
 
 
+_PROGRESS_ARTIFACTS: dict[str, object] = {}  # flow run id -> its progress artifact: a retried run reuses it
+
+
 class _ProgressArtifact:
-    """A Prefect progress artifact for the run, updated as documents finish (at most once a second)."""
+    """The flow run's Prefect progress artifact ("37 of 60 documents, 2 failed"), updated as documents finish (at most
+    once a second); one per flow run, also when Prefect retries the run."""
 
-    def __init__(self, collection: str, total: int) -> None:
-        self.total, self.id, self.last = total, None, 0.0
+    def __init__(self, collection: str, total: int, flow_run_id: str = "") -> None:
+        self.collection, self.total, self.last = collection, total, 0.0
+        self.id = _PROGRESS_ARTIFACTS.get(flow_run_id) if flow_run_id else None
         try:
-            from prefect.artifacts import create_progress_artifact
+            from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-            self.id = create_progress_artifact(progress=0.0, key=_artifact_key(collection, "progress"),
-                                               description=f"Documents done of {total} ({collection})")
+            if self.id is None:
+                self.id = create_progress_artifact(progress=0.0, key=_artifact_key(collection, "progress"),
+                                                   description=self._describe(0, 0))
+                if flow_run_id:
+                    _PROGRESS_ARTIFACTS[flow_run_id] = self.id
+            else:  # a retry of the same flow run starts its count again on the same artifact
+                update_progress_artifact(self.id, progress=0.0, description=self._describe(0, 0))
         except Exception as exc:  # noqa: BLE001 - reporting must never fail a sync
             get_run_logger().warning("could not create the progress artifact: %s", exc)
 
-    def update(self, done: int, final: bool = False) -> None:
+    def _describe(self, done: int, failed: int) -> str:
+        return f"{done:,} of {self.total:,} documents, {failed:,} failed ({self.collection})"
+
+    def update(self, done: int, failed: int = 0, final: bool = False) -> None:
         now = time.monotonic()
         if self.id is None or (not final and now - self.last < 1.0):
             return
@@ -885,7 +912,8 @@ class _ProgressArtifact:
         try:
             from prefect.artifacts import update_progress_artifact
 
-            update_progress_artifact(self.id, progress=100.0 * done / self.total if self.total else 100.0)
+            update_progress_artifact(self.id, progress=100.0 * done / self.total if self.total else 100.0,
+                                     description=self._describe(done, failed))
         except Exception:  # noqa: BLE001
             self.id = None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prefect.tasks import exponential_backoff
 
 from docingest.exceptions import EmbedError, StoreError
@@ -21,3 +23,24 @@ def retry_transient(task, task_run, state) -> bool:
 
 
 RETRY_DELAYS = exponential_backoff(backoff_factor=1)
+
+# Tags on every stage task, so an operator can cap a stage across every run on a server with Prefect's own limits,
+# e.g. `prefect concurrency-limit create docingest-parse 2` (one GPU, a rate-limited embedding service).
+TAG = "docingest"
+PARSE_TAGS = [TAG, "docingest-parse"]
+EMBED_TAGS = [TAG, "docingest-embed"]
+STORE_TAGS = [TAG, "docingest-store"]
+
+
+def run_name(template: Callable[[dict], str]) -> Callable[[], str]:
+    """A task_run_name made from the run's parameters, e.g. ``upsert 1,024 points`` (readable in the Prefect UI)."""
+
+    def name() -> str:
+        from prefect.runtime import task_run
+
+        try:
+            return template(task_run.parameters)
+        except Exception:  # noqa: BLE001 - a name must never fail a task
+            return task_run.task_name or "task"
+
+    return name

@@ -6,12 +6,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from docingest.core.embed import LoadedModel, embed_texts
-from docingest.tasks.common import RETRY_DELAYS, retry_transient
+from docingest.tasks.common import EMBED_TAGS, RETRY_DELAYS, retry_transient, run_name
 
 
 @task(
-    name="embed-batch",
-    task_run_name="embed-batch {n_docs} docs",
+    name="embed",
+    task_run_name=run_name(lambda p: f"embed {len(p['texts']):,} chunks of {p['n_docs']:,} documents"),
+    tags=EMBED_TAGS,
     retries=2,
     retry_delay_seconds=RETRY_DELAYS,
     retry_jitter_factor=0.5,

@@ -16,6 +16,7 @@ from docingest.core.plan import Profile
 from docingest.core.sources import Source
 from docingest.datamodel import ChangeKind, DocumentStatus, PreparedDocument, SourceDocument
 from docingest.options import IngestOptions
+from docingest.tasks.common import PARSE_TAGS
 
 
 @lru_cache(maxsize=1)
@@ -25,7 +26,7 @@ def code_version() -> str:
 
     core = Path(__file__).resolve().parents[1] / "core"
     digest = hashlib.sha256(f"{__version__}/{__version_schema__}".encode())
-    for name in ("parse.py", "chunk.py", "pipeline.py", "worker.py"):
+    for name in ("parse.py", "ocr.py", "chunk.py", "pipeline.py", "worker.py"):
         digest.update((core / name).read_bytes())
     return digest.hexdigest()[:12]
 
@@ -70,6 +71,7 @@ class PrepareFailed(Exception):  # noqa: N818 - a task outcome, not an error of 
 @task(
     name="parse-and-chunk",
     task_run_name="parse-and-chunk {doc.path}",
+    tags=PARSE_TAGS,
     cache_key_fn=prepare_cache_key,
     cache_expiration=timedelta(days=7),
     persist_result=True,
@@ -97,6 +99,7 @@ def prepare_document_task(
 @task(
     name="parse-and-chunk-batch",
     task_run_name="parse-and-chunk-batch {label}",
+    tags=PARSE_TAGS,
     cache_key_fn=prepare_batch_cache_key,
     cache_expiration=timedelta(days=7),
     persist_result=True,

@@ -9,31 +9,35 @@ from prefect.cache_policies import NO_CACHE
 
 from docingest.core.store import QdrantLocation, QdrantStore
 from docingest.datamodel import ManifestRecord
-from docingest.tasks.common import RETRY_DELAYS, retry_transient
+from docingest.tasks.common import RETRY_DELAYS, STORE_TAGS, retry_transient, run_name
 
-_store_task = task(
-    retries=3,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_transient,
-    cache_policy=NO_CACHE,
-)
+def _store_task(name: str, describe):
+    return task(
+        name=name,
+        task_run_name=run_name(describe),
+        tags=STORE_TAGS,
+        retries=3,
+        retry_delay_seconds=RETRY_DELAYS,
+        retry_jitter_factor=0.5,
+        retry_condition_fn=retry_transient,
+        cache_policy=NO_CACHE,
+    )
 
 
-@_store_task
+@_store_task("ensure-collection", lambda p: f"ensure collection {p['collection']}")
 def ensure_collection_task(location: QdrantLocation, collection: str, dimension: int) -> str:
     """Create the collection (behind its alias) with the model's dimension and cosine distance, or check it fits;
     returns the physical collection the run writes to."""
     return QdrantStore(location).ensure_collection(collection, dimension)
 
 
-@_store_task
+@_store_task("upsert", lambda p: f"upsert {len(p['points']):,} points")
 def upsert_points_task(location: QdrantLocation, collection: str, points: list[dict[str, Any]], batch_size: int) -> int:
     """Write the new versions' points (ids are deterministic, so a retry overwrites, never duplicates)."""
     return QdrantStore(location).upsert(collection, points, batch_size)
 
 
-@_store_task
+@_store_task("finalize", lambda p: f"finalize {len(p['records']):,} documents")
 def finalize_documents_task(
     location: QdrantLocation, collection: str, replace: list[tuple[str, str | None]], records: list[ManifestRecord]
 ) -> int:
@@ -50,7 +54,7 @@ def finalize_documents_task(
     return deleted
 
 
-@_store_task
+@_store_task("delete-documents", lambda p: f"delete {len(p['records']):,} documents")
 def delete_documents_task(location: QdrantLocation, collection: str, records: list[ManifestRecord]) -> int:
     """Full sync: remove documents that vanished from the source (all their points, then their manifest records)."""
     from docingest.core import faults

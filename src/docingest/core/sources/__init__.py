@@ -1,6 +1,6 @@
 """Document sources: where documents are listed and read from."""
 
-from docingest.core.sources.base import Source, open_source, open_source_block
+from docingest.core.sources.base import Source, open_source
 from docingest.core.sources.local import LocalFolderSource
 
-__all__ = ["LocalFolderSource", "Source", "open_source", "open_source_block"]
+__all__ = ["LocalFolderSource", "Source", "open_source"]

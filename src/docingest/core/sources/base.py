@@ -49,23 +49,3 @@ def open_source(source: str, options: SourceOptions | None = None, settings=None
         raise ConfigurationError(f"unsupported source scheme {scheme!r}: use a folder, file://, s3:// or a git URL")
     path = Path(source.removeprefix("file://")).expanduser()
     return LocalFolderSource(path, options)
-
-
-def open_source_block(name: str, options: SourceOptions | None = None) -> Source:
-    """Open a saved source block by name (``NAME`` or ``<block-type-slug>/NAME``)."""
-    from docingest.blocks import GitRepositorySource, S3BucketSource
-
-    if "/" in name:
-        from prefect.blocks.core import Block
-
-        block = Block.load(name)
-        if not hasattr(block, "open"):
-            raise ConfigurationError(f"block {name!r} is not a docingest source block")
-        return block.open(options)
-    for kind in (S3BucketSource, GitRepositorySource):
-        try:
-            block = kind.load(name)
-        except ValueError:
-            continue
-        return block.open(options)
-    raise ConfigurationError(f"no docingest source block named {name!r} (save an S3BucketSource or GitRepositorySource)")

@@ -1,0 +1,60 @@
+"""Stage tasks carry tags, so Prefect's own concurrency limits cap a stage across every run on a server."""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import pytest
+
+from docingest.flows.ingest import ingest_documents
+from docingest.options import IngestOptions
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_a_parse_limit_of_one_holds_across_two_runs_started_together(prefect_server, home, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    folders = []
+    for name in ("one", "two"):
+        folder = tmp_path / name
+        folder.mkdir()
+        for n in range(3):
+            (folder / f"{name}-{n}.md").write_text(f"# {name} {n}\n\nDocument {n} of folder {name}.\n")
+        folders.append(folder)
+    options = IngestOptions.model_validate({"docs_per_task": 1, "parse": {"isolation": "none"}})
+    results: dict[str, object] = {}
+
+    def run(folder) -> None:
+        try:
+            results[folder.name] = ingest_documents(source=str(folder), collection=f"limit-{folder.name}",
+                                                    options=options)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            results[folder.name] = exc
+
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag="docingest-parse", concurrency_limit=1)
+        try:
+            threads = [threading.Thread(target=run, args=(folder,)) for folder in folders]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=300)
+            ids = [str(r.flow_run_id) for r in results.values() if hasattr(r, "flow_run_id")]
+            assert len(ids) == 2, results
+            assert all(r.documents.new == 3 and r.documents.failed == 0 for r in results.values())
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+        finally:
+            client.delete_concurrency_limit_by_tag("docingest-parse")
+    parses = sorted((r.start_time, r.end_time, r.name) for r in runs if "docingest-parse" in r.tags)
+    assert len(parses) == 6 and all(start and end for start, end, _ in parses)
+    for (_, end, first), (start, _, second) in zip(parses, parses[1:]):
+        assert start >= end, f"{second} started before {first} ended"
+    names = {r.name for r in runs}
+    assert "ensure collection limit-one" in names and "embed 3 chunks of 3 documents" in names or any(
+        re.fullmatch(r"embed \d chunks of \d documents", n) for n in names), names
+    assert any(re.fullmatch(r"upsert \d points", n) for n in names), names
+    assert any(re.fullmatch(r"finalize \d documents", n) for n in names), names
+    assert all({"docingest", "docingest-store"} <= set(r.tags) for r in runs if r.name.startswith("upsert"))
