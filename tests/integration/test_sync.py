@@ -223,3 +223,17 @@ def test_run_summary_artifacts(prefect_server, home, tmp_path):
         ("bad.docx", "failure", "parse"), ("a.md", "success", "")]  # failures first
     assert progress and progress[0].type == "progress" and float(progress[0].data) == 100.0
     close_clients()
+
+
+def test_a_held_scope_lock_times_out_with_one_line(tmp_path):
+    from types import SimpleNamespace
+
+    from docingest.flows.ingest import scope_lock
+
+    settings = SimpleNamespace(home=tmp_path, lock_timeout_s=0.3)
+    with scope_lock("kb", "file:///docs", settings):
+        with pytest.raises(TimeoutError, match="another run holds 'kb' / file:///docs"):
+            with scope_lock("kb", "file:///docs", settings):
+                pass
+    with scope_lock("kb", "file:///docs", settings):  # released: taken again at once
+        pass

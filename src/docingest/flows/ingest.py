@@ -723,25 +723,22 @@ def _server_limit(collection: str, scope: str, settings):
 
 @contextmanager
 def scope_lock(collection: str, scope: str, settings):
-    """An exclusive flock on ``<home>/locks/<collection>-<scope hash>.lock``; waits for a run holding it."""
-    import fcntl
+    """An exclusive file lock on ``<home>/locks/<collection>-<scope hash>.lock`` (filelock); waits for a run holding
+    it, up to ``lock_timeout_s`` (forever when unset), then raises TimeoutError."""
+    from filelock import FileLock
+    from filelock import Timeout as LockTimeout
 
     folder = settings.home / "locks"
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{_scope_name(collection, scope)}.lock", "w") as fh:
-        deadline = None if settings.lock_timeout_s is None else time.monotonic() + settings.lock_timeout_s
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"another run holds {collection!r} / {scope}") from None
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    lock = FileLock(folder / f"{_scope_name(collection, scope)}.lock", thread_local=False)
+    try:
+        lock.acquire(timeout=-1 if settings.lock_timeout_s is None else settings.lock_timeout_s, poll_interval=0.2)
+    except LockTimeout:
+        raise TimeoutError(f"another run holds {collection!r} / {scope}") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation, model, profile: Profile,
