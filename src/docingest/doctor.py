@@ -46,7 +46,7 @@ def _qdrant(qdrant_url: str | None, qdrant_path: str | None) -> str:
 
     location = resolve_location(QdrantTarget(url=qdrant_url, path=qdrant_path))
     try:
-        collections = QdrantStore(location).client.get_collections().collections
+        collections = QdrantStore(location).list_collections()
     except Exception as exc:  # noqa: BLE001
         raise RuntimeError(f"{location.describe()}: {exc}") from None
     return f"{location.describe()}: {len(collections)} collections"

@@ -46,6 +46,18 @@ class EarlyServer:
         return f"http://127.0.0.1:{self.port}/api"
 
 
+def temporary_servers() -> list:
+    """The temporary Prefect API servers this process started (Prefect's ``SubprocessASGIServer`` instances).
+
+    Prefect has no public way to list them; this is the one place that reads its private registry, and
+    tests/unit/test_ephemeral.py fails loudly if Prefect renames or retypes it. Empty when Prefect's server package
+    was never imported (then no server was started)."""
+    server_module = sys.modules.get("prefect.server.api.server")
+    if server_module is None:
+        return []
+    return list(server_module.SubprocessASGIServer._instances.values())
+
+
 def start_early() -> EarlyServer | None:
     """Launch Prefect's temporary server now when a run will need it (no PREFECT_API_URL); None otherwise."""
     if "prefect" not in sys.modules and (early := _start_before_prefect()) is not None:
@@ -56,8 +68,7 @@ def start_early() -> EarlyServer | None:
 
         if PREFECT_API_URL.value() or not get_current_settings().server.ephemeral.enabled:
             return None
-        if (server_module := sys.modules.get("prefect.server.api.server")) is not None and any(
-                s.running for s in server_module.SubprocessASGIServer._instances.values()):
+        if any(s.running for s in temporary_servers()):
             return None  # this process already has one (the Python API or tests running several commands)
         port = _free_port()
         env = {**os.environ, **_SERVER_ENV, **get_current_settings().to_environment_variables(exclude_unset=True)}

@@ -270,12 +270,11 @@ def evaluate(
     from docingest.core.embed import embed_texts, load_model
     from docingest.core.store import QdrantStore
     from docingest.flows.ingest import QdrantTarget, resolve_location
-    from docingest.retrieval import collection_model
     from docingest.settings import get_settings
 
     store = QdrantStore(resolve_location(QdrantTarget(url=qdrant_url, path=qdrant_path)))
     store.require_collection(collection)
-    recorded, backend = collection_model(store, collection)
+    recorded, backend = store.collection_model(collection)
     settings = get_settings()
     name = recorded or settings.embed_model
 
@@ -285,10 +284,7 @@ def evaluate(
         loaded = load_model(name, settings.embed_device, backend)
         vectors = embed_texts(loaded, [queries[qid] for qid in evaluated])
         for qid, vector in zip(evaluated, vectors, strict=True):
-            response = store._call(
-                "search", store.client.query_points, collection, query=vector.tolist(), limit=candidates, with_payload=True
-            )
-            hits = [(float(p.score), p.payload or {}) for p in response.points]
+            hits = store.query(collection, vector.tolist(), candidates)
             rankings[qid] = rank_documents(hits, match, k)
     return build_report(collection, queries, qrels, rankings, k, match, model=name)
 

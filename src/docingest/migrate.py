@@ -38,7 +38,7 @@ class MigrationResult(BaseModel):
 
 def next_version(store: QdrantStore, collection: str) -> str:
     """``<collection>__v<N+1>`` for the highest N among existing collections."""
-    names = [c.name for c in store._call("list collections", store.client.get_collections).collections]
+    names = store.list_collections()
     pattern = re.compile(rf"^{re.escape(collection)}__v(\d+)$")
     versions = [int(m.group(1)) for n in names if (m := pattern.match(n))]
     return f"{collection}__v{max(versions, default=1) + 1}"

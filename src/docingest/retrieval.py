@@ -11,10 +11,7 @@ from docingest.settings import get_settings
 
 def collection_model(store: QdrantStore, collection: str) -> tuple[str | None, str]:
     """The embedding model and backend recorded in the collection's points, if any."""
-    points, _ = store._call("read", store.client.scroll, collection, limit=1,
-                            with_payload=["model", "model_backend"])
-    payload = (points[0].payload or {}) if points else {}
-    return payload.get("model"), payload.get("model_backend") or "torch"
+    return store.collection_model(collection)
 
 
 def search(

@@ -61,15 +61,10 @@ def cli(args: list[str], qdrant: Path, tmp_path: Path, fault: str | None = None)
 
 def snapshot(store: QdrantStore, collection: str) -> dict:
     """Point id -> payload (without the write timestamp) and vector; the manifest's versions and statuses."""
-    points, offset = {}, None
-    while True:
-        batch, offset = store.client.scroll(collection, limit=1000, offset=offset, with_payload=True,
-                                            with_vectors=True)
-        for p in batch:
-            payload = {k: v for k, v in p.payload.items() if k != "ingested_at"}
-            points[str(p.id)] = {"payload": payload, "vector": [round(x, 5) for x in p.vector]}
-        if offset is None:
-            break
+    points = {}
+    for p in store.points(collection, with_vectors=True):
+        payload = {k: v for k, v in p["payload"].items() if k != "ingested_at"}
+        points[p["id"]] = {"payload": payload, "vector": [round(x, 5) for x in p["vector"]]}
     scope = next(iter(points.values()))["payload"]["source_uri"]
     manifest = {r.path: (r.version, r.status.value, r.chunks) for r in store.manifest(collection, scope).values()}
     return {"points": points, "manifest": manifest}

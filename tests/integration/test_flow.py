@@ -38,12 +38,7 @@ SLICE = [
 
 
 def all_points(store: QdrantStore, collection: str) -> dict[str, dict]:
-    points, offset, out = [], None, {}
-    while True:
-        points, offset = store.client.scroll(collection, limit=1000, offset=offset, with_payload=True)
-        out.update({str(p.id): p.payload for p in points})
-        if offset is None:
-            return out
+    return {p["id"]: p["payload"] for p in store.points(collection)}
 
 
 @pytest.fixture

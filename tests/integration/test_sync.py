@@ -21,12 +21,7 @@ runner = CliRunner()
 
 def points(home, collection) -> dict[str, dict]:
     store = QdrantStore(QdrantLocation(path=home / "qdrant"))
-    out, offset = {}, None
-    while True:
-        batch, offset = store.client.scroll(collection, limit=1000, offset=offset, with_payload=True)
-        out.update({str(p.id): p.payload for p in batch})
-        if offset is None:
-            return out
+    return {p["id"]: p["payload"] for p in store.points(collection)}
 
 
 def write_docs(folder, docs: dict[str, str]):

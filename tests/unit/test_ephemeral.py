@@ -66,3 +66,15 @@ def test_profile_chosen_by_the_environment(home):
         'active = "plain"\n[profiles.plain]\n[profiles.remote]\nPREFECT_API_URL = "http://127.0.0.1:4200/api"\n')
     assert not prefect_configured_elsewhere(env_for(home), home / "work")
     assert prefect_configured_elsewhere(env_for(home, PREFECT_PROFILE="remote"), home / "work")
+
+
+def test_prefects_private_server_registry_is_still_where_docingest_reads_it():
+    """docingest.ephemeral.temporary_servers reads Prefect's private SubprocessASGIServer._instances (no public way
+    exists): if a Prefect upgrade renames or retypes it, this fails here, not silently in the service's shutdown."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    from docingest.ephemeral import temporary_servers
+
+    assert isinstance(SubprocessASGIServer._instances, dict)
+    assert temporary_servers() == list(SubprocessASGIServer._instances.values())
+    assert all(hasattr(s, "running") and callable(s.stop) for s in temporary_servers())

@@ -46,8 +46,8 @@ def test_json_contract_has_exactly_the_documented_keys():
                          "aborted", "duration_s", "stage_seconds", "flow_run_id"}
     assert set(data["documents"]) == {"seen", "new", "changed", "unchanged", "deleted", "failed", "skipped"}
     assert set(data["chunks"]) == {"embedded", "upserted", "deleted"}
-    assert data["failures"] == [{"source": "s", "stage": "parse", "error": "e"}]
-    assert data["skipped"] == [{"source": "s2", "reason": "r"}]
+    assert data["failures"] == [{"source": "s", "path": "", "stage": "parse", "error": "e"}]
+    assert data["skipped"] == [{"source": "s2", "path": "", "reason": "r"}]
     assert data["duration_s"] == 1.235
 
 

@@ -27,6 +27,9 @@ class Profile:
     fingerprint: str
     format_fingerprints: tuple[tuple[str, str], ...] = ()  # extension -> fingerprint, for parser plugins' formats
     ocr_fingerprint: str | None = None  # for the kinds OCR can touch (images, PDFs); None: the same as the others
+    # Fingerprints that mean the same output for documents OCR cannot touch: before OCR counted only for images and
+    # PDFs, every document's fingerprint held whether Tesseract was installed. Accepted, so nothing re-embeds.
+    legacy_fingerprints: tuple[str, ...] = ()
 
     def fingerprint_for(self, path: str) -> str:
         """The fingerprint of one document: a parser plugin's name and version count for its formats only, and the
@@ -38,6 +41,11 @@ class Profile:
         if self.ocr_fingerprint is not None and ext in OCR_EXTENSIONS:
             return self.ocr_fingerprint
         return self.fingerprint
+
+    def current(self, path: str, recorded: str) -> bool:
+        """Whether a manifest's fingerprint still describes what this profile would produce for the document."""
+        return recorded == self.fingerprint_for(path) or (
+            recorded in self.legacy_fingerprints and self.fingerprint_for(path) == self.fingerprint)
 
 
 def resolve_profile(options: IngestOptions, model: ModelInfo) -> Profile:
@@ -68,15 +76,18 @@ def resolve_profile(options: IngestOptions, model: ModelInfo) -> Profile:
     # Without OCR images are skipped and PDFs keep their text layer, as before: the same fingerprint as the rest.
     ocr_parts = {**parts, "ocr": options.parse.ocr.value, "ocr_lang": options.parse.ocr_lang,
                  "ocr_pdf_pages": True, "ocr_dpi": options.parse.ocr_dpi} if ocr else None
+    legacy = tuple(sorted({fingerprint({**parts, "ocr": True, "ocr_lang": options.parse.ocr_lang})} - {
+        fingerprint(parts)}))
     return Profile(pdf_mode=pdf_mode, ocr=ocr, max_tokens=max_tokens, model=model, fingerprint=fingerprint(parts),
-                   format_fingerprints=formats, ocr_fingerprint=fingerprint(ocr_parts) if ocr_parts else None)
+                   format_fingerprints=formats, ocr_fingerprint=fingerprint(ocr_parts) if ocr_parts else None,
+                   legacy_fingerprints=legacy)
 
 
 def classify(doc: SourceDocument, known: ManifestRecord | None, profile: Profile) -> ChangeKind:
     """new / changed / unchanged. A document is unchanged only if its bytes and the fingerprint match a finished record."""
     if known is None:
         return ChangeKind.NEW
-    same = known.content_hash == doc.content_hash and known.fingerprint == profile.fingerprint_for(doc.path)
+    same = known.content_hash == doc.content_hash and profile.current(doc.path, known.fingerprint)
     finished = known.status in (DocumentStatus.SUCCESS, DocumentStatus.UNCHANGED, DocumentStatus.SKIPPED)
     return ChangeKind.UNCHANGED if same and finished else ChangeKind.CHANGED
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,7 +101,7 @@ class QdrantStore:
 
     def __init__(self, location: QdrantLocation) -> None:
         self.location = location
-        self.client = get_client(location)
+        self._client = get_client(location)
         self._lock = _client_lock(location)
         self.is_local = not location.url
 
@@ -121,7 +122,7 @@ class QdrantStore:
 
     def aliases(self) -> dict[str, str]:
         """Alias -> the collection it points at."""
-        response = self._call("read aliases", self.client.get_aliases)
+        response = self._call("read aliases", self._client.get_aliases)
         return {a.alias_name: a.collection_name for a in response.aliases}
 
     def resolve(self, name: str) -> str:
@@ -130,7 +131,7 @@ class QdrantStore:
 
     def collection_exists(self, collection: str) -> bool:
         """Whether a collection or an alias of that name exists."""
-        return bool(self._call("check collection", self.client.collection_exists, self.resolve(collection)))
+        return bool(self._call("check collection", self._client.collection_exists, self.resolve(collection)))
 
     def ensure_collection(self, collection: str, dimension: int, alias: bool = True) -> str:
         """The physical collection behind ``collection``, created when missing: ``<name>__v1`` (cosine, the model's
@@ -141,8 +142,8 @@ class QdrantStore:
         if not collection or any(c in collection for c in "/\\ ") or collection.endswith(MANIFEST_SUFFIX):
             raise ConfigurationError(f"invalid collection name: {collection!r}")
         physical = self.resolve(collection)
-        if self._call("check collection", self.client.collection_exists, physical):
-            info = self._call("read collection", self.client.get_collection, physical)
+        if self._call("check collection", self._client.collection_exists, physical):
+            info = self._call("read collection", self._client.get_collection, physical)
             vectors = info.config.params.vectors
             size = getattr(vectors, "size", None)
             if size is not None and size != dimension:
@@ -154,7 +155,7 @@ class QdrantStore:
             physical = f"{collection}__v1" if alias else collection
             self._call(
                 "create collection",
-                self.client.create_collection,
+                self._client.create_collection,
                 physical,
                 vectors_config=models.VectorParams(size=dimension, distance=models.Distance.COSINE),
             )
@@ -173,13 +174,13 @@ class QdrantStore:
             ops.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
         ops.append(models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=target,
                                                                                alias_name=alias)))
-        self._call("switch alias", self.client.update_collection_aliases, change_aliases_operations=ops)
+        self._call("switch alias", self._client.update_collection_aliases, change_aliases_operations=ops)
 
     def drop_collection(self, physical: str) -> None:
         """Delete a physical collection and its manifest."""
         for name in (physical, self.manifest_name(physical)):
-            if self._call("check collection", self.client.collection_exists, name):
-                self._call("delete collection", self.client.delete_collection, name)
+            if self._call("check collection", self._client.collection_exists, name):
+                self._call("delete collection", self._client.delete_collection, name)
 
     def _ensure_manifest(self, physical: str) -> None:
         from qdrant_client import models
@@ -188,7 +189,7 @@ class QdrantStore:
         if not self.collection_exists(manifest):
             self._call(
                 "create manifest",
-                self.client.create_collection,
+                self._client.create_collection,
                 manifest,
                 vectors_config=models.VectorParams(size=1, distance=models.Distance.DOT),
             )
@@ -202,7 +203,7 @@ class QdrantStore:
         for field in PAYLOAD_INDEXES:
             self._call(
                 "create index",
-                self.client.create_payload_index,
+                self._client.create_payload_index,
                 collection,
                 field_name=field,
                 field_schema=models.PayloadSchemaType.KEYWORD,
@@ -213,7 +214,7 @@ class QdrantStore:
         found: set[str] = set()
         offset = None
         while True:
-            points, offset = self._call("read manifest", self.client.scroll, self.manifest_name(collection),
+            points, offset = self._call("read manifest", self._client.scroll, self.manifest_name(collection),
                                         limit=1000, offset=offset, with_payload=["source_uri"], with_vectors=False)
             found.update(p.payload["source_uri"] for p in points if p.payload and p.payload.get("source_uri"))
             if offset is None:
@@ -233,7 +234,7 @@ class QdrantStore:
         while True:
             points, offset = self._call(
                 "read manifest",
-                self.client.scroll,
+                self._client.scroll,
                 self.manifest_name(collection),
                 scroll_filter=flt,
                 limit=1000,
@@ -253,13 +254,13 @@ class QdrantStore:
         if not records:
             return
         points = [models.PointStruct(id=r.doc_id, vector=[1.0], payload=r.model_dump(mode="json")) for r in records]
-        self._call("write manifest", self.client.upsert, self.manifest_name(collection), points=points, wait=True)
+        self._call("write manifest", self._client.upsert, self.manifest_name(collection), points=points, wait=True)
 
     def delete_manifest(self, collection: str, doc_ids: list[str]) -> None:
         from qdrant_client import models
 
         if doc_ids:
-            self._call("delete manifest", self.client.delete, self.manifest_name(collection),
+            self._call("delete manifest", self._client.delete, self.manifest_name(collection),
                        points_selector=models.PointIdsList(points=doc_ids), wait=True)
 
     def upsert(self, collection: str, points: list[dict[str, Any]], batch_size: int = 256) -> int:
@@ -271,7 +272,7 @@ class QdrantStore:
                 models.PointStruct(id=p["id"], vector=_as_list(p["vector"]), payload=p["payload"])
                 for p in points[start : start + batch_size]
             ]
-            self._call("upsert", self.client.upsert, collection, points=batch, wait=True)
+            self._call("upsert", self._client.upsert, collection, points=batch, wait=True)
         return len(points)
 
     def delete_other_versions(self, collection: str, doc_id: str, keep_version: str | None) -> int:
@@ -284,10 +285,10 @@ class QdrantStore:
         flt = models.Filter(
             must=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))], must_not=must_not
         )
-        count = self._call("count", self.client.count, collection, count_filter=flt, exact=True).count
+        count = self._call("count", self._client.count, collection, count_filter=flt, exact=True).count
         if count:
             self._call(
-                "delete", self.client.delete, collection, points_selector=models.FilterSelector(filter=flt), wait=True
+                "delete", self._client.delete, collection, points_selector=models.FilterSelector(filter=flt), wait=True
             )
         return int(count)
 
@@ -306,7 +307,7 @@ class QdrantStore:
             flt = models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchAny(any=ids))])
             offset = None
             while True:
-                points, offset = self._call("scroll", self.client.scroll, collection, scroll_filter=flt, limit=1000,
+                points, offset = self._call("scroll", self._client.scroll, collection, scroll_filter=flt, limit=1000,
                                             offset=offset, with_payload=["doc_id", "version"], with_vectors=False)
                 for point in points:
                     payload = point.payload or {}
@@ -316,30 +317,53 @@ class QdrantStore:
                 if offset is None:
                     break
         for start in range(0, len(stale), 1000):
-            self._call("delete", self.client.delete, collection,
+            self._call("delete", self._client.delete, collection,
                        points_selector=models.PointIdsList(points=stale[start : start + 1000]), wait=True)
         return len(stale)
 
+    def list_collections(self) -> list[str]:
+        """Every collection's name (physical names; aliases are in :meth:`aliases`)."""
+        return sorted(c.name for c in self._call("list collections", self._client.get_collections).collections)
+
+    def collection_model(self, collection: str) -> tuple[str | None, str]:
+        """The embedding model and backend recorded in the collection's points, if any."""
+        points, _ = self._call("read", self._client.scroll, collection, limit=1,
+                               with_payload=["model", "model_backend"])
+        payload = (points[0].payload or {}) if points else {}
+        return payload.get("model"), payload.get("model_backend") or "torch"
+
+    def points(self, collection: str, with_vectors: bool = False, page: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every point of a collection, ``{"id", "payload", "vector"}``, read a page at a time (constant memory)."""
+        offset = None
+        while True:
+            batch, offset = self._call("scroll", self._client.scroll, collection, limit=page, offset=offset,
+                                       with_payload=True, with_vectors=with_vectors)
+            for point in batch:
+                yield {"id": str(point.id), "payload": point.payload or {},
+                       "vector": point.vector if with_vectors else None}
+            if offset is None:
+                return
+
+    def query(self, collection: str, vector: list[float], limit: int = 5) -> list[tuple[float, dict[str, Any]]]:
+        """The ``limit`` nearest points: (score, payload) pairs, best first."""
+        response = self._call("search", self._client.query_points, collection, query=vector, limit=limit,
+                              with_payload=True)
+        return [(float(point.score), point.payload or {}) for point in response.points]
+
     def count(self, collection: str) -> int:
-        return int(self._call("count", self.client.count, collection, exact=True).count)
+        return int(self._call("count", self._client.count, collection, exact=True).count)
 
     def search(self, collection: str, vector: list[float], limit: int = 5) -> list[SearchHit]:
         self.require_collection(collection)
-        response = self._call(
-            "search", self.client.query_points, collection, query=vector, limit=limit, with_payload=True
-        )
-        hits = []
-        for point in response.points:
-            payload = point.payload or {}
-            hits.append(
-                SearchHit(
-                    score=float(point.score),
-                    source=payload.get("uri") or payload.get("source_uri", ""),
-                    path=payload.get("path", ""),
-                    chunk_index=int(payload.get("chunk_index", 0)),
-                    text=payload.get("text", ""),
-                    headings=list(payload.get("headings") or []),
-                    pages=list(payload.get("pages") or []),
-                )
+        return [
+            SearchHit(
+                score=score,
+                source=payload.get("uri") or payload.get("source_uri", ""),
+                path=payload.get("path", ""),
+                chunk_index=int(payload.get("chunk_index", 0)),
+                text=payload.get("text", ""),
+                headings=list(payload.get("headings") or []),
+                pages=list(payload.get("pages") or []),
             )
-        return hits
+            for score, payload in self.query(collection, vector, limit)
+        ]

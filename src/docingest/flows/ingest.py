@@ -656,14 +656,13 @@ def adopt_collection_model(given: IngestOptions | None, options: IngestOptions, 
     """An existing collection keeps the model (and backend) it was built or migrated with, unless a model is given
     explicitly (options, an embedder block, or DOCINGEST_EMBED_MODEL): a sync after ``docingest migrate`` must not
     re-embed everything with the default model."""
-    from docingest.retrieval import collection_model
 
     if options.embed.model or embedder_block or "embed_model" in get_settings().model_fields_set:
         return
     store = QdrantStore(location)
     if not store.collection_exists(collection):
         return
-    name, backend = collection_model(store, store.resolve(collection))
+    name, backend = store.collection_model(store.resolve(collection))
     if name is None:
         return
     options.embed.model = name

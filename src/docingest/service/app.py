@@ -80,13 +80,10 @@ def _metrics():
 def _stop_temporary_prefect() -> None:
     """Stop Prefect's temporary API server if the jobs started one: uvicorn ends the process by re-raising SIGTERM,
     which skips the atexit hook that would otherwise stop it (it would outlive the service)."""
-    import sys
+    from docingest import ephemeral
 
-    if "prefect.server.api.server" in sys.modules:
-        from prefect.server.api.server import SubprocessASGIServer
-
-        for server in list(SubprocessASGIServer._instances.values()):
-            server.stop()
+    for server in ephemeral.temporary_servers():
+        server.stop()
 
 
 def create_app(settings: DocingestSettings | None = None) -> FastAPI:
@@ -195,7 +192,7 @@ def create_app(settings: DocingestSettings | None = None) -> FastAPI:
     def start_job(who: str, meta, document: str) -> dict:
         job = jobs.submit(who, meta.upload_id, meta.collection, document, meta.priority)
         meta.job_id = job.job_id
-        store._save(meta)
+        store.save(meta)
         metrics["uploads"].labels("completed").inc()
         return {"job_id": job.job_id, "upload_id": meta.upload_id, "document": job.document}
 

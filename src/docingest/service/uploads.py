@@ -351,7 +351,8 @@ class UploadStore:
         """The collection's upload source, as ``docingest ingest`` takes it."""
         return self.backend.source_uri(collection)
 
-    def _save(self, meta: UploadMeta) -> None:
+    def save(self, meta: UploadMeta) -> None:
+        """Store an upload's metadata (its job id, for one)."""
         self.backend.save(meta)
 
     def get(self, user: str, upload_id: str) -> UploadMeta:
