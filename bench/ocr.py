@@ -36,8 +36,9 @@ def main() -> int:
     parser.add_argument("--dpi", type=int, default=300, help="rendering resolution for OCR")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    from docingest.core import ocr
     from scans import scanned_pdf
+
+    from docingest.core import ocr
 
     if not ocr.tesseract_available():
         print("Tesseract is not installed (bash scripts/system-deps.sh ocr)", file=sys.stderr)

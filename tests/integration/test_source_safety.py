@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from support import git, git_origin
 
-from docingest.core.sources.local import OUTSIDE_REASON, LocalFolderSource
 from docingest.core.ids import sha256_file
+from docingest.core.sources.local import OUTSIDE_REASON, LocalFolderSource
 from docingest.core.store import QdrantLocation, QdrantStore
 from docingest.flows.ingest import ingest_documents
 from docingest.options import IngestOptions, SourceOptions

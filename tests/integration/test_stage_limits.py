@@ -50,7 +50,7 @@ def test_a_parse_limit_of_one_holds_across_two_runs_started_together(prefect_ser
             client.delete_concurrency_limit_by_tag("docingest-parse")
     parses = sorted((r.start_time, r.end_time, r.name) for r in runs if "docingest-parse" in r.tags)
     assert len(parses) == 6 and all(start and end for start, end, _ in parses)
-    for (_, end, first), (start, _, second) in zip(parses, parses[1:]):
+    for (_, end, first), (start, _, second) in zip(parses, parses[1:], strict=False):
         assert start >= end, f"{second} started before {first} ended"
     names = {r.name for r in runs}
     assert "ensure collection limit-one" in names and "embed 3 chunks of 3 documents" in names or any(

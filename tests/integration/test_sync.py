@@ -226,9 +226,8 @@ def test_a_held_scope_lock_times_out_with_one_line(tmp_path):
     from docingest.flows.ingest import scope_lock
 
     settings = SimpleNamespace(home=tmp_path, lock_timeout_s=0.3)
-    with scope_lock("kb", "file:///docs", settings):
-        with pytest.raises(TimeoutError, match="another run holds 'kb' / file:///docs"):
-            with scope_lock("kb", "file:///docs", settings):
-                pass
+    held = pytest.raises(TimeoutError, match="another run holds 'kb' / file:///docs")
+    with scope_lock("kb", "file:///docs", settings), held, scope_lock("kb", "file:///docs", settings):
+        pass
     with scope_lock("kb", "file:///docs", settings):  # released: taken again at once
         pass

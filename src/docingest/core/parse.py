@@ -277,9 +277,8 @@ def _ocr_pdf(native: DoclingDocument, path: Path, options: ParseOptions, parser:
              on_page: ocr.PageCallback | None) -> ParsedDocument:
     """The fast path's document with every page that has no usable text layer (every page, with --ocr force)
     replaced by what Tesseract reads on its rendering; pages with a good text layer keep it (no OCR time)."""
-    from docling_core.types.doc import DoclingDocument, PictureItem, Size, TextItem
-
     import pypdfium2 as pdfium
+    from docling_core.types.doc import DoclingDocument, PictureItem, Size, TextItem
 
     by_page: dict[int, list] = {}
     for item, _level in native.iterate_items():

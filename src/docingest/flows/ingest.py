@@ -20,6 +20,7 @@ from prefect.utilities.annotations import quote
 from pydantic import BaseModel, Field
 
 from docingest.blocks.loading import load_block
+from docingest.blocks.sources import open_source_block
 from docingest.core import faults, progress
 from docingest.core.embed import LoadedModel, load_model
 from docingest.core.ids import document_id
@@ -28,7 +29,6 @@ from docingest.core.metrics import Pusher, RunMetrics
 from docingest.core.parse import accurate_models_status
 from docingest.core.pipeline import build_points, manifest_record
 from docingest.core.plan import Action, Plan, Profile, make_plan, resolve_profile
-from docingest.blocks.sources import open_source_block
 from docingest.core.sources import open_source
 from docingest.core.store import QdrantLocation, QdrantStore
 from docingest.core.worker import close_pools

@@ -11,6 +11,7 @@ from docingest.core.store import QdrantLocation, QdrantStore
 from docingest.datamodel import ManifestRecord
 from docingest.tasks.common import RETRY_DELAYS, STORE_TAGS, retry_transient, run_name
 
+
 def _store_task(name: str, describe):
     return task(
         name=name,
