@@ -128,7 +128,8 @@ def ingest(
     ``result.aborted`` set.
     """
     from docingest.exceptions import CircuitBreakerOpen
-    from docingest.flows.ingest import QdrantTarget, ingest_documents
+    from docingest.flows.ingest import ingest_documents
+    from docingest.targets import QdrantTarget
 
     opts = build_options(options, **option_values)
     if progress is None:

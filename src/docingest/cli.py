@@ -57,7 +57,7 @@ def _fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:
 
 
 def _qdrant_target(qdrant_path: Path | None, qdrant_url: str | None):
-    from docingest.flows.ingest import QdrantTarget
+    from docingest.targets import QdrantTarget
 
     if qdrant_path and qdrant_url:
         raise _fail("give either --qdrant-path or --qdrant-url, not both")
@@ -196,13 +196,8 @@ def ingest(
 
     from docingest.core import progress
     from docingest.exceptions import CircuitBreakerOpen, ConfigurationError, DocingestError
-    from docingest.flows.ingest import (
-        ingest_documents,
-        make_task_runner,
-        plan_documents,
-        preflight,
-        resolve_target,
-    )
+    from docingest.flows.ingest import ingest_documents, make_task_runner
+    from docingest.flows.planning import plan_documents, preflight
     from docingest.options import (
         ChunkOptions,
         EmbedOptions,
@@ -210,6 +205,7 @@ def ingest(
         ParseOptions,
         SourceOptions,
     )
+    from docingest.targets import resolve_target
 
     target = _qdrant_target(qdrant_path, qdrant_url)
     if bool(source) == bool(source_block):
@@ -277,7 +273,7 @@ def ingest(
     aborted = None
     if early is not None and not (task_runner or dask_address):  # the server is still booting: use the wait
         with contextlib.suppress(Exception):  # only ever saves time; the run itself reports any problem
-            from docingest.flows.ingest import warm_up
+            from docingest.flows.planning import warm_up
 
             warm_up(collection, options, target, qdrant_block, collection_block, embedder_block, source, source_block)
     ephemeral.adopt(early)

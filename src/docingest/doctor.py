@@ -42,7 +42,7 @@ def _prefect_api() -> str:
 
 def _qdrant(qdrant_url: str | None, qdrant_path: str | None) -> str:
     from docingest.core.store import QdrantStore
-    from docingest.flows.ingest import QdrantTarget, resolve_location
+    from docingest.targets import QdrantTarget, resolve_location
 
     location = resolve_location(QdrantTarget(url=qdrant_url, path=qdrant_path))
     try:
@@ -112,8 +112,8 @@ def _pushgateway(url: str) -> str:
 
 
 def _result_storage() -> str:
-    from docingest.flows.ingest import resolve_result_storage
     from docingest.settings import get_settings
+    from docingest.targets import resolve_result_storage
 
     name = get_settings().result_storage
     block = resolve_result_storage(name)

@@ -269,8 +269,8 @@ def evaluate(
 
     from docingest.core.embed import embed_texts, load_model
     from docingest.core.store import QdrantStore
-    from docingest.flows.ingest import QdrantTarget, resolve_location
     from docingest.settings import get_settings
+    from docingest.targets import QdrantTarget, resolve_location
 
     store = QdrantStore(resolve_location(QdrantTarget(url=qdrant_url, path=qdrant_path)))
     store.require_collection(collection)

@@ -59,8 +59,10 @@ def migrate_collection(
     switch its alias. Documents that fail keep the switch from happening unless ``allow_failures``. A plain
     collection (not behind an alias, made before aliases were used) is replaced: ``keep_old`` cannot apply."""
     from docingest.core.embed import load_model
-    from docingest.flows.ingest import QdrantTarget, ingest_documents, resolve_location, with_preset
+    from docingest.flows.ingest import ingest_documents
+    from docingest.flows.planning import with_preset
     from docingest.settings import get_settings
+    from docingest.targets import QdrantTarget, resolve_location
 
     started = time.monotonic()
     target = QdrantTarget(url=qdrant_url, path=qdrant_path)

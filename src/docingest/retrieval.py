@@ -23,7 +23,7 @@ def search(
     model: str | None = None,
 ) -> SearchResults:
     """Return the ``limit`` chunks closest to ``query``. Raises ConfigurationError for an unknown collection."""
-    from docingest.flows.ingest import QdrantTarget, resolve_location
+    from docingest.targets import QdrantTarget, resolve_location
 
     store = QdrantStore(resolve_location(QdrantTarget(url=qdrant_url, path=qdrant_path)))
     store.require_collection(collection)

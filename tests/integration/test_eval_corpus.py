@@ -8,8 +8,9 @@ import pytest
 
 from conftest import copy_corpus_files
 from docingest.evaluate import doc_key, evaluate, load_qrels, load_queries
-from docingest.flows.ingest import QdrantTarget, ingest_documents
+from docingest.flows.ingest import ingest_documents
 from docingest.options import IngestOptions, ParseOptions
+from docingest.targets import QdrantTarget
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

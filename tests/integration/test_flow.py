@@ -10,9 +10,10 @@ from support import task_states
 from conftest import copy_corpus_files
 from docingest.core.store import QdrantLocation, QdrantStore
 from docingest.datamodel import DocumentStatus
-from docingest.flows.ingest import QdrantTarget, ingest_documents
+from docingest.flows.ingest import ingest_documents
 from docingest.options import IngestOptions
 from docingest.retrieval import search
+from docingest.targets import QdrantTarget
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -223,7 +223,7 @@ def test_run_summary_artifacts(prefect_server, home, tmp_path):
 def test_a_held_scope_lock_times_out_with_one_line(tmp_path):
     from types import SimpleNamespace
 
-    from docingest.flows.ingest import scope_lock
+    from docingest.flows.locks import scope_lock
 
     settings = SimpleNamespace(home=tmp_path, lock_timeout_s=0.3)
     held = pytest.raises(TimeoutError, match="another run holds 'kb' / file:///docs")

@@ -198,7 +198,7 @@ def create_app(settings: DocingestSettings | None = None) -> FastAPI:
 
     def check_qdrant() -> None:
         from docingest.core.store import QdrantStore
-        from docingest.flows.ingest import resolve_location
+        from docingest.targets import resolve_location
 
         QdrantStore(resolve_location()).collection_exists("docingest-health")
 

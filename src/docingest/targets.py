@@ -1,0 +1,80 @@
+"""Where a run writes: the collection and the Qdrant it lives in (flow override > block > settings), and the
+parse cache's result storage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from docingest.blocks.loading import load_block
+from docingest.core.store import QdrantLocation
+from docingest.exceptions import ConfigurationError
+from docingest.settings import get_settings
+
+
+class QdrantTarget(BaseModel):
+    """Override where Qdrant lives for one run (no secrets here: API keys come from settings or a block)."""
+
+    url: str | None = Field(default=None, description="Qdrant server URL.")
+    path: str | None = Field(default=None, description="Folder for Qdrant local mode.")
+
+
+def resolve_location(qdrant: QdrantTarget | None = None, qdrant_block: str | None = None) -> QdrantLocation:
+    """Flow override > block > settings (DOCINGEST_QDRANT_URL / DOCINGEST_QDRANT_PATH) > .docingest/qdrant."""
+    settings = get_settings()
+    if qdrant_block:
+        from docingest.blocks.qdrant import QdrantConnection
+
+        location = load_block(qdrant_block, QdrantConnection).location()
+    else:
+        location = QdrantLocation(
+            url=settings.qdrant_url,
+            path=settings.resolved_qdrant_path(),
+            api_key=settings.qdrant_api_key,
+            timeout=settings.qdrant_timeout,
+        )
+    return _override(location, qdrant)
+
+
+def _override(location: QdrantLocation, qdrant: QdrantTarget | None) -> QdrantLocation:
+    if qdrant and qdrant.url:
+        return location.model_copy(update={"url": qdrant.url, "path": None})
+    if qdrant and qdrant.path:
+        return location.model_copy(update={"url": None, "path": Path(qdrant.path)})
+    return location
+
+
+def resolve_target(collection: str | None, qdrant: QdrantTarget | None = None, qdrant_block: str | None = None,
+                   collection_block: str | None = None) -> tuple[str, QdrantLocation]:
+    """The collection name and where it lives: a QdrantCollection block gives both (``collection`` still renames,
+    ``qdrant`` still relocates); otherwise ``collection`` with ``resolve_location``."""
+    if collection_block:
+        from docingest.blocks.qdrant import QdrantCollection
+
+        block = load_block(collection_block, QdrantCollection)
+        return collection or block.collection_name, _override(block.connection.location(), qdrant)
+    if not collection:
+        raise ConfigurationError("give a collection or a collection block")
+    return collection, resolve_location(qdrant, qdrant_block)
+
+
+def resolve_result_storage(name: str | None):
+    """The saved result-storage block (``DOCINGEST_RESULT_STORAGE`` or the flow's ``result_storage``): any Prefect
+    WritableFileSystem block, e.g. ``docingest-s3-result-storage/parse-cache``; None keeps Prefect's default
+    (local files, PREFECT_RESULTS_LOCAL_STORAGE_PATH)."""
+    from prefect.filesystems import WritableFileSystem
+
+    name = name or get_settings().result_storage
+    if not name:
+        return None
+    if "/" in name:
+        block = load_block(name, WritableFileSystem)
+    else:
+        from docingest.blocks.results import S3ResultStorage
+
+        block = load_block(name, S3ResultStorage)
+    if hasattr(block, "check"):
+        block.check()
+    return block
+
