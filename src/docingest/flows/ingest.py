@@ -187,7 +187,7 @@ def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation
     run.result.flow_run_id = str(flow_run.get_id() or "")
     metrics = metrics or RunMetrics(collection, src.uri)
     writer = BackgroundWriter(Writer(run, location, physical, profile, options, model, known, metrics),
-                               maxsize=options.window)
+                              maxsize=options.window)
 
     if options.source.follow_symlinks:
         logger.warning("following symbolic links out of the source root (--follow-symlinks): files they lead to "
