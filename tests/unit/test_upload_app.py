@@ -88,3 +88,25 @@ def test_a_chunked_part_larger_than_the_part_size_is_refused(client):
     r = client.put(f"/api/v1/uploads/{made['upload_id']}/parts/1", content=body(), headers={
         **auth(), "Content-MD5": "AAAAAAAAAAAAAAAAAAAAAA=="})
     assert r.status_code == 413
+
+
+def test_anonymous_callers_learn_nothing_and_metrics_use_route_templates(client):
+    assert client.post("/api/v1/uploads", json={"nonsense": True}).status_code == 401  # not 422: auth comes first
+    assert client.get("/api/v1/uploads/abc").status_code == 401
+    assert client.get("/metrics").status_code == 401
+    upload_id = upload(client)
+    assert client.get(f"/api/v1/uploads/{upload_id}", headers=auth()).status_code == 200
+    metrics = client.get("/metrics", headers=auth()).text
+    assert 'handler="/api/v1/uploads/{upload_id}"' in metrics  # the route template, never the raw path
+    assert upload_id not in metrics
+
+
+def test_a_websocket_hello_that_is_not_an_object_is_closed_not_a_traceback(client):
+    from starlette.websockets import WebSocketDisconnect
+
+    for hello in ("[]", "1", '"x"', "{not json"):
+        with client.websocket_connect("/api/v1/ws/jobs") as ws:
+            ws.send_text(hello)
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_json()
+            assert closed.value.code == 4401

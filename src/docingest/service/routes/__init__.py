@@ -1,0 +1,1 @@
+"""The upload service's endpoints, one router per resource."""
