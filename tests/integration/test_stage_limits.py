@@ -53,8 +53,8 @@ def test_a_parse_limit_of_one_holds_across_two_runs_started_together(prefect_ser
     for (_, end, first), (start, _, second) in zip(parses, parses[1:], strict=False):
         assert start >= end, f"{second} started before {first} ended"
     names = {r.name for r in runs}
-    assert "ensure collection limit-one" in names and "embed 3 chunks of 3 documents" in names or any(
-        re.fullmatch(r"embed \d chunks of \d documents", n) for n in names), names
-    assert any(re.fullmatch(r"upsert \d points", n) for n in names), names
-    assert any(re.fullmatch(r"finalize \d documents", n) for n in names), names
+    assert "ensure collection limit-one" in names, names
+    assert any(re.fullmatch(r"embed \d chunks? of \d documents?", n) for n in names), names
+    assert any(re.fullmatch(r"upsert \d points?", n) for n in names), names
+    assert any(re.fullmatch(r"finalize \d documents?", n) for n in names), names
     assert all({"docingest", "docingest-store"} <= set(r.tags) for r in runs if r.name.startswith("upsert"))

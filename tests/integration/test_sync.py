@@ -198,13 +198,24 @@ def test_dead_letter_after_max_attempts(prefect_server, home, tmp_path):
     assert fourth.documents.changed == 1 and not fourth.dead_letter
 
 
-def test_run_summary_artifacts(prefect_server, home, tmp_path):
+def test_run_summary_artifacts(prefect_server, home, tmp_path, caplog):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     docs = write_docs(tmp_path / "d", {"a.md": "# A\n\nText.\n"})
     (docs / "bad.docx").write_bytes(b"PK\x03\x04 nope")
-    ingest_documents(source=str(docs), collection="Art_Coll")
+    (docs / "empty.md").write_text("")
+    (docs / "logo.xyz").write_text("?")
+    with caplog.at_level("INFO"):
+        result = ingest_documents(source=str(docs), collection="Art_Coll")
+    # One WARNING line per document left out or failed, naming it and its reason.
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sum(m.startswith("failed bad.docx at parse: ") for m in warnings) == 1
+    assert sum(m.startswith("skipped empty.md: empty document") for m in warnings) == 1
+    assert sum(m.startswith("skipped logo.xyz: unsupported file type") for m in warnings) == 1
+    assert {s.path for s in result.skipped} == {"empty.md", "logo.xyz"} and result.failures[0].path == "bad.docx"
+    assert any("1 of the documents the plan counted as new or changed was skipped after reading" in r.getMessage()
+               for r in caplog.records)
     with get_client(sync_client=True) as client:
         summary = client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=["docingest-art-coll-summary"])))
@@ -212,11 +223,12 @@ def test_run_summary_artifacts(prefect_server, home, tmp_path):
             key=ArtifactFilterKey(any_=["docingest-art-coll-documents"])))
         progress = client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=["docingest-art-coll-progress"])))
-    assert summary and "| 2 | 2 | 0 | 0 | 0 | 0 | 1 | 0 |" in summary[0].data  # seen, new, ..., failed
+    assert summary and "| 4 | 2 | 0 | 0 | 0 | 2 | 1 | 0 |" in summary[0].data  # seen, new, ..., skipped, failed
     rows = table[0].data if isinstance(table[0].data, list) else json.loads(table[0].data)
-    assert [(r["document"].rsplit("/", 1)[-1], r["status"], r["stage"]) for r in rows] == [
-        ("bad.docx", "failure", "parse"), ("a.md", "success", "")]  # failures first
+    assert [(r["document"].rsplit("/", 1)[-1], r["status"], r["stage"]) for r in rows][:1] == [
+        ("bad.docx", "failure", "parse")]  # failures first
     assert progress and progress[0].type == "progress" and float(progress[0].data) == 100.0
+    assert progress[0].description == "4 of 4 documents, 1 failed (Art_Coll)"
     close_clients()
 
 

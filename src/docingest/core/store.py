@@ -66,6 +66,10 @@ def get_client(location: QdrantLocation) -> QdrantClient:
                     "wait for it, or use a Qdrant server (--qdrant-url)"
                 ) from exc
             raise
+        if not _clients:  # closed while the interpreter still works: a client left to __del__ at exit complains
+            import atexit
+
+            atexit.register(close_clients)
         _clients[key] = client
         _client_locks[key] = threading.RLock()
         return client

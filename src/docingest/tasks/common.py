@@ -44,3 +44,8 @@ def run_name(template: Callable[[dict], str]) -> Callable[[], str]:
             return task_run.task_name or "task"
 
     return name
+
+
+def count(n: int, noun: str) -> str:
+    """``1 point``, ``1,024 points``: a count with its noun, for run names."""
+    return f"{n:,} {noun if n == 1 else noun + 's'}"

@@ -6,12 +6,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from docingest.core.embed import LoadedModel, embed_texts
-from docingest.tasks.common import EMBED_TAGS, RETRY_DELAYS, retry_transient, run_name
+from docingest.tasks.common import EMBED_TAGS, RETRY_DELAYS, count, retry_transient, run_name
 
 
 @task(
     name="embed",
-    task_run_name=run_name(lambda p: f"embed {len(p['texts']):,} chunks of {p['n_docs']:,} documents"),
+    task_run_name=run_name(lambda p: f"embed {count(len(p['texts']), 'chunk')} of {count(p['n_docs'], 'document')}"),
     tags=EMBED_TAGS,
     retries=2,
     retry_delay_seconds=RETRY_DELAYS,

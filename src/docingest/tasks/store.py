@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from docingest.core.store import QdrantLocation, QdrantStore
 from docingest.datamodel import ManifestRecord
-from docingest.tasks.common import RETRY_DELAYS, STORE_TAGS, retry_transient, run_name
+from docingest.tasks.common import RETRY_DELAYS, STORE_TAGS, count, retry_transient, run_name
 
 
 def _store_task(name: str, describe):
@@ -32,13 +32,13 @@ def ensure_collection_task(location: QdrantLocation, collection: str, dimension:
     return QdrantStore(location).ensure_collection(collection, dimension)
 
 
-@_store_task("upsert", lambda p: f"upsert {len(p['points']):,} points")
+@_store_task("upsert", lambda p: f"upsert {count(len(p['points']), 'point')}")
 def upsert_points_task(location: QdrantLocation, collection: str, points: list[dict[str, Any]], batch_size: int) -> int:
     """Write the new versions' points (ids are deterministic, so a retry overwrites, never duplicates)."""
     return QdrantStore(location).upsert(collection, points, batch_size)
 
 
-@_store_task("finalize", lambda p: f"finalize {len(p['records']):,} documents")
+@_store_task("finalize", lambda p: f"finalize {count(len(p['records']), 'document')}")
 def finalize_documents_task(
     location: QdrantLocation, collection: str, replace: list[tuple[str, str | None]], records: list[ManifestRecord]
 ) -> int:
@@ -55,7 +55,7 @@ def finalize_documents_task(
     return deleted
 
 
-@_store_task("delete-documents", lambda p: f"delete {len(p['records']):,} documents")
+@_store_task("delete-documents", lambda p: f"delete {count(len(p['records']), 'document')}")
 def delete_documents_task(location: QdrantLocation, collection: str, records: list[ManifestRecord]) -> int:
     """Full sync: remove documents that vanished from the source (all their points, then their manifest records)."""
     from docingest.core import faults
