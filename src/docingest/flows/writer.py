@@ -113,6 +113,17 @@ def outcome_of(p: PreparedDocument, status: DocumentStatus | None = None, stage:
 MIN_POOL = 64  # chunks from which an idle encoder starts on a pool (up to options.embed.pool_size while it works)
 
 
+def pool_ready(pending: int, pool_size: int, *, encoder_busy: bool, idle: bool = False) -> bool:
+    """Whether the chunks gathered so far go to the encoder now: a full pool always; while the encoder is idle, a
+    pool of ``MIN_POOL`` chunks (so it starts early), or anything when no document arrived for a while (``idle``).
+    While the encoder works the pool keeps growing: fewer, larger pools pad less."""
+    if pending <= 0:
+        return False
+    if pending >= pool_size:
+        return True
+    return not encoder_busy and (idle or pending >= min(MIN_POOL, pool_size))
+
+
 class Writer:
     """Buffers prepared documents and writes them in pools: embed -> upsert -> drop old versions + manifest.
 
@@ -167,10 +178,8 @@ class Writer:
     def maybe_flush(self, idle: bool = False) -> None:
         """Hand the pending pool to the encoder when it is full, or when the encoder is idle and the pool has 64
         chunks (any, when no document arrived for a while: ``idle``)."""
-        n = self.pending_chunks
         busy = self._embedding is not None and not self._embedding.done()
-        if n and (n >= self.options.embed.pool_size or (not busy and (idle or n >= min(MIN_POOL,
-                                                                                    self.options.embed.pool_size)))):
+        if pool_ready(self.pending_chunks, self.options.embed.pool_size, encoder_busy=busy, idle=idle):
             self.flush()
 
     def flush(self) -> None:
