@@ -213,6 +213,7 @@ def ingest(
     if not collection and not collection_block:
         raise _fail("give --collection or --collection-block")
     blocks = dict(qdrant_block=qdrant_block, source_block=source_block, collection_block=collection_block)
+
     def settings_follow_symlinks() -> bool:
         from docingest.settings import get_settings
 
