@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
+
+# Prefect gives its temporary API server 20 s to start; on a fresh database a slow 2-CPU machine needs more (23 s
+# measured here), and every run, the Python API and the upload service then fail at once. A user's value wins.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 __version__ = "0.1.0"
 # Bump when the payload or chunking logic changes in a way that must re-process every document.

@@ -20,6 +20,7 @@ import atexit
 import contextlib
 import importlib.util
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -56,6 +57,30 @@ def temporary_servers() -> list:
     if server_module is None:
         return []
     return list(server_module.SubprocessASGIServer._instances.values())
+
+
+def stop_temporary_servers() -> None:
+    """Stop every temporary Prefect API server this process started: those Prefect knows of, and any other child
+    process running Prefect's server (a start that Prefect gave up waiting for stays out of its registry but keeps
+    running; seen with two health probes during a slow first start)."""
+    for server in temporary_servers():
+        with contextlib.suppress(Exception):
+            server.stop()
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return
+    me = str(os.getpid())
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if ppid == me and b"prefect.server.api.server" in cmdline:
+            with contextlib.suppress(OSError):
+                os.kill(int(entry.name), signal.SIGTERM)
 
 
 def start_early() -> EarlyServer | None:

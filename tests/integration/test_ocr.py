@@ -152,3 +152,10 @@ def test_unknown_ocr_language_is_one_line_and_exit_2(tmp_path, home, monkeypatch
     assert result.exit_code == 2
     lines = [line for line in result.output.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and "unknown OCR language 'xyz'" in lines[0] and "installed: eng" in lines[0]
+
+
+@needs_tesseract
+def test_a_blank_page_without_text_costs_no_ocr(tmp_path):
+    path = scanned_pdf(tmp_path / "with-blank.pdf", [HARBOUR[0], []])  # a scanned page, then a white one
+    parsed = parse_document(path, ParseOptions(), PdfMode.FAST)
+    assert (parsed.pages, parsed.ocr_pages) == (2, 1) and pages_of(parsed, "northern pier") == {1}

@@ -76,7 +76,7 @@ def test_headings_contextualize_the_embedded_text(corpus, model):
 
 def test_fast_pdf_keeps_page_numbers(corpus, model):
     parsed = parse_document(corpus / "pdf/sources/redp5110_sampled.pdf", ParseOptions(), PdfMode.FAST)
-    assert parsed.parser == "docling-fast" and parsed.pages == 18
+    assert parsed.parser == "docling-fast" and parsed.pages == 18  # page 17 is blank: no OCR
     chunks = chunk_document(parsed.document, make_chunker(model, ChunkOptions(max_tokens=128)))
     pages = sorted({p for c in chunks for p in c.pages})
     assert pages[0] == 1 and pages[-1] == 18

@@ -162,3 +162,15 @@ def render_pdf_pages(path, page_numbers: list[int], dpi: int) -> Iterator[tuple[
                 page.close()
     finally:
         pdf.close()
+
+
+def blank_pages(path, page_numbers: list[int], dpi: int = 18) -> set[int]:
+    """The pages among ``page_numbers`` that render as (near) white: nothing for OCR to read, so no OCR time."""
+    from PIL import ImageStat
+
+    blank = set()
+    for number, image, _scale in render_pdf_pages(path, page_numbers, dpi):
+        low, _high = image.convert("L").getextrema()
+        if low >= 240 or ImageStat.Stat(image.convert("L")).stddev[0] < 1.0:
+            blank.add(number)
+    return blank

@@ -292,6 +292,12 @@ def _ocr_pdf(native: DoclingDocument, path: Path, options: ParseOptions, parser:
     force = options.ocr is OcrMode.FORCE
     targets = [n for n in range(1, count + 1) if force or not ocr.text_layer_usable(
         " ".join(i.text for i in by_page.get(n, []) if isinstance(i, TextItem)))]
+    if targets and not force:
+        try:  # a blank page (a separator, the back of a cover) has nothing to read
+            blank = ocr.blank_pages(path, targets)
+        except Exception:  # noqa: BLE001 - unsure: read every candidate
+            blank = set()
+        targets = [n for n in targets if n not in blank]
     if not targets:
         return ParsedDocument(document=native, parser=parser, pages=len(native.pages))
     doc = DoclingDocument(name=native.name, origin=native.origin)

@@ -217,7 +217,7 @@ class ParseWorker:
         limit_s, limit_mb = self.config.parse.timeout_s, self.config.parse.max_memory_mb
         self.conn.send(str(path))
         started = time.monotonic()
-        deadline = started + limit_s
+        deadline, extended = started + limit_s, False
         while True:
             while not self.conn.poll(_POLL_S):
                 if not self.proc.is_alive():
@@ -225,8 +225,10 @@ class ParseWorker:
                 if time.monotonic() > deadline:
                     self.stop()
                     waited = time.monotonic() - started
-                    return WorkerResult("fail", stage="parse", error=f"timeout: parsing took longer than {waited:.0f} s"
-                                        + (f" (limit {limit_s:g} s)" if waited > limit_s + 1 else ""))
+                    error = (f"timeout: parsing took longer than {limit_s:g} s" if not extended else
+                             f"timeout: parsing took {waited:.0f} s, past the {limit_s:g} s limit and the page limit "
+                             f"after the last page read with OCR")
+                    return WorkerResult("fail", stage="parse", error=error)
                 rss = _rss_mb(self.proc.pid)
                 if rss > limit_mb:
                     self.stop()
@@ -241,6 +243,7 @@ class ParseWorker:
                 # A page was read with OCR: each page has its own limit, so a long scan never trips the document's
                 # limit while it advances; a stuck page still ends at the page limit (and the document's then).
                 deadline = max(deadline, time.monotonic() + self.config.parse.ocr_page_timeout_s + limit_s)
+                extended = True
                 progress.emit_page(progress.PageEvent(path.name, message[1], message[2]))
                 continue
             self.done += 1

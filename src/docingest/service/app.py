@@ -29,6 +29,13 @@ DEFAULT_ALLOWED = ("pdf", "docx", "pptx", "xlsx", "odt", "md", "markdown", "txt"
 
 def create_app(settings: DocingestSettings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    # Prefect, the Qdrant target and the flow are imported here, once: imported for the first time from the health
+    # probes' and the jobs' threads at once, Prefect's package initialisation races with itself.
+    import prefect.client.orchestration  # noqa: F401
+
+    import docingest.flows.ingest  # noqa: F401
+    import docingest.targets  # noqa: F401
+
     auth = Authenticator(settings)  # a configuration error before anything is created
     store = make_store(settings, set(settings.upload_allowed_types or DEFAULT_ALLOWED))
     root = settings.upload_dir or settings.home / "uploads"
@@ -88,5 +95,4 @@ def _stop_temporary_prefect() -> None:
     which skips the atexit hook that would otherwise stop it (it would outlive the service)."""
     from docingest import ephemeral
 
-    for server in ephemeral.temporary_servers():
-        server.stop()
+    ephemeral.stop_temporary_servers()
