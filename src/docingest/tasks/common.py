@@ -49,3 +49,14 @@ def run_name(template: Callable[[dict], str]) -> Callable[[], str]:
 def count(n: int, noun: str) -> str:
     """``1 point``, ``1,024 points``: a count with its noun, for run names."""
     return f"{n:,} {noun if n == 1 else noun + 's'}"
+
+
+def stage_task(name: str, describe: Callable[[dict], str], tags: list[str], retries: int):
+    """The task decorator every stage but parsing shares: a readable run name, the stage's tags, retries of transient
+    errors with backoff and jitter, no caching."""
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+
+    return task(name=name, task_run_name=run_name(describe), tags=tags, retries=retries,
+                retry_delay_seconds=RETRY_DELAYS, retry_jitter_factor=0.5, retry_condition_fn=retry_transient,
+                cache_policy=NO_CACHE)

@@ -4,25 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from docingest.core.store import QdrantLocation, QdrantStore
 from docingest.datamodel import ManifestRecord
-from docingest.tasks.common import RETRY_DELAYS, STORE_TAGS, count, retry_transient, run_name
+from docingest.tasks.common import STORE_TAGS, count, stage_task
 
 
 def _store_task(name: str, describe):
-    return task(
-        name=name,
-        task_run_name=run_name(describe),
-        tags=STORE_TAGS,
-        retries=3,
-        retry_delay_seconds=RETRY_DELAYS,
-        retry_jitter_factor=0.5,
-        retry_condition_fn=retry_transient,
-        cache_policy=NO_CACHE,
-    )
+    return stage_task(name, describe, STORE_TAGS, retries=3)
 
 
 @_store_task("ensure-collection", lambda p: f"ensure collection {p['collection']}")
