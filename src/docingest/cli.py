@@ -129,10 +129,9 @@ def ingest(
     git_ref: Annotated[str | None, typer.Option("--git-ref", help="Git source: branch, tag or commit.")] = None,
     git_path: Annotated[str | None, typer.Option("--git-path", help="Git source: folder in the repository.")] = None,
     follow_symlinks: Annotated[
-        bool | None, typer.Option("--follow-symlinks/--no-follow-symlinks",
-                                  help="Local folders: also read files that symlinks lead to outside the folder "
-                                  "\\[env: DOCINGEST_FOLLOW_SYMLINKS; default: off].", show_default=False)
-    ] = None,
+        bool, typer.Option("--follow-symlinks", help="Local folders: also read files that links lead to outside "
+                           "the folder (off: skipped and reported).")
+    ] = False,
     max_tokens: Annotated[
         int | None, typer.Option("--max-tokens", help="Chunk size in tokens (default and cap: the model's).")
     ] = None,
@@ -225,8 +224,7 @@ def ingest(
     try:
         options = IngestOptions(
             source=SourceOptions(include=include or ["**/*"], exclude=exclude or [], git_ref=git_ref,
-                                 git_path=git_path, follow_symlinks=settings_follow_symlinks()
-                                 if follow_symlinks is None else follow_symlinks),
+                                 git_path=git_path, follow_symlinks=follow_symlinks or settings_follow_symlinks()),
             parse=ParseOptions(pdf_mode=pdf_mode, ocr=ocr, timeout_s=doc_timeout,
                                isolation=isolation, **given(max_memory_mb=doc_memory_mb, ocr_lang=ocr_lang)),
             chunk=ChunkOptions(max_tokens=max_tokens, chunker=chunker, enrichers=enricher or []),
