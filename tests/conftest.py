@@ -46,13 +46,13 @@ def prefect_server():
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     """Fresh DOCINGEST_HOME (so Qdrant local storage is per test) and fresh settings."""
-    from docingest.core.store import close_clients
+    from docingest.core.store import close_backends
     from docingest.settings import get_settings
 
     monkeypatch.setenv("DOCINGEST_HOME", str(tmp_path / ".docingest"))
     get_settings.cache_clear()
     yield tmp_path / ".docingest"
-    close_clients()
+    close_backends()
     get_settings.cache_clear()
 
 

@@ -1,4 +1,4 @@
-"""docingest command line: ingest, search, doctor, eval, migrate and plugins.
+"""docingest command line: ingest, search, export, doctor, eval, migrate, convert-store, serve and plugins.
 
 Exit codes: 0 all documents fine; 1 the run finished but some documents failed; 2 usage or configuration error.
 """
@@ -65,7 +65,8 @@ def _qdrant_target(qdrant_path: Path | None, qdrant_url: str | None):
 
 
 QdrantPathOpt = Annotated[
-    Path | None, typer.Option("--qdrant-path", help="Folder for Qdrant local mode \\[env: DOCINGEST_QDRANT_PATH].")
+    Path | None,
+    typer.Option("--qdrant-path", help="Folder of the embedded store \\[env: DOCINGEST_QDRANT_PATH]."),
 ]
 QdrantUrlOpt = Annotated[
     str | None, typer.Option("--qdrant-url", help="Qdrant server URL \\[env: DOCINGEST_QDRANT_URL].")
@@ -393,6 +394,63 @@ def search(
 
 
 @app.command()
+def export(
+    collection: CollectionOpt,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
+    vectors: Annotated[bool, typer.Option("--vectors", help="Include each point's vectors.")] = False,
+    qdrant_path: QdrantPathOpt = None,
+    qdrant_url: QdrantUrlOpt = None,
+) -> None:
+    """Write a collection's points as JSON Lines: {"id", "payload"[, "vector"]}."""
+    _quiet_environment(False)
+    from docingest.exceptions import DocingestError
+    from docingest.export import export_collection
+
+    _qdrant_target(qdrant_path, qdrant_url)
+    path = str(qdrant_path) if qdrant_path else None
+    try:
+        if output is None:
+            written = export_collection(collection, sys.stdout, vectors, qdrant_url, path)
+        else:
+            tmp = output.with_name(f".{output.name}.partial")
+            with open(tmp, "w", encoding="utf-8") as fh:
+                written = export_collection(collection, fh, vectors, qdrant_url, path)
+            tmp.replace(output)  # a failed export leaves no file that looks complete
+    except DocingestError as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"cannot write {output}: {exc.strerror or exc}") from None
+    err.print(f"{written} points of {collection} exported" + (f" to {output}" if output else ""), highlight=False)
+
+
+@app.command("convert-store")
+def convert_store(qdrant_path: QdrantPathOpt = None) -> None:
+    """Convert a store written by qdrant-client's local mode to Qdrant Edge.
+
+    In place: copies every collection, manifest and alias of the folder written by docingest before Qdrant Edge,
+    verifies the counts, and leaves the old files where they are."""
+    _quiet_environment(False)
+    from docingest.core.store.convert import convert_local_mode
+    from docingest.exceptions import DocingestError
+    from docingest.settings import get_settings
+
+    root = qdrant_path or get_settings().resolved_qdrant_path()
+    try:
+        report = convert_local_mode(root)
+    except DocingestError as exc:
+        raise _fail(str(exc)) from None
+    if report.already:
+        out.print(f"{root} is converted already: nothing to do", soft_wrap=True, highlight=False)
+        return
+    for name, points in report.collections.items():
+        out.print(f"{name}: {points} points", soft_wrap=True, highlight=False)
+    for alias, target in report.aliases.items():
+        out.print(f"alias {alias} -> {target}", soft_wrap=True, highlight=False)
+    out.print(f"converted {len(report.collections)} collections in {root}; the old files (meta.json, collection/) "
+              "are still there: remove them once you are satisfied", soft_wrap=True, highlight=False)
+
+
+@app.command()
 def doctor(
     source: Annotated[str | None, typer.Argument(help="Also list this source (checks its credentials).")] = None,
     source_block: Annotated[str | None, typer.Option("--source-block", help="Also open this saved source block.")
@@ -595,7 +653,7 @@ def main() -> None:
         code = 0
     finally:
         if "docingest.core.store" in sys.modules:  # release local-mode locks before interpreter teardown
-            sys.modules["docingest.core.store"].close_clients()
+            sys.modules["docingest.core.store"].close_backends()
     if isinstance(code, str):
         print(code, file=sys.stderr)
         code = 1

@@ -26,10 +26,27 @@ class DocingestSettings(BaseSettings):
         description="Working folder for embedded state (Qdrant local storage). Relative to the current directory.",
     )
     qdrant_url: str | None = Field(
-        default=None, description="Qdrant server URL, e.g. http://localhost:6333. When set, local mode is not used."
+        default=None,
+        description="Qdrant server URL, e.g. http://localhost:6333. When set, the embedded store is not used.",
     )
     qdrant_path: Path | None = Field(
-        default=None, description="Folder for Qdrant local mode. Defaults to <home>/qdrant when no URL is set."
+        default=None,
+        description="Folder of the embedded store (Qdrant Edge in the process). Defaults to <home>/qdrant when no URL "
+        "is set.",
+    )
+    qdrant_engine: Literal["edge", "qdrant-client"] = Field(
+        default="edge",
+        description="Engine of the embedded store: 'edge' (Qdrant Edge), or 'qdrant-client' (qdrant-client's local "
+        "mode, an in-memory stand-in for a server: for tests and comparisons only).",
+    )
+    index_from_points: int = Field(
+        default=20_000, ge=0,
+        description="Embedded store: build a collection's HNSW index at the end of a run once this many of its "
+        "points are not indexed yet; 0 never builds one (exact search only).",
+    )
+    index_threads: int = Field(default=0, ge=0, description="Embedded store: threads that build an index (0: auto).")
+    store_min_free_mb: int = Field(
+        default=64, ge=0, description="Embedded store: refuse writes while its disk has less free space than this."
     )
     qdrant_api_key: SecretStr | None = Field(default=None, description="API key for a Qdrant server.")
     qdrant_timeout: float = Field(default=30.0, description="Qdrant request timeout in seconds.")

@@ -17,7 +17,7 @@ class QdrantTarget(BaseModel):
     """Override where Qdrant lives for one run (no secrets here: API keys come from settings or a block)."""
 
     url: str | None = Field(default=None, description="Qdrant server URL.")
-    path: str | None = Field(default=None, description="Folder for Qdrant local mode.")
+    path: str | None = Field(default=None, description="Folder of the embedded store.")
 
 
 def resolve_location(qdrant: QdrantTarget | None = None, qdrant_block: str | None = None) -> QdrantLocation:
@@ -33,6 +33,10 @@ def resolve_location(qdrant: QdrantTarget | None = None, qdrant_block: str | Non
             path=settings.resolved_qdrant_path(),
             api_key=settings.qdrant_api_key,
             timeout=settings.qdrant_timeout,
+            engine=settings.qdrant_engine,
+            index_from_points=settings.index_from_points,
+            index_threads=settings.index_threads,
+            min_free_mb=settings.store_min_free_mb,
         )
     return _override(location, qdrant)
 

@@ -106,7 +106,7 @@ def test_console_script_on_embedded_defaults(tmp_path, handbook):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)["documents"]["new"] == 2
-    assert (work / ".docingest" / "qdrant" / "collection" / "handbook__v1").is_dir()  # behind the alias handbook
+    assert (work / ".docingest" / "qdrant" / "collections" / "handbook__v1").is_dir()  # behind the alias handbook
     proc = subprocess.run([str(exe), "search", "rotate keys", "-c", "handbook", "--json"], cwd=work, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

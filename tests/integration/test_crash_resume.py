@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from docingest.core.store import QdrantLocation, QdrantStore, close_clients
+from docingest.core.store import QdrantLocation, QdrantStore, close_backends
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -64,7 +64,7 @@ def snapshot(store: QdrantStore, collection: str) -> dict:
     points = {}
     for p in store.points(collection, with_vectors=True):
         payload = {k: v for k, v in p["payload"].items() if k != "ingested_at"}
-        points[p["id"]] = {"payload": payload, "vector": [round(x, 5) for x in p["vector"]]}
+        points[p["id"]] = {"payload": payload, "vector": [round(x, 5) for x in p["vector"][""]]}
     scope = next(iter(points.values()))["payload"]["source_uri"]
     manifest = {r.path: (r.version, r.status.value, r.chunks) for r in store.manifest(collection, scope).values()}
     return {"points": points, "manifest": manifest}
@@ -106,7 +106,7 @@ def test_kill_9_at_four_points_then_rerun_equals_clean_run(tmp_path, reap_orphan
         assert resumed.returncode == 0, (collection, resumed.stderr[-2000:])
         assert json.loads(resumed.stdout)["documents"]["failed"] == 0
 
-    close_clients()
+    close_backends()
     store = QdrantStore(QdrantLocation(path=q))
     expected = snapshot(store, "clean")
     assert sorted(expected["manifest"]) == [f"doc{i:02}.md" for i in range(9) if i != 7]
@@ -115,4 +115,4 @@ def test_kill_9_at_four_points_then_rerun_equals_clean_run(tmp_path, reap_orphan
         assert final["manifest"] == expected["manifest"], collection
         assert set(final["points"]) == set(expected["points"]), collection  # same ids, no orphans or duplicates
         assert final["points"] == expected["points"], collection  # same payloads and vectors
-    close_clients()
+    close_backends()

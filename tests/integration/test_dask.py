@@ -6,7 +6,7 @@ import pytest
 from support import task_states
 
 from conftest import copy_corpus_files
-from docingest.core.store import QdrantLocation, get_client
+from docingest.core.store import QdrantLocation, QdrantStore
 from docingest.flows.ingest import ingest_documents, make_task_runner
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -16,14 +16,9 @@ FILES = ["md/sources/duck.md", "html/sources/example_01.html", "docx/sources/uni
 
 
 def points(home, collection: str) -> dict[str, tuple]:
-    client = get_client(QdrantLocation(path=home / "qdrant"))
-    found, offset = [], None
-    while True:
-        batch, offset = client.scroll(collection, limit=256, offset=offset, with_payload=True, with_vectors=True)
-        found += batch
-        if offset is None:
-            return {str(p.id): (p.payload["text"], p.payload["path"], [round(x, 4) for x in p.vector])
-                    for p in found}
+    store = QdrantStore(QdrantLocation(path=home / "qdrant"))
+    return {p["id"]: (p["payload"]["text"], p["payload"]["path"], [round(x, 4) for x in p["vector"][""]])
+            for p in store.points(collection, with_vectors=True)}
 
 
 def test_dask_local_cluster_gives_the_same_collection(prefect_server, home, corpus, tmp_path):

@@ -40,7 +40,7 @@ STEMS = {doc_key({"path": rel}, "stem") for rel in FILES}
 @pytest.fixture(scope="module")
 def indexed(prefect_server, corpus, tmp_path_factory) -> str:
     """The referenced files ingested once for the module; returns the Qdrant local-mode folder."""
-    from docingest.core.store import close_clients
+    from docingest.core.store import close_backends
     from docingest.settings import get_settings
 
     root = tmp_path_factory.mktemp("eval")
@@ -55,7 +55,7 @@ def indexed(prefect_server, corpus, tmp_path_factory) -> str:
         assert result.documents.failed == 0, result.failures
         assert result.documents.new == len(FILES)
         yield qdrant
-        close_clients()
+        close_backends()
     get_settings.cache_clear()
 
 

@@ -201,7 +201,7 @@ def test_qdrant_target_parameter_overrides_settings(prefect_server, home, tmp_pa
     (docs / "a.md").write_text("# A\n\nSomewhere else entirely.\n")
     elsewhere = tmp_path / "elsewhere"
     ingest_documents(source=str(docs), collection="t", qdrant=QdrantTarget(path=str(elsewhere)))
-    assert (elsewhere / "collection" / "t__v1").is_dir()
+    assert (elsewhere / "collections" / "t__v1").is_dir()
     assert not (home / "qdrant").exists()
 
 
@@ -245,7 +245,7 @@ def test_qdrant_connection_block_is_used_by_the_flow(prefect_server, home, tmp_p
     QdrantConnection(path=str(target)).save("test-local-qdrant", overwrite=True)
     result = ingest_documents(source=str(docs), collection="blk", qdrant_block="test-local-qdrant")
     assert result.chunks.upserted == 1
-    assert (target / "collection" / "blk__v1").is_dir()
+    assert (target / "collections" / "blk__v1").is_dir()
 
 
 def test_embedder_settings_block(prefect_server, home, tmp_path):

@@ -272,19 +272,19 @@ def test_git_token_over_http(prefect_server, home, repo, monkeypatch, tmp_path):
         hit = search("is the train preferred", "gitlab", limit=1)[0]
         assert hit.source == f"git+{http_url}@main:30-Aprovados/policy.md"
         assert "glpat" not in result.model_dump_json()
-        from docingest.core.store import QdrantLocation, get_client
+        from docingest.core.store import QdrantLocation, QdrantStore
 
-        client = get_client(QdrantLocation(path=home / "qdrant"))
-        for name in ("gitlab", "gitlab__v1__manifest"):  # every payload, chunks and manifest
-            points, _ = client.scroll(name, limit=100, with_payload=True)
-            assert points and all("glpat" not in str(p.payload) for p in points)
+        store = QdrantStore(QdrantLocation(path=home / "qdrant"))
+        for name in ("gitlab__v1", "gitlab__v1__manifest"):  # every payload, chunks and manifest
+            payloads = [p["payload"] for p in store.points(name)]
+            assert payloads and all("glpat" not in str(p) for p in payloads)
 
 
 def test_shared_result_storage_on_s3(prefect_server, s3, s3_endpoint, home, monkeypatch, tmp_path):
     """Two 'machines' (separate Qdrant folders and local result folders) share one S3 result storage block: the
     second one finds every parse-and-chunk result cached by the first and parses nothing."""
     from docingest.blocks import S3Credentials, S3ResultStorage
-    from docingest.core.store import close_clients
+    from docingest.core.store import close_backends
     from docingest.settings import get_settings
 
     if not s3.bucket_exists("prefect-results"):
@@ -300,7 +300,7 @@ def test_shared_result_storage_on_s3(prefect_server, s3, s3_endpoint, home, monk
     stored = [o.object_name for o in s3.list_objects("prefect-results", prefix="cache/", recursive=True)]
     assert len(stored) == 2 and all(name.startswith("cache/docingest-prepare-") for name in stored)
 
-    close_clients()  # machine B: its own Qdrant, its own (empty) local result folder, the same shared block
+    close_backends()  # machine B: its own Qdrant, its own (empty) local result folder, the same shared block
     monkeypatch.setenv("DOCINGEST_HOME", str(tmp_path / "machine-b"))
     monkeypatch.setenv("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(tmp_path / "machine-b-results"))
     monkeypatch.setenv("DOCINGEST_RESULT_STORAGE", "docingest-s3-result-storage/shared")

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from docingest.cli import app
-from docingest.core.store import QdrantLocation, QdrantStore, close_clients
+from docingest.core.store import QdrantLocation, QdrantStore, close_backends
 from docingest.flows.ingest import ingest_documents
 from docingest.options import IngestOptions
 from docingest.retrieval import search
@@ -229,7 +229,7 @@ def test_run_summary_artifacts(prefect_server, home, tmp_path, caplog):
         ("bad.docx", "failure", "parse")]  # failures first
     assert progress and progress[0].type == "progress" and float(progress[0].data) == 100.0
     assert progress[0].description == "4 of 4 documents, 1 failed (Art_Coll)"
-    close_clients()
+    close_backends()
 
 
 def test_a_held_scope_lock_times_out_with_one_line(tmp_path):

@@ -224,18 +224,12 @@ def test_s3_store_jwks_tokens_and_fifty_concurrent_uploads(s3, tmp_path):
                 proc.kill()
 
     # Nothing lost or duplicated: exactly the 50 documents, each chunk once, as many points as the jobs reported.
-    from qdrant_client import QdrantClient
+    from docingest.core.store import QdrantLocation, QdrantStore, close_backends
 
-    qdrant = QdrantClient(path=str(tmp_path / "home" / "qdrant"))
+    store = QdrantStore(QdrantLocation(path=tmp_path / "home" / "qdrant"))
     try:
-        points, offset = [], None
-        while True:
-            batch, offset = qdrant.scroll("load", limit=1000, offset=offset, with_payload=["path", "chunk_index"])
-            points += batch
-            if offset is None:
-                break
+        keys = [(p["payload"]["path"], p["payload"]["chunk_index"]) for p in store.points(store.resolve("load"))]
     finally:
-        qdrant.close()
-    keys = [(p.payload["path"], p.payload["chunk_index"]) for p in points]
+        close_backends()
     assert len(keys) == len(set(keys)) == sum(j["chunks"] for j in finished)
     assert {path for path, _ in keys} == {doc for _, _, doc in uploads}

@@ -1,4 +1,4 @@
-"""Qdrant connection block: a server (URL + API key) or a local-mode folder."""
+"""Qdrant connection block: a server (URL + API key) or a folder of the embedded store."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ DOCS = "https://github.com/docingest/docingest#configuration"
 
 
 class QdrantConnection(Block):
-    """Where a Qdrant lives: a server (``url`` and ``api_key``) or a local-mode folder (``path``).
+    """Where a Qdrant lives: a server (``url`` and ``api_key``) or a folder of the embedded store (``path``).
 
     Example:
         Load a saved connection and pass its name to the flow as ``qdrant_block``:
@@ -22,7 +22,8 @@ class QdrantConnection(Block):
         from docingest.blocks import QdrantConnection
 
         connection = QdrantConnection.load("BLOCK_NAME")
-        client = connection.get_client()
+        store = connection.get_store()
+        print(store.list_collections())
         ```
     """
 
@@ -32,7 +33,8 @@ class QdrantConnection(Block):
     _documentation_url = DOCS  # type: ignore[assignment]
 
     url: str | None = Field(default=None, description="Qdrant server URL, e.g. http://qdrant:6333.")
-    path: str | None = Field(default=None, description="Folder for Qdrant local mode, used when no URL is set.")
+    path: str | None = Field(default=None, description="Folder of the embedded store (Qdrant Edge), used when no URL "
+                             "is set.")
     api_key: SecretStr | None = Field(default=None, description="API key of the Qdrant server.")
     timeout: float = Field(default=30.0, description="Request timeout in seconds.")
     prefer_grpc: bool = Field(default=False, description="Talk gRPC to the server instead of REST.")
@@ -47,11 +49,21 @@ class QdrantConnection(Block):
             prefer_grpc=self.prefer_grpc,
         )
 
-    def get_client(self):
-        """A qdrant_client.QdrantClient for this connection (cached per process)."""
-        from docingest.core.store import get_client
+    def get_store(self):
+        """The docingest store of this connection (one per process and location): collections, points, search."""
+        from docingest.core.store import QdrantStore
 
-        return get_client(self.location())
+        return QdrantStore(self.location())
+
+    def get_client(self):
+        """A ``qdrant_client.QdrantClient`` for a server connection (the embedded store has no client: use
+        :meth:`get_store`)."""
+        from docingest.core.store.client import open_client
+        from docingest.exceptions import ConfigurationError
+
+        if not self.url:
+            raise ConfigurationError("an embedded store has no qdrant-client: use get_store(), or set a server url")
+        return open_client(self.location())
 
 
 class QdrantCollection(Block):
@@ -77,6 +89,10 @@ class QdrantCollection(Block):
                                          description="The Qdrant that holds the collection.")
     collection_name: str = Field(description="Collection name (its manifest lives in <name>__manifest).")
 
+    def get_store(self):
+        """The docingest store of the collection's connection."""
+        return self.connection.get_store()
+
     def get_client(self):
-        """A qdrant_client.QdrantClient for the collection's connection (cached per process)."""
+        """A ``qdrant_client.QdrantClient`` for the collection's server connection."""
         return self.connection.get_client()

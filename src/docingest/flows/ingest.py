@@ -42,6 +42,7 @@ from docingest.tasks.prepare import PrepareFailed, prepare_document_task, prepar
 from docingest.tasks.store import (
     delete_documents_task,
     ensure_collection_task,
+    maintain_collection_task,
 )
 
 
@@ -258,6 +259,13 @@ def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation
         metrics.observe_stage("delete", time.perf_counter() - started)
         run.result.documents.deleted = len(plan.deleted)
         run.result.deleted = [r.uri for r in plan.deleted]
+
+    # 5. Upkeep: flush, and index the collection once it has grown enough to need it (reported, never per batch).
+    if run.result.chunks.upserted or run.result.chunks.deleted:
+        upkeep = maintain_collection_task(location, physical)
+        if upkeep.indexed:
+            metrics.observe_stage("index", upkeep.seconds)
+            logger.info("built the vector index of %s (%d points) in %.1fs", physical, upkeep.points, upkeep.seconds)
     return run.result
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from docingest.core.store import QdrantLocation, QdrantStore
+from docingest.core.store import Maintenance, QdrantLocation, QdrantStore
 from docingest.datamodel import ManifestRecord
 from docingest.tasks.common import STORE_TAGS, count, stage_task
 
@@ -55,3 +55,10 @@ def delete_documents_task(location: QdrantLocation, collection: str, records: li
         store.delete_manifest(collection, [record.doc_id])
         faults.checkpoint("mid-delete")
     return deleted
+
+
+@_store_task("maintain", lambda p: f"maintain {p['collection']}")
+def maintain_collection_task(location: QdrantLocation, collection: str) -> Maintenance:
+    """End of a run: flush the embedded store, and build the collection's HNSW index once enough of its points are
+    not indexed yet (a server indexes on its own)."""
+    return QdrantStore(location).maintain(collection)
