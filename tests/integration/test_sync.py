@@ -243,3 +243,39 @@ def test_a_held_scope_lock_times_out_with_one_line(tmp_path):
         pass
     with scope_lock("kb", "file:///docs", settings):  # released: taken again at once
         pass
+
+
+def test_the_server_backend_syncs_the_same_way(prefect_server, home, tmp_path, monkeypatch):
+    """The server backend (qdrant-client) runs the same sync: here on qdrant-client's local mode, the only stand-in
+    for the server API that installs on these machines (no Qdrant server binary does)."""
+    from docingest.settings import get_settings
+
+    monkeypatch.setenv("DOCINGEST_QDRANT_ENGINE", "qdrant-client")
+    get_settings.cache_clear()
+    docs = write_docs(tmp_path / "d", TOPICS)
+    first = ingest_documents(source=str(docs), collection="srv", options=opts(mode="full"))
+    assert first.documents.new == 4 and first.ok
+    assert (home / "qdrant" / "meta.json").is_file() and not (home / "qdrant" / "docingest-store.json").exists()
+    assert ingest_documents(source=str(docs), collection="srv").documents.unchanged == 4
+    (docs / "beta.md").write_text("# Beta\n\nBeta now covers the annual hardware refresh.\n")
+    (docs / "delta.md").unlink()
+    again = ingest_documents(source=str(docs), collection="srv", options=opts(mode="full"))
+    assert (again.documents.changed, again.documents.deleted, again.documents.unchanged) == (1, 1, 2)
+    store = QdrantStore(QdrantLocation(path=home / "qdrant", engine="qdrant-client"))
+    assert sorted(p["payload"]["path"] for p in store.points("srv")) == ["alpha.md", "beta.md", "gamma.md"]
+    assert search("hardware refresh", "srv", limit=1)[0].path == "beta.md"
+
+
+def test_the_run_that_grows_a_collection_enough_builds_its_index_and_says_so(prefect_server, home, tmp_path,
+                                                                            monkeypatch, caplog):
+    from docingest.settings import get_settings
+
+    monkeypatch.setenv("DOCINGEST_INDEX_FROM_POINTS", "3")
+    get_settings.cache_clear()
+    docs = write_docs(tmp_path / "d", TOPICS)
+    with caplog.at_level("INFO"):
+        result = ingest_documents(source=str(docs), collection="idx")
+    assert result.chunks.upserted == 4 and result.stage_seconds["index"] > 0
+    assert any("built the vector index of idx__v1 (4 points)" in r.getMessage() for r in caplog.records)
+    unchanged = ingest_documents(source=str(docs), collection="idx")
+    assert "index" not in unchanged.stage_seconds  # nothing written: no upkeep
