@@ -149,9 +149,14 @@ def ingest(
 
 
 def search(query: str, collection: str, limit: int = 5, *, qdrant_path: str | None = None,
-           qdrant_url: str | None = None, model: str | None = None) -> SearchResults:
-    """The ``limit`` chunks closest to ``query`` (a list of SearchHit with ``to_dataframe()``)."""
+           qdrant_url: str | None = None, model: str | None = None, mode: str | None = None,
+           fusion: str = "rrf") -> SearchResults:
+    """The ``limit`` chunks that best match ``query`` (a list of SearchHit with ``to_dataframe()``).
+
+    ``mode``: ``dense`` (the embedding model), ``bm25`` (exact terms) or ``hybrid`` (both, fused with ``fusion``:
+    ``rrf`` or ``dbsf``); default hybrid where the collection has BM25 vectors, else dense (``results.note`` says
+    so). ``results.mode`` is the mode used."""
     from docingest.retrieval import search as run_search
 
     return _call(run_search, query, collection, limit=limit, qdrant_url=qdrant_url, qdrant_path=qdrant_path,
-                 model=model)
+                 model=model, mode=mode, fusion=fusion)

@@ -80,6 +80,12 @@ CollectionBlockOpt = Annotated[
 ]
 QdrantBlockOpt = Annotated[str | None, typer.Option("--qdrant-block", help="Saved QdrantConnection block.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
+ModeOpt = Annotated[
+    str | None,
+    typer.Option("--mode", help="dense, bm25 (exact terms) or hybrid (both fused). Default: hybrid where the "
+                 "collection has BM25 vectors, else dense."),
+]
+FusionOpt = Annotated[str, typer.Option("--fusion", help="How hybrid fuses the two rankings: rrf or dbsf.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect and Docling logs on stderr.")]
 
 
@@ -121,6 +127,10 @@ def ingest(
     ] = None,
     model: Annotated[
         str | None, typer.Option("--model", help="sentence-transformers model name or path \\[env: DOCINGEST_EMBED_MODEL].")
+    ] = None,
+    bm25_language: Annotated[
+        str | None, typer.Option("--bm25-language", help="Language of the BM25 vectors for bm25/hybrid search "
+                                 "\\[default: english]; none: dense vectors only.", show_default=False)
     ] = None,
     include: Annotated[list[str] | None, typer.Option("--include", help="Glob to include (repeatable).")] = None,
     exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Glob to leave out (repeatable).")] = None,
@@ -204,6 +214,7 @@ def ingest(
         IngestOptions,
         ParseOptions,
         SourceOptions,
+        StoreOptions,
     )
     from docingest.targets import resolve_target
 
@@ -231,6 +242,7 @@ def ingest(
             chunk=ChunkOptions(max_tokens=max_tokens, chunker=chunker, enrichers=enricher or []),
             embed=EmbedOptions(model=model, **given(batch_size=batch_size, pool_size=pool_size,
                                                     backend=embed_backend)),
+            store=StoreOptions(**given(bm25_language=bm25_language)),
             **given(workers=workers, window=window, preset=preset),
             mode=mode,
             max_delete_ratio=max_delete_ratio,
@@ -359,10 +371,12 @@ def search(
     qdrant_path: QdrantPathOpt = None,
     qdrant_url: QdrantUrlOpt = None,
     limit: Annotated[int, typer.Option("--limit", "-k", min=1, max=1000, help="Number of hits.")] = 5,
+    mode: ModeOpt = None,
+    fusion: FusionOpt = "rrf",
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Find the chunks closest to QUERY in a collection."""
+    """Find the chunks that best match QUERY in a collection."""
     _quiet_environment(verbose)
     from docingest.exceptions import DocingestError
     from docingest.retrieval import search as run_search
@@ -370,12 +384,15 @@ def search(
     _qdrant_target(qdrant_path, qdrant_url)
     try:
         hits = run_search(query, collection, limit=limit, qdrant_url=qdrant_url,
-                          qdrant_path=str(qdrant_path) if qdrant_path else None)
+                          qdrant_path=str(qdrant_path) if qdrant_path else None, mode=mode, fusion=fusion)
     except DocingestError as exc:
         raise _fail(str(exc)) from None
+    if hits.note:
+        err.print(f"note: {hits.note}", highlight=False, soft_wrap=True)
     if as_json:
-        payload = {"hits": [h.model_dump(include={"score", "source", "path", "chunk_index", "text", "headings"})
-                            for h in hits]}
+        payload = {"mode": hits.mode,
+                   "hits": [{**h.model_dump(include={"score", "source", "path", "chunk_index", "text", "headings"}),
+                             "mode": hits.mode} for h in hits]}
         sys.stdout.write(json.dumps(payload) + "\n")
         return
     if not hits:
@@ -502,6 +519,8 @@ def eval_command(
         int | None, typer.Option("--candidates", help="Chunks retrieved per query before ranking documents "
                                  "\\[default: max(50, 10k)].")
     ] = None,
+    mode: ModeOpt = None,
+    fusion: FusionOpt = "rrf",
     qdrant_path: QdrantPathOpt = None,
     qdrant_url: QdrantUrlOpt = None,
     as_json: JsonOpt = False,
@@ -516,7 +535,7 @@ def eval_command(
     try:
         report = evaluate(collection, load_queries(queries), load_qrels(qrels), k=k, match=match,
                           qdrant_url=qdrant_url, qdrant_path=str(qdrant_path) if qdrant_path else None,
-                          candidates=candidates)
+                          candidates=candidates, mode=mode, fusion=fusion)
     except DocingestError as exc:
         raise _fail(str(exc)) from None
     if as_json:

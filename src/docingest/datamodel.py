@@ -106,6 +106,7 @@ class ChunkCounts(BaseModel):
     embedded: int = 0
     upserted: int = 0
     deleted: int = 0
+    sparse_added: int = Field(default=0, description="Stored chunks that gained a BM25 vector without re-embedding.")
 
 
 class FailureItem(BaseModel):
@@ -219,7 +220,15 @@ class ManifestRecord(BaseModel):
 
 
 class SearchResults(list):
-    """Search hits, best first: a plain list of SearchHit with ``to_dataframe()``."""
+    """Search hits, best first: a plain list of SearchHit with ``to_dataframe()``; ``mode`` says how they were found
+    (dense, bm25 or hybrid) and ``note`` why it is not the one asked for, if so."""
+
+    mode: str = "dense"
+    note: str | None = None
+
+    def __init__(self, hits=(), mode: str = "dense", note: str | None = None) -> None:
+        super().__init__(hits)
+        self.mode, self.note = mode, note
 
     def to_dataframe(self):
         """One row per hit: score, source, path, chunk_index, headings, pages, text."""

@@ -173,6 +173,7 @@ class EvalReport(BaseModel):
     k: int
     match: str
     model: str | None = None
+    mode: str = Field(default="dense", description="How documents were retrieved: dense, bm25 or hybrid.")
     queries: int = Field(description="Number of evaluated queries.")
     skipped_queries: list[str] = Field(default_factory=list, description="Ids without qrels or not in the queries.")
     ndcg: float
@@ -254,12 +255,15 @@ def evaluate(
     qdrant_url: str | None = None,
     qdrant_path: str | None = None,
     candidates: int | None = None,
+    mode: str | None = None,
+    fusion: str = "rrf",
 ) -> EvalReport:
     """Run every query against ``collection`` with the model it was built with and score the document rankings.
 
     All queries are embedded in one call; each runs one Qdrant query for ``candidates`` chunks (default
-    ``max(50, k * 10)``), which are folded into a document ranking (``rank_documents``). Raises ConfigurationError for
-    an unknown collection or bad ``k``/``candidates``.
+    ``max(50, k * 10)``), which are folded into a document ranking (``rank_documents``). ``mode`` is dense, bm25 or
+    hybrid (fused with ``fusion``), by default as ``docingest search`` chooses. Raises ConfigurationError for an
+    unknown collection or bad ``k``/``candidates``/``mode``.
     """
     if k < 1:
         raise ConfigurationError(f"k must be at least 1, got {k}")
@@ -269,24 +273,30 @@ def evaluate(
 
     from docingest.core.embed import embed_texts, load_model
     from docingest.core.store import QdrantStore
+    from docingest.retrieval import choose_mode, make_search
     from docingest.settings import get_settings
     from docingest.targets import QdrantTarget, resolve_location
 
     store = QdrantStore(resolve_location(QdrantTarget(url=qdrant_url, path=qdrant_path)))
     store.require_collection(collection)
-    recorded, backend = store.collection_model(collection)
+    physical = store.resolve(collection)
+    used, language, _ = choose_mode(store, physical, mode, fusion)
+    recorded, backend = store.collection_model(physical)
     settings = get_settings()
     name = recorded or settings.embed_model
 
     evaluated, _ = split_queries(queries, qrels)
     rankings: dict[str, list[str]] = {}
     if evaluated:
-        loaded = load_model(name, settings.embed_device, backend)
-        vectors = embed_texts(loaded, [queries[qid] for qid in evaluated])
-        for qid, vector in zip(evaluated, vectors, strict=True):
-            hits = store.query(collection, vector.tolist(), candidates)
+        texts = [queries[qid] for qid in evaluated]
+        vectors = embed_texts(load_model(name, settings.embed_device, backend), texts) if used != "bm25" \
+            else [None] * len(texts)
+        for qid, text, vector in zip(evaluated, texts, vectors, strict=True):
+            hits = store.find(physical, make_search(used, vector, text, language, candidates, fusion, candidates))
             rankings[qid] = rank_documents(hits, match, k)
-    return build_report(collection, queries, qrels, rankings, k, match, model=name)
+    report = build_report(collection, queries, qrels, rankings, k, match, model=name)
+    report.mode = used
+    return report
 
 
 # --------------------------------------------------------------------------------------------------- render
@@ -303,7 +313,8 @@ def render(report: EvalReport, console: Console) -> None:
 
     k = report.k
     model = f", model {report.model}" if report.model else ""
-    console.print(f"Retrieval evaluation of [bold]{report.collection}[/] (documents by {report.match}{model})")
+    console.print(f"Retrieval evaluation of [bold]{report.collection}[/] ({report.mode} search, documents by "
+                  f"{report.match}{model})")
     summary = Table()
     for column in (f"nDCG@{k}", f"recall@{k}", f"MRR@{k}", "queries"):
         summary.add_column(column, justify="right")

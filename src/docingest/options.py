@@ -152,6 +152,12 @@ class StoreOptions(_Options):
     """How points are written to Qdrant. Where Qdrant lives comes from settings or a block, not from here."""
 
     upsert_batch_size: int = Field(default=256, ge=1, le=10000, description="Points per upsert request.")
+    bm25_language: str = Field(
+        default="english",
+        description="Language of each chunk's BM25 sparse vector (tokenizer, stopwords, stemmer), for bm25 and "
+        "hybrid search; 'none' stores dense vectors only. Changing it re-encodes the sparse vectors at the next "
+        "sync, never the dense ones.",
+    )
 
 
 class Preset(str, Enum):

@@ -1,17 +1,49 @@
-"""Semantic search over a collection, with the model the collection was built with."""
+"""Search over a collection: dense (the model the collection was built with), BM25 (exact terms) or hybrid (both,
+fused by the engine), the same on both store backends."""
 
 from __future__ import annotations
 
 from docingest.core.embed import embed_texts, load_model
-from docingest.core.store import QdrantStore
+from docingest.core.sparse import SPARSE_VECTOR, encoder
+from docingest.core.store import QdrantStore, Search
 from docingest.datamodel import SearchResults
 from docingest.exceptions import ConfigurationError, StoreError
 from docingest.settings import get_settings
+
+MODES = ("dense", "bm25", "hybrid")
+FUSIONS = ("rrf", "dbsf")
 
 
 def collection_model(store: QdrantStore, collection: str) -> tuple[str | None, str]:
     """The embedding model and backend recorded in the collection's points, if any."""
     return store.collection_model(collection)
+
+
+def choose_mode(store: QdrantStore, physical: str, mode: str | None, fusion: str = "rrf"
+                ) -> tuple[str, str | None, str | None]:
+    """(mode, BM25 language, note): the mode asked for, or by default hybrid where the collection's points carry
+    BM25 vectors and dense where they do not (the note says why). ConfigurationError for a mode the collection
+    cannot answer or an unknown mode or fusion."""
+    if mode is not None and mode not in MODES:
+        raise ConfigurationError(f"unknown search mode {mode!r}: use one of {', '.join(MODES)}")
+    if fusion not in FUSIONS:
+        raise ConfigurationError(f"unknown fusion {fusion!r}: use one of {', '.join(FUSIONS)}")
+    language = store.sparse_language(physical) if SPARSE_VECTOR in store.sparse_vectors(physical) else None
+    if mode in (None, "hybrid", "bm25") and language is None:
+        if mode is not None:
+            raise ConfigurationError(f"collection {physical!r} has no BM25 vectors (made before hybrid search): "
+                                     "use --mode dense, or sync it once to add them")
+        return "dense", None, (f"collection {physical!r} has no BM25 vectors yet (made before hybrid search): dense "
+                               "search; its next sync adds them")
+    return mode or "hybrid", language, None
+
+
+def make_search(mode: str, vector, query: str, language: str | None, limit: int, fusion: str = "rrf",
+                candidates: int = 0) -> Search:
+    sparse = encoder(language).query(query) if mode in ("bm25", "hybrid") and language else None
+    dense = [float(x) for x in vector] if mode in ("dense", "hybrid") else None
+    return Search(limit=limit, dense=dense, sparse=sparse, sparse_name=SPARSE_VECTOR, fusion=fusion,  # type: ignore[arg-type]
+                  candidates=candidates)
 
 
 def search(
@@ -21,8 +53,10 @@ def search(
     qdrant_url: str | None = None,
     qdrant_path: str | None = None,
     model: str | None = None,
+    mode: str | None = None,
+    fusion: str = "rrf",
 ) -> SearchResults:
-    """Return the ``limit`` chunks closest to ``query``. Raises ConfigurationError for an unknown collection."""
+    """Return the ``limit`` best chunks for ``query``. Raises ConfigurationError for an unknown collection."""
     from docingest.targets import QdrantTarget, resolve_location
 
     store = QdrantStore(resolve_location(QdrantTarget(url=qdrant_url, path=qdrant_path)))
@@ -32,17 +66,21 @@ def search(
         # migration switches the alias; a collection deleted right after the switch is retried on the new one.
         physical = store.resolve(collection)
         try:
-            return _search(store, physical, query, limit, model)
+            return _search(store, physical, query, limit, model, mode, fusion)
         except (ConfigurationError, StoreError):
             if attempt or store.resolve(collection) == physical:
                 raise
     raise AssertionError("unreachable")
 
 
-def _search(store: QdrantStore, physical: str, query: str, limit: int, model: str | None) -> SearchResults:
-    settings = get_settings()
-    recorded, backend = collection_model(store, physical)
-    name = model or recorded or settings.embed_model
-    loaded = load_model(name, settings.embed_device, backend)
-    vector = embed_texts(loaded, [query])[0]
-    return SearchResults(store.search(physical, vector.tolist(), limit))
+def _search(store: QdrantStore, physical: str, query: str, limit: int, model: str | None, mode: str | None,
+            fusion: str) -> SearchResults:
+    used, language, note = choose_mode(store, physical, mode, fusion)
+    vector = None
+    if used != "bm25":  # BM25 alone needs no model
+        settings = get_settings()
+        recorded, backend = collection_model(store, physical)
+        loaded = load_model(model or recorded or settings.embed_model, settings.embed_device, backend)
+        vector = embed_texts(loaded, [query])[0]
+    hits = store.search(physical, make_search(used, vector, query, language, limit, fusion))
+    return SearchResults(hits, mode=used, note=note)

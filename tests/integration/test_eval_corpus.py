@@ -123,8 +123,18 @@ def test_eval_command(indexed):
     assert done.exit_code == 0, done.stderr
     data = json.loads(done.stdout)
     assert data["k"] == 5 and data["queries"] == 22 and data["recall"] >= 0.85 and len(data["worst"]) == 5
+    assert data["mode"] == "hybrid"  # the default where the collection has BM25 vectors
     table = runner.invoke(app, args)
-    assert table.exit_code == 0 and "nDCG@5" in table.stdout
+    assert table.exit_code == 0 and "nDCG@5" in table.stdout and "hybrid search" in table.stdout
+    for mode in ("dense", "bm25", "hybrid"):
+        for fusion in (("rrf", "dbsf") if mode == "hybrid" else ("rrf",)):
+            done = runner.invoke(app, [*args, "--json", "--mode", mode, "--fusion", fusion])
+            assert done.exit_code == 0, done.stderr
+            data = json.loads(done.stdout)
+            assert data["mode"] == mode and data["queries"] == 22, (mode, fusion)
+            assert data["recall"] >= 0.7 and data["ndcg"] >= 0.6, (mode, fusion, data["worst"])
+    bad = runner.invoke(app, [*args, "--mode", "sparse"])
+    assert bad.exit_code == 2 and "unknown search mode" in bad.stderr
     missing = runner.invoke(app, ["eval", "-c", "nope", "--queries", str(EVAL_DATA / "queries.jsonl"), "--qrels",
                                   str(EVAL_DATA / "qrels.tsv"), "--qdrant-path", indexed])
     assert missing.exit_code == 2 and "unknown collection" in missing.stderr

@@ -112,7 +112,14 @@ def build_points(prepared: PreparedDocument, vectors: Any, profile: Profile) -> 
     fp = profile.fingerprint_for(doc.path)
     version = document_version(doc.content_hash, fp)
     points = []
-    for chunk, vector in zip(prepared.chunks, vectors, strict=True):
+    sparse = None
+    if profile.sparse_language:
+        from docingest.core.sparse import SPARSE_VECTOR, encoder, sparse_text
+
+        bm25 = encoder(profile.sparse_language)
+        sparse = [{SPARSE_VECTOR: v} for v in bm25.documents([sparse_text(c.headings, c.text)
+                                                                for c in prepared.chunks])]
+    for n, (chunk, vector) in enumerate(zip(prepared.chunks, vectors, strict=True)):
         points.append(
             {
                 "id": point_id(doc_id, version, chunk.chunk_index),
@@ -134,8 +141,10 @@ def build_points(prepared: PreparedDocument, vectors: Any, profile: Profile) -> 
                     "model": profile.model.name,
                     "model_backend": profile.model.backend,
                     "ingested_at": time.time(),
+                    **({"sparse_model": f"bm25:{profile.sparse_language}"} if sparse else {}),
                     **chunk.extra,
                 },
+                **({"sparse": sparse[n]} if sparse else {}),
             }
         )
     return points

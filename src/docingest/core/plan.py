@@ -30,6 +30,10 @@ class Profile:
     # Fingerprints that mean the same output for documents OCR cannot touch: before OCR counted only for images and
     # PDFs, every document's fingerprint held whether Tesseract was installed. Accepted, so nothing re-embeds.
     legacy_fingerprints: tuple[str, ...] = ()
+    # BM25 language of the sparse vectors ("bm25:english"), None for dense only. Not in the fingerprint: the sparse
+    # vectors follow it point by point (each point records the model that made its sparse vector), so changing it,
+    # or upgrading a dense-only collection, re-encodes sparse vectors from the stored text and never re-embeds.
+    sparse_language: str | None = None
 
     def fingerprint_for(self, path: str) -> str:
         """The fingerprint of one document: a parser plugin's name and version count for its formats only, and the
@@ -78,9 +82,14 @@ def resolve_profile(options: IngestOptions, model: ModelInfo) -> Profile:
                  "ocr_pdf_pages": True, "ocr_dpi": options.parse.ocr_dpi} if ocr else None
     legacy = tuple(sorted({fingerprint({**parts, "ocr": True, "ocr_lang": options.parse.ocr_lang})} - {
         fingerprint(parts)}))
+    language = options.store.bm25_language.strip().lower()
+    if language != "none":
+        from docingest.core.sparse import encoder
+
+        encoder(language)  # an unknown language stops the run here, before any work
     return Profile(pdf_mode=pdf_mode, ocr=ocr, max_tokens=max_tokens, model=model, fingerprint=fingerprint(parts),
                    format_fingerprints=formats, ocr_fingerprint=fingerprint(ocr_parts) if ocr_parts else None,
-                   legacy_fingerprints=legacy)
+                   legacy_fingerprints=legacy, sparse_language=None if language == "none" else language)
 
 
 def classify(doc: SourceDocument, known: ManifestRecord | None, profile: Profile) -> ChangeKind:

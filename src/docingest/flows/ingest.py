@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 
@@ -15,6 +16,7 @@ from docingest.core.embed import LoadedModel
 from docingest.core.metrics import Pusher, RunMetrics
 from docingest.core.parse import accurate_models_status
 from docingest.core.plan import Action, Profile, make_plan
+from docingest.core.sparse import SPARSE_VECTOR
 from docingest.core.store import QdrantLocation, QdrantStore
 from docingest.core.worker import close_pools
 from docingest.datamodel import (
@@ -43,6 +45,7 @@ from docingest.tasks.store import (
     delete_documents_task,
     ensure_collection_task,
     maintain_collection_task,
+    sparse_vectors_task,
 )
 
 
@@ -127,7 +130,8 @@ def ingest_documents(
     prepare_batch = prepare_documents_task.with_options(result_storage=storage) if storage \
         else prepare_documents_task
     # The alias is resolved once: a run that started before a model migration's switch finishes where it began.
-    physical = ensure_collection_task(location, collection, model.info.dimension)
+    physical = ensure_collection_task(location, collection, model.info.dimension,
+                                      (SPARSE_VECTOR,) if profile.sparse_language else ())
     logger.info("ingesting %s into %r (%s) on %s (model %s, %d-token chunks, mode %s)", src.uri, collection, physical,
                 location.describe(), model.info.name, profile.max_tokens, options.mode.value)
     if options.parse.pdf_mode is PdfMode.AUTO:
@@ -142,8 +146,10 @@ def ingest_documents(
     try:
         with scope_lock(collection, src.uri, settings), server_limit(collection, src.uri, settings):
             try:
+                profile, sparse_added = _sparse_vectors(location, physical, profile)
                 result = _sync(src, collection, options, location, model, profile, prepare, metrics, physical,
                                prepare_batch)
+                result.chunks.sparse_added = sparse_added
             finally:
                 if options.parse.isolation is Isolation.PROCESS:
                     close_pools()
@@ -167,6 +173,23 @@ def ingest_documents(
     if result.aborted:
         raise CircuitBreakerOpen(result.aborted, result)
     return result
+
+
+def _sparse_vectors(location: QdrantLocation, physical: str, profile: Profile) -> tuple[Profile, int]:
+    """A collection made before hybrid search (or with another BM25 language) gains its sparse vectors here, from the
+    stored text: the dense model never runs for that. Where the Qdrant cannot add them, the run stays dense-only."""
+    if not profile.sparse_language:
+        return profile, 0
+    added = sparse_vectors_task(location, physical, profile.sparse_language)
+    if added is None:
+        get_run_logger().warning("%s cannot hold BM25 vectors on %s (this Qdrant cannot add a vector to an existing "
+                                 "collection): it stays dense-only; `docingest migrate` rebuilds it with them",
+                                 physical, location.describe())
+        return dataclasses.replace(profile, sparse_language=None), 0
+    if added:
+        get_run_logger().info("BM25 vectors (%s) added to %d stored chunks of %s, without re-embedding",
+                              profile.sparse_language, added, physical)
+    return profile, added
 
 
 def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation, model, profile: Profile,

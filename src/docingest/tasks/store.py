@@ -14,10 +14,20 @@ def _store_task(name: str, describe):
 
 
 @_store_task("ensure-collection", lambda p: f"ensure collection {p['collection']}")
-def ensure_collection_task(location: QdrantLocation, collection: str, dimension: int) -> str:
-    """Create the collection (behind its alias) with the model's dimension and cosine distance, or check it fits;
-    returns the physical collection the run writes to."""
-    return QdrantStore(location).ensure_collection(collection, dimension)
+def ensure_collection_task(location: QdrantLocation, collection: str, dimension: int, sparse: tuple[str, ...] = ()
+                           ) -> str:
+    """Create the collection (behind its alias) with the model's dimension and cosine distance (and the named sparse
+    vectors), or check it fits; returns the physical collection the run writes to."""
+    return QdrantStore(location).ensure_collection(collection, dimension, sparse=sparse)
+
+
+@_store_task("sparse-vectors", lambda p: f"BM25 vectors of {p['collection']}")
+def sparse_vectors_task(location: QdrantLocation, collection: str, language: str) -> int | None:
+    """Give stored points that lack it a BM25 vector of ``language``, from their stored text (never re-embeds);
+    None when this Qdrant cannot add the sparse vector to the existing collection."""
+    from docingest.core.sparse import add_sparse_vectors
+
+    return add_sparse_vectors(QdrantStore(location), collection, language)
 
 
 @_store_task("upsert", lambda p: f"upsert {count(len(p['points']), 'point')}")

@@ -15,6 +15,8 @@ from pydantic import BaseModel, Field, SecretStr
 
 Engine = Literal["edge", "qdrant-client"]
 Distance = Literal["cosine", "dot"]
+Fusion = Literal["rrf", "dbsf"]
+RRF_K = 60  # reciprocal rank fusion: 1 / (k + rank), Qdrant's default k
 
 
 class QdrantLocation(BaseModel):
@@ -86,6 +88,22 @@ class StoredPoint:
 
 
 @dataclass
+class Search:
+    """One query: ``dense`` (the unnamed vector), ``sparse`` (indices, values of the vector named ``sparse_name``),
+    or both, fused with ``fusion`` over ``candidates`` hits of each."""
+
+    limit: int
+    dense: list[float] | None = None
+    sparse: tuple[list[int], list[float]] | None = None
+    sparse_name: str = "bm25"
+    fusion: Fusion = "rrf"
+    candidates: int = 0
+
+    def prefetch_limit(self) -> int:
+        return max(self.candidates, self.limit * 4, 40)
+
+
+@dataclass
 class Maintenance:
     """What ``Backend.maintain`` did to a collection at the end of a run."""
 
@@ -118,7 +136,15 @@ class Backend(Protocol):
 
     def collection_exists(self, name: str) -> bool: ...
 
-    def create_collection(self, name: str, dimension: int, distance: Distance, indexes: Sequence[str]) -> None: ...
+    def create_collection(self, name: str, dimension: int, distance: Distance, indexes: Sequence[str],
+                          sparse: Sequence[str] = ()) -> None: ...
+
+    def sparse_vectors(self, name: str) -> set[str]: ...
+
+    def add_sparse_vector(self, name: str, vector: str) -> None: ...
+
+    def set_sparse(self, name: str, vector: str, items: Sequence[tuple[str, list[int], list[float]]],
+                   payload: dict[str, Any]) -> None: ...
 
     def vector_size(self, name: str) -> int | None: ...
 
@@ -139,7 +165,7 @@ class Backend(Protocol):
 
     def delete_where(self, name: str, where: Where) -> None: ...
 
-    def query(self, name: str, vector: list[float], limit: int) -> list[tuple[float, dict[str, Any]]]: ...
+    def query(self, name: str, search: Search) -> list[tuple[float, dict[str, Any]]]: ...
 
     def maintain(self, name: str) -> Maintenance: ...
 

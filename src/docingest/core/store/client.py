@@ -7,7 +7,17 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from docingest.core.store.backend import Distance, Maintenance, QdrantLocation, Record, StoredPoint, Where, vectors_of
+from docingest.core.store.backend import (
+    RRF_K,
+    Distance,
+    Maintenance,
+    QdrantLocation,
+    Record,
+    Search,
+    StoredPoint,
+    Where,
+    vectors_of,
+)
 from docingest.exceptions import ConfigurationError, StoreError
 
 if TYPE_CHECKING:
@@ -77,12 +87,15 @@ class ClientBackend:
     def collection_exists(self, name: str) -> bool:
         return bool(self._call("check collection", self.client.collection_exists, name))
 
-    def create_collection(self, name: str, dimension: int, distance: Distance, indexes: Sequence[str]) -> None:
+    def create_collection(self, name: str, dimension: int, distance: Distance, indexes: Sequence[str],
+                          sparse: Sequence[str] = ()) -> None:
         from qdrant_client import models
 
         metric = models.Distance.COSINE if distance == "cosine" else models.Distance.DOT
         self._call("create collection", self.client.create_collection, name,
-                   vectors_config=models.VectorParams(size=dimension, distance=metric))
+                   vectors_config=models.VectorParams(size=dimension, distance=metric),
+                   sparse_vectors_config={v: models.SparseVectorParams(modifier=models.Modifier.IDF)
+                                          for v in sparse} or None)
         if self.location.url:  # payload indexes have no effect in local mode
             for field in indexes:
                 self._call("create index", self.client.create_payload_index, name, field_name=field,
@@ -91,6 +104,31 @@ class ClientBackend:
     def vector_size(self, name: str) -> int | None:
         info = self._call("read collection", self.client.get_collection, name)
         return getattr(info.config.params.vectors, "size", None)
+
+    def sparse_vectors(self, name: str) -> set[str]:
+        info = self._call("read collection", self.client.get_collection, name)
+        return set(info.config.params.sparse_vectors or {})
+
+    def add_sparse_vector(self, name: str, vector: str) -> None:
+        """Qdrant servers add a named vector to an existing collection; older servers and local mode refuse (the
+        collection then stays dense-only until ``docingest migrate`` rebuilds it)."""
+        from qdrant_client import models
+
+        self._call("add sparse vector", self.client.update_collection, name,
+                   sparse_vectors_config={vector: models.SparseVectorParams(modifier=models.Modifier.IDF)})
+        if vector not in self.sparse_vectors(name):
+            raise ConfigurationError(f"Qdrant at {self.location.describe()} cannot add the sparse vector {vector!r} "
+                                     f"to the existing collection {name!r}")
+
+    def set_sparse(self, name: str, vector: str, items: Sequence[tuple[str, list[int], list[float]]],
+                   payload: dict[str, Any]) -> None:
+        from qdrant_client import models
+
+        points = [models.PointVectors(id=i, vector={vector: models.SparseVector(indices=idx, values=val)})
+                  for i, idx, val in items]
+        self._call("update vectors", self.client.update_vectors, name, points=points, wait=True)
+        self._call("set payload", self.client.set_payload, name, payload=payload,
+                   points=[i for i, _, _ in items], wait=True)
 
     def distance(self, name: str) -> Distance:
         info = self._call("read collection", self.client.get_collection, name)
@@ -120,7 +158,8 @@ class ClientBackend:
         def vector(p: StoredPoint):
             if not p.sparse:
                 return p.vector
-            return {"": p.vector, **{k: models.SparseVector(indices=i, values=v) for k, (i, v) in p.sparse.items()}}
+            return {"": p.vector, **{k: models.SparseVector(indices=list(i), values=list(v))
+                                     for k, (i, v) in p.sparse.items()}}
 
         batch = [models.PointStruct(id=p.id, vector=vector(p), payload=p.payload) for p in points]
         self._call("upsert", self.client.upsert, name, points=batch, wait=True)
@@ -148,9 +187,23 @@ class ClientBackend:
         self._call("delete", self.client.delete, name, points_selector=models.FilterSelector(filter=_filter(where)),
                    wait=True)
 
-    def query(self, name: str, vector: list[float], limit: int) -> list[tuple[float, dict[str, Any]]]:
-        response = self._call("search", self.client.query_points, name, query=vector, limit=limit,
-                              with_payload=True)
+    def query(self, name: str, search: Search) -> list[tuple[float, dict[str, Any]]]:
+        from qdrant_client import models
+
+        queries: list[tuple[Any, str | None]] = []
+        if search.dense is not None:
+            queries.append((list(search.dense), None))
+        if search.sparse is not None:
+            indices, values = search.sparse
+            queries.append((models.SparseVector(indices=indices, values=values), search.sparse_name))
+        if len(queries) == 1:
+            (query, using), prefetch = queries[0], None
+        else:
+            query, using = (models.RrfQuery(rrf=models.Rrf(k=RRF_K)) if search.fusion == "rrf"
+                            else models.FusionQuery(fusion=models.Fusion.DBSF)), None
+            prefetch = [models.Prefetch(query=q, using=u, limit=search.prefetch_limit()) for q, u in queries]
+        response = self._call("search", self.client.query_points, name, query=query, using=using, prefetch=prefetch,
+                              limit=search.limit, with_payload=True)
         return [(float(p.score), p.payload or {}) for p in response.points]
 
     def maintain(self, name: str) -> Maintenance:

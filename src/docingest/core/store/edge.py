@@ -28,7 +28,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from docingest.core.store.backend import Distance, Maintenance, QdrantLocation, Record, StoredPoint, Where, vectors_of
+from docingest.core.store.backend import (
+    RRF_K,
+    Distance,
+    Maintenance,
+    QdrantLocation,
+    Record,
+    Search,
+    StoredPoint,
+    Where,
+    vectors_of,
+)
 from docingest.exceptions import ConfigurationError, StoreError
 
 logger = logging.getLogger("docingest.store")
@@ -181,7 +191,8 @@ class EdgeBackend:
     def collection_exists(self, name: str) -> bool:
         return (self._dir(name) / SHARD_CONFIG).is_file()
 
-    def create_collection(self, name: str, dimension: int, distance: Distance, indexes: Sequence[str]) -> None:
+    def create_collection(self, name: str, dimension: int, distance: Distance, indexes: Sequence[str],
+                          sparse: Sequence[str] = ()) -> None:
         """Create the shard in a temporary folder and rename it into place: a crash leaves no half collection."""
         from qdrant_edge import (
             Distance as EdgeDistance,
@@ -190,8 +201,10 @@ class EdgeBackend:
             EdgeConfig,
             EdgeOptimizersConfig,
             EdgeShard,
+            EdgeSparseVectorParams,
             EdgeVectorParams,
             HnswIndexConfig,
+            Modifier,
             PayloadSchemaType,
             UpdateOperation,
         )
@@ -202,6 +215,7 @@ class EdgeBackend:
         metric = EdgeDistance.Cosine if distance == "cosine" else EdgeDistance.Dot
         config = EdgeConfig(
             vectors={DENSE: EdgeVectorParams(size=dimension, distance=metric)},
+            sparse_vectors={v: EdgeSparseVectorParams(modifier=Modifier.Idf) for v in sparse} or None,
             hnsw_config=HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000,
                                         max_indexing_threads=self.index_threads),
             # Optimizers run only in ``maintain``; a segment is worth an index from ``index_from`` points.
@@ -227,6 +241,26 @@ class EdgeBackend:
     def vector_size(self, name: str) -> int | None:
         config = self._config(name)
         return config.get("vectors", {}).get(DENSE, {}).get("size")
+
+    def sparse_vectors(self, name: str) -> set[str]:
+        return set(self._config(name).get("sparse_vectors") or {})
+
+    def add_sparse_vector(self, name: str, vector: str) -> None:
+        from qdrant_edge import Modifier, UpdateOperation
+
+        operation = UpdateOperation.create_sparse_vector(vector, modifier=Modifier.Idf)
+        self._call("add sparse vector", self._shard(name).update, operation, write=True)
+        self._call("flush", self._shard(name).flush)
+
+    def set_sparse(self, name: str, vector: str, items: Sequence[tuple[str, list[int], list[float]]],
+                   payload: dict[str, Any]) -> None:
+        from qdrant_edge import PointVectors, SparseVector, UpdateOperation
+
+        shard = self._shard(name)
+        vectors = [PointVectors(id=i, vector={vector: SparseVector(indices=idx, values=val)}) for i, idx, val in items]
+        self._call("update vectors", shard.update, UpdateOperation.update_vectors(vectors), write=True)
+        self._call("set payload", shard.update, UpdateOperation.set_payload([i for i, _, _ in items], payload),
+                   write=True)
 
     def distance(self, name: str) -> Distance:
         metric = str(self._config(name).get("vectors", {}).get(DENSE, {}).get("distance", "Cosine"))
@@ -317,10 +351,21 @@ class EdgeBackend:
         operation = UpdateOperation.delete_points_by_filter(_filter(where))
         self._call("delete", self._shard(name).update, operation, write=True)
 
-    def query(self, name: str, vector: list[float], limit: int) -> list[tuple[float, dict[str, Any]]]:
-        from qdrant_edge import Query, QueryRequest
+    def query(self, name: str, search: Search) -> list[tuple[float, dict[str, Any]]]:
+        from qdrant_edge import Fusion, Prefetch, Query, QueryRequest, SparseVector
 
-        request = QueryRequest(limit=limit, query=Query.Nearest(list(vector), using=DENSE), with_payload=True)
+        queries = []
+        if search.dense is not None:
+            queries.append(Query.Nearest(list(search.dense), using=DENSE))
+        if search.sparse is not None:
+            indices, values = search.sparse
+            queries.append(Query.Nearest(SparseVector(indices=indices, values=values), using=search.sparse_name))
+        if len(queries) == 1:
+            request = QueryRequest(limit=search.limit, query=queries[0], with_payload=True)
+        else:
+            fusion = Fusion.Rrf(k=RRF_K) if search.fusion == "rrf" else Fusion.Dbsf()
+            request = QueryRequest(limit=search.limit, query=fusion, with_payload=True,
+                                   prefetches=[Prefetch(limit=search.prefetch_limit(), query=q) for q in queries])
         return [(float(p.score), p.payload or {}) for p in self._call("search", self._shard(name).query, request)]
 
     # -- upkeep ---------------------------------------------------------------------------------------------------

@@ -7,12 +7,12 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from docingest.core.store.backend import Backend, Maintenance, QdrantLocation, StoredPoint, Where
+from docingest.core.store.backend import Backend, Maintenance, QdrantLocation, Search, StoredPoint, Where
 from docingest.datamodel import ManifestRecord, SearchHit
 from docingest.exceptions import ConfigurationError
 
 MANIFEST_SUFFIX = "__manifest"
-PAYLOAD_INDEXES = ("doc_id", "source_uri", "version", "path")
+PAYLOAD_INDEXES = ("doc_id", "source_uri", "version", "path", "sparse_model")
 
 _backends: dict[tuple, Backend] = {}
 _backends_lock = threading.Lock()
@@ -78,10 +78,12 @@ class QdrantStore:
         """Whether a collection or an alias of that name exists."""
         return self.backend.collection_exists(self.resolve(collection))
 
-    def ensure_collection(self, collection: str, dimension: int, alias: bool = True) -> str:
+    def ensure_collection(self, collection: str, dimension: int, alias: bool = True, sparse: tuple[str, ...] = ()
+                          ) -> str:
         """The physical collection behind ``collection``, created when missing: ``<name>__v1`` (cosine, the model's
-        dimension) behind the alias ``<name>`` (so a model migration can switch it atomically), or with
-        ``alias=False`` a collection of that very name. Also creates its manifest. Checks the dimension fits."""
+        dimension, and the named ``sparse`` vectors with IDF) behind the alias ``<name>`` (so a model migration can
+        switch it atomically), or with ``alias=False`` a collection of that very name. Also creates its manifest.
+        Checks the dimension fits."""
         if (not collection or any(c in collection for c in "/\\ ") or collection.startswith(".")
                 or collection.endswith(MANIFEST_SUFFIX)):
             raise ConfigurationError(f"invalid collection name: {collection!r}")
@@ -95,7 +97,7 @@ class QdrantStore:
                 )
         else:
             physical = f"{collection}__v1" if alias else collection
-            self.backend.create_collection(physical, dimension, "cosine", PAYLOAD_INDEXES)
+            self.backend.create_collection(physical, dimension, "cosine", PAYLOAD_INDEXES, sparse)
             if alias:
                 self.switch_alias(collection, physical)
         self._ensure_manifest(physical)
@@ -156,11 +158,45 @@ class QdrantStore:
             self.backend.delete_ids(self.manifest_name(collection), doc_ids)
 
     def upsert(self, collection: str, points: list[dict[str, Any]], batch_size: int = 256) -> int:
-        """Write points ({id, vector, payload}); returns how many were written."""
+        """Write points ({id, vector, payload[, sparse: {name: (indices, values)}]}); returns how many."""
         for start in range(0, len(points), batch_size):
-            self.backend.upsert(collection, [StoredPoint(p["id"], _as_list(p["vector"]), p["payload"])
+            self.backend.upsert(collection, [StoredPoint(p["id"], _as_list(p["vector"]), p["payload"],
+                                                         p.get("sparse") or {})
                                              for p in points[start:start + batch_size]])
         return len(points)
+
+    def sparse_vectors(self, collection: str) -> set[str]:
+        """The named sparse vectors the collection holds (an empty set for a dense-only collection)."""
+        return self.backend.sparse_vectors(self.resolve(collection))
+
+    def add_sparse_vector(self, physical: str, vector: str) -> bool:
+        """Give an existing collection the sparse vector ``vector``; False where the backend cannot."""
+        if vector in self.backend.sparse_vectors(physical):
+            return True
+        try:
+            self.backend.add_sparse_vector(physical, vector)
+        except ConfigurationError:
+            return False
+        return True
+
+    def without_sparse(self, physical: str, model: str, page: int = 256) -> Iterator[list[tuple[str, dict]]]:
+        """Pages of (point id, payload with headings and text) of the points whose sparse vector was not made by
+        ``model`` (none yet, or another language)."""
+        offset = None
+        where = Where(must_not={"sparse_model": model})
+        while True:
+            records, offset = self.backend.scroll(physical, where, limit=page, offset=offset,
+                                                  payload=["text", "headings"])
+            if records:
+                yield [(r.id, r.payload) for r in records]
+            if offset is None:
+                return
+
+    def set_sparse(self, physical: str, vector: str, model: str,
+                   items: list[tuple[str, list[int], list[float]]]) -> None:
+        """Store points' sparse vectors (and which model made them), leaving their dense vectors as they are."""
+        if items:
+            self.backend.set_sparse(physical, vector, items, {"sparse_model": model})
 
     def delete_other_versions(self, collection: str, doc_id: str, keep_version: str | None) -> int:
         """Remove a document's points of every version but ``keep_version`` (all of them if None)."""
@@ -190,6 +226,12 @@ class QdrantStore:
         """Every collection's name (physical names; aliases are in :meth:`aliases`)."""
         return self.backend.list_collections()
 
+    def sparse_language(self, collection: str) -> str | None:
+        """The BM25 language of the collection's sparse vectors (recorded in its points), if they have any."""
+        records, _ = self.backend.scroll(collection, limit=1, payload=["sparse_model"])
+        model = records[0].payload.get("sparse_model") if records else None
+        return model.split(":", 1)[1] if model and model.startswith("bm25:") else None
+
     def collection_model(self, collection: str) -> tuple[str | None, str]:
         """The embedding model and backend recorded in the collection's points, if any."""
         records, _ = self.backend.scroll(collection, limit=1, payload=["model", "model_backend"])
@@ -202,8 +244,12 @@ class QdrantStore:
             yield {"id": record.id, "payload": record.payload, "vector": record.vector}
 
     def query(self, collection: str, vector: list[float], limit: int = 5) -> list[tuple[float, dict[str, Any]]]:
-        """The ``limit`` nearest points: (score, payload) pairs, best first."""
-        return self.backend.query(collection, _as_list(vector), limit)
+        """The ``limit`` nearest points by the dense vector: (score, payload) pairs, best first."""
+        return self.backend.query(collection, Search(limit=limit, dense=_as_list(vector)))
+
+    def find(self, collection: str, search: Search) -> list[tuple[float, dict[str, Any]]]:
+        """Dense, sparse or fused (both given) query: (score, payload) pairs, best first."""
+        return self.backend.query(collection, search)
 
     def count(self, collection: str) -> int:
         return self.backend.count(collection)
@@ -212,8 +258,9 @@ class QdrantStore:
         """End of a run: flush, and build the collection's vector index when it has grown enough to need one."""
         return self.backend.maintain(collection)
 
-    def search(self, collection: str, vector: list[float], limit: int = 5) -> list[SearchHit]:
+    def search(self, collection: str, vector: list[float] | Search, limit: int = 5) -> list[SearchHit]:
         self.require_collection(collection)
+        search = vector if isinstance(vector, Search) else Search(limit=limit, dense=_as_list(vector))
         return [
             SearchHit(
                 score=score,
@@ -224,5 +271,5 @@ class QdrantStore:
                 headings=list(payload.get("headings") or []),
                 pages=list(payload.get("pages") or []),
             )
-            for score, payload in self.query(collection, vector, limit)
+            for score, payload in self.find(collection, search)
         ]
