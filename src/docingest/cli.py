@@ -390,9 +390,9 @@ def search(
     if hits.note:
         err.print(f"note: {hits.note}", highlight=False, soft_wrap=True)
     if as_json:
-        payload = {"mode": hits.mode,
-                   "hits": [{**h.model_dump(include={"score", "source", "path", "chunk_index", "text", "headings"}),
-                             "mode": hits.mode} for h in hits]}
+        payload = {"mode": hits.mode,  # hits keep their shape; the object says how they were found
+                   "hits": [h.model_dump(include={"score", "source", "path", "chunk_index", "text", "headings"})
+                            for h in hits]}
         sys.stdout.write(json.dumps(payload) + "\n")
         return
     if not hits:

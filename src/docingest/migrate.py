@@ -13,6 +13,7 @@ import time
 
 from pydantic import BaseModel, Field
 
+from docingest.core.sparse import SPARSE_VECTOR
 from docingest.core.store import QdrantStore
 from docingest.exceptions import ConfigurationError
 from docingest.options import IngestOptions
@@ -78,7 +79,8 @@ def migrate_collection(
     options.embed.model = model
     loaded = load_model(model, get_settings().embed_device, options.embed.backend)
     new = next_version(store, collection)
-    store.ensure_collection(new, loaded.info.dimension, alias=False)
+    sparse = () if options.store.bm25_language.strip().lower() == "none" else (SPARSE_VECTOR,)
+    store.ensure_collection(new, loaded.info.dimension, alias=False, sparse=sparse)
     result = MigrationResult(collection=collection, old=old, new=new, model=model, switched=False,
                              sources=list(sources or [f"block:{source_block}"]))
     runs = [dict(source=s) for s in sources] if sources else [dict(source_block=source_block)]

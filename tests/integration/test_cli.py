@@ -50,6 +50,7 @@ def test_ingest_and_search_json_contract(prefect_server, home, handbook):
                               "--json"])
     assert code == 0
     hits = json.loads(stdout)["hits"]
+    assert json.loads(stdout)["mode"] == "hybrid"
     assert len(hits) == 2
     assert set(hits[0]) == {"score", "source", "path", "chunk_index", "text", "headings"}
     assert hits[0]["path"] == "keys.md" and "vault rotate" in hits[0]["text"]

@@ -18,22 +18,7 @@ EVAL_DATA = Path(__file__).resolve().parents[1] / "data" / "eval"
 COLLECTION = "eval"
 
 # The corpus files the qrels refer to (by file stem); each stem is unique in the whole corpus.
-FILES = [
-    "md/sources/duck.md",
-    "md/sources/inline_and_formatting.md",
-    "md/sources/ending_with_table.md",
-    "html/sources/wiki_duck.html",
-    "html/sources/kvp_data_example.html",
-    "html/sources/html_rich_table_cells.html",
-    "docx/sources/docx_code_blocks.docx",
-    "docx/sources/docx_page_header_footer_first_page.docx",
-    "asciidoc/sources/asciidoc_04.asciidoc",
-    "csv/sources/csv-comma.csv",
-    "uspto/sources/pg06442728.xml",
-    "uspto/sources/pa20010031492.xml",
-    "pptx/sources/powerpoint_issue_2663.pptx",
-    "xlsx/sources/xlsx_05_table_with_title.xlsx",
-]
+FILES = [line for line in (EVAL_DATA / "documents.txt").read_text().splitlines() if line and not line.startswith("#")]
 STEMS = {doc_key({"path": rel}, "stem") for rel in FILES}
 
 

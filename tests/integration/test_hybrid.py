@@ -59,7 +59,7 @@ def test_an_exact_code_is_found_by_bm25_and_hybrid_but_not_by_dense(prefect_serv
     assert done.exit_code == 0, done.stderr
     data = json.loads(done.stdout)
     assert data["mode"] == "hybrid" and data["hits"][0]["path"] == "ledger.md"
-    assert set(data["hits"][0]) == {"score", "source", "path", "chunk_index", "text", "headings", "mode"}
+    assert set(data["hits"][0]) == {"score", "source", "path", "chunk_index", "text", "headings"}  # as before
     bad = runner.invoke(app, ["search", "x", "-c", "codes", "--fusion", "max"])
     assert bad.exit_code == 2 and "unknown fusion" in bad.stderr
 
