@@ -1,4 +1,4 @@
-"""Shared fixtures: offline environment, a session Prefect test server, Qdrant local mode in a temp folder."""
+"""Shared fixtures: offline environment, a session Prefect test server, the embedded store in a temp folder."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def prefect_server():
 
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
-    """Fresh DOCINGEST_HOME (so Qdrant local storage is per test) and fresh settings."""
+    """Fresh DOCINGEST_HOME (so the embedded store is per test) and fresh settings."""
     from docingest.core.store import close_backends
     from docingest.settings import get_settings
 

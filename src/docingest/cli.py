@@ -671,7 +671,7 @@ def main() -> None:
     else:
         code = 0
     finally:
-        if "docingest.core.store" in sys.modules:  # release local-mode locks before interpreter teardown
+        if "docingest.core.store" in sys.modules:  # flush embedded shards, release the store's lock
             sys.modules["docingest.core.store"].close_backends()
     if isinstance(code, str):
         print(code, file=sys.stderr)

@@ -23,7 +23,7 @@ class DocingestSettings(BaseSettings):
 
     home: Path = Field(
         default=Path(".docingest"),
-        description="Working folder for embedded state (Qdrant local storage). Relative to the current directory.",
+        description="Working folder for embedded state (the embedded Qdrant store, uploads). Relative to the current directory.",
     )
     qdrant_url: str | None = Field(
         default=None,

@@ -42,7 +42,7 @@ async def probe(service: Service, check, timeout: float = 15.0) -> bool:
 @router.get("/health")
 async def health(service: ServiceDep):
     """Storage, Prefect and Qdrant reachable (200), else 503 naming what is down."""
-    # In deployment mode with Qdrant local mode the deployment's flow runs own the folder (one process at a time), so
+    # In deployment mode with an embedded store the deployment's flow runs own the folder (one process at a time), so
     # the service leaves it alone: qdrant is null, "not this process's concern".
     jobs, store = service.jobs, service.store
     checks = [probe(service, store.backend.healthy), probe(service, check_prefect)]
