@@ -45,7 +45,7 @@ def test_json_contract_has_exactly_the_documented_keys():
     assert set(data) == {"collection", "documents", "chunks", "pages", "failures", "skipped", "dead_letter", "mode",
                          "aborted", "duration_s", "stage_seconds", "flow_run_id"}
     assert set(data["documents"]) == {"seen", "new", "changed", "unchanged", "deleted", "failed", "skipped"}
-    assert set(data["chunks"]) == {"embedded", "upserted", "deleted"}
+    assert set(data["chunks"]) == {"embedded", "upserted", "deleted", "sparse_added"}
     assert data["failures"] == [{"source": "s", "path": "", "stage": "parse", "error": "e"}]
     assert data["skipped"] == [{"source": "s2", "path": "", "reason": "r"}]
     assert data["duration_s"] == 1.235
