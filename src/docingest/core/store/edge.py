@@ -373,14 +373,21 @@ class EdgeBackend:
     def maintain(self, name: str) -> Maintenance:
         """Flush the collection's segments, and build the HNSW index when at least ``index_from`` of its points are
         not indexed yet (never inside a batch: once, at the end of a run)."""
+        from qdrant_edge import CountRequest, Filter, HasVectorCondition
+
         shard = self._shard(name)
         info = self._call("read collection", shard.info)
         self._call("flush", shard.flush)
         points = int(info.points_count)
-        if not self.index_from or points - int(info.indexed_vectors_count) < self.index_from:
+        # The engine's indexed count includes sparse vectors (always indexed): only dense ones are left to index.
+        indexed = int(info.indexed_vectors_count)
+        for vector in self.sparse_vectors(name):
+            request = CountRequest(exact=True, filter=Filter(must=[HasVectorCondition(vector)]))
+            indexed -= int(self._call("count", shard.count, request))
+        unindexed = points - max(0, indexed)
+        if not self.index_from or unindexed < self.index_from:
             return Maintenance(points=points)
-        logger.info("building the HNSW index of %s (%d points, %d not indexed yet)", name, points,
-                    points - int(info.indexed_vectors_count))
+        logger.info("building the HNSW index of %s (%d points, %d not indexed yet)", name, points, unindexed)
         started = time.perf_counter()
         self._call("build index", shard.optimize, write=True)
         self._call("flush", shard.flush)
