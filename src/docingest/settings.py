@@ -72,6 +72,14 @@ class DocingestSettings(BaseSettings):
         validation_alias=AliasChoices("DOCINGEST_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"),
         description="S3 secret key (or AWS_SECRET_ACCESS_KEY).",
     )
+    s3_attempts: int = Field(
+        default=5, ge=1, le=20,
+        description="Attempts per S3 request (connection errors, timeouts, 429 and 5xx answers), with exponential "
+                    "backoff; the S3 clients' own retry configuration (urllib3 for minio, botocore's standard mode).",
+    )
+    s3_timeout_s: float = Field(
+        default=60.0, gt=0, description="S3 connect and read timeout in seconds (a stalled transfer fails after it).",
+    )
     git_token: SecretStr | None = Field(default=None, description="Token for git over HTTPS (GitLab/GitHub).")
     follow_symlinks: bool = Field(
         default=False, description="Local folders: also read files that symbolic links lead to outside the source "

@@ -91,3 +91,29 @@ def test_iter_documents_uses_the_remembered_hashes(tmp_path):
     second = {d.path: d.content_hash for d in LocalFolderSource(root).iter_documents()}
     assert second["sub/b.md"] == dict((p, h) for p, _, h in first)["sub/b.md"]
     assert second["a.md"] != dict((p, h) for p, _, h in first)["a.md"]
+
+
+def test_s3_clients_retry_through_their_own_configuration(monkeypatch):
+    """minio sends through a urllib3 pool whose Retry holds DOCINGEST_S3_ATTEMPTS (connection, read and 429/5xx
+    errors, exponential backoff, Retry-After honoured) and DOCINGEST_S3_TIMEOUT_S; nothing in docingest loops."""
+    from docingest.core.sources import s3 as s3_module
+    from docingest.settings import get_settings
+
+    pool = s3_module.retrying_http(4, 7.5)
+    retry = pool.connection_pool_kw["retries"]
+    assert (retry.total, retry.connect, retry.read, retry.status) == (3, 3, 3, 3)
+    assert set(retry.status_forcelist) == {429, 500, 502, 503, 504} and retry.respect_retry_after_header
+    assert retry.allowed_methods is None  # GET, HEAD and the upload service's PUTs alike
+    timeout = pool.connection_pool_kw["timeout"]
+    assert (timeout.connect_timeout, timeout.read_timeout) == (7.5, 7.5)
+
+    made = []
+    monkeypatch.setattr(s3_module, "retrying_http", lambda *args: made.append(args) or pool)
+    monkeypatch.setenv("DOCINGEST_S3_ATTEMPTS", "4")
+    monkeypatch.setenv("DOCINGEST_S3_TIMEOUT_S", "7.5")
+    get_settings.cache_clear()
+    try:
+        _, endpoint = s3_module.make_client("http://127.0.0.1:9", "k", "s")
+    finally:
+        get_settings.cache_clear()
+    assert endpoint == "127.0.0.1:9" and made == [(4, 7.5)]

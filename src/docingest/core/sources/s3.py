@@ -17,8 +17,8 @@ from docingest.datamodel import SourceDocument
 from docingest.exceptions import ConfigurationError, SourceError
 from docingest.options import SourceOptions
 
-DOWNLOAD_ATTEMPTS = 3
-DOWNLOAD_BACKOFF_S = 0.5
+RETRY_BACKOFF_S = 0.5  # 0, 1, 2, 4 … s between attempts (urllib3 waits nothing before the first retry)
+RETRY_STATUSES = (429, 500, 502, 503, 504)
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken"}
 
 
@@ -31,19 +31,41 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
+def retrying_http(attempts: int, timeout_s: float, cert_check: bool = True):
+    """The urllib3 pool the minio client sends through: every GET, HEAD and PUT is retried by urllib3 on connection
+    errors, timeouts and 429/5xx answers (``attempts`` in all, exponential backoff, honouring Retry-After); an S3
+    error answer (the object is gone, access denied) is final. CA certificates as minio's own default."""
+    import os
+
+    import certifi
+    import urllib3
+
+    retry = urllib3.Retry(total=attempts - 1, connect=attempts - 1, read=attempts - 1, status=attempts - 1,
+                          other=attempts - 1, backoff_factor=RETRY_BACKOFF_S, status_forcelist=RETRY_STATUSES,
+                          allowed_methods=None, raise_on_status=False, respect_retry_after_header=True)
+    return urllib3.PoolManager(timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s), maxsize=10, retries=retry,
+                               cert_reqs="CERT_REQUIRED" if cert_check else "CERT_NONE",
+                               ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where())
+
+
 def make_client(endpoint: str | None, access_key: str | None, secret_key: str | None, region: str | None = None,
                 secure: bool | None = None):
     """A minio client for an endpoint URL (``http://host:port``, ``https://...`` or a bare host; AWS S3 when
-    empty), and the endpoint's host:port for messages."""
+    empty), and the endpoint's host:port for messages. Requests are retried by the client's HTTP pool
+    (``DOCINGEST_S3_ATTEMPTS``, ``DOCINGEST_S3_TIMEOUT_S``)."""
     from minio import Minio
 
+    from docingest.settings import get_settings
+
+    settings = get_settings()
     endpoint = endpoint or "s3.amazonaws.com"
     if "://" in endpoint:
         scheme, endpoint = endpoint.split("://", 1)
         secure = scheme == "https" if secure is None else secure
     endpoint = endpoint.rstrip("/")
     client = Minio(endpoint, access_key=access_key, secret_key=secret_key, region=region,
-                   secure=True if secure is None else secure)
+                   secure=True if secure is None else secure,
+                   http_client=retrying_http(settings.s3_attempts, settings.s3_timeout_s))
     return client, endpoint
 
 
@@ -112,30 +134,28 @@ class S3Source:
             yield target
 
     def _download(self, key: str, target: Path, uri: str) -> None:
-        """Stream one object to disk; network errors are retried with exponential backoff and jitter, an S3 error
-        answer (the object is gone, access denied) is not."""
-        import random
-        import time
-
+        """Stream one object to disk. Transient network errors are retried by the client (see ``make_client``); what
+        is left after its attempts, or a transfer broken mid-body (which no HTTP retry can resume), fails this
+        document only, and the next run fetches it again. An S3 error answer (gone, access denied) is not retried."""
         from minio.error import S3Error
+        from urllib3.exceptions import MaxRetryError
 
-        dotted = any(part in (".", "..") for part in key.split("/"))
-        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-            try:
-                if dotted:
-                    self._download_dotted(key, target)
-                else:
-                    self.client.fget_object(self.bucket, key, str(target))  # streamed to disk in parts
-                return
-            except S3Error as exc:
-                raise SourceError(f"cannot download {uri}: {exc.code}: {exc.message}") from exc
-            except SourceError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - urllib3/socket errors are transient
-                if attempt == DOWNLOAD_ATTEMPTS:
-                    raise SourceError(f"cannot download {uri} after {attempt} attempts: {type(exc).__name__}: {exc}"
-                                      ) from exc
-                time.sleep(DOWNLOAD_BACKOFF_S * 2 ** (attempt - 1) * (1 + random.random() / 2))
+        try:
+            if any(part in (".", "..") for part in key.split("/")):
+                self._download_dotted(key, target)
+            else:
+                self.client.fget_object(self.bucket, key, str(target))  # streamed to disk in parts
+        except S3Error as exc:
+            raise SourceError(f"cannot download {uri}: {exc.code}: {exc.message}") from exc
+        except SourceError:
+            raise
+        except MaxRetryError as exc:
+            from docingest.settings import get_settings
+
+            raise SourceError(f"cannot download {uri} after {get_settings().s3_attempts} attempts: {type(exc.reason).__name__}: "
+                              f"{exc.reason}") from exc
+        except Exception as exc:  # noqa: BLE001 - urllib3/socket errors left after the client's own retries
+            raise SourceError(f"cannot download {uri}: {type(exc).__name__}: {exc}") from exc
 
     def _download_dotted(self, key: str, target: Path) -> None:
         """A key with ``.`` or ``..`` segments, which S3 allows and the minio client refuses to address, is read with
@@ -144,12 +164,18 @@ class S3Source:
         from botocore.config import Config
         from botocore.exceptions import ClientError
 
+        from docingest.settings import get_settings
+
+        settings = get_settings()
         endpoint, access_key, secret_key, region, secure = self._connect
         if endpoint and "://" not in endpoint:
             endpoint = f"{'http' if secure is False else 'https'}://{endpoint}"
+        config = Config(s3={"addressing_style": "path"}, connect_timeout=settings.s3_timeout_s,
+                        read_timeout=settings.s3_timeout_s,
+                        retries={"mode": "standard", "total_max_attempts": settings.s3_attempts})
         client = botocore.session.get_session().create_client(
             "s3", endpoint_url=endpoint or None, aws_access_key_id=access_key, aws_secret_access_key=secret_key,
-            region_name=region or "us-east-1", config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}))
+            region_name=region or "us-east-1", config=config)
         try:
             body = client.get_object(Bucket=self.bucket, Key=key)["Body"]
         except ClientError as exc:  # an answer from the store (gone, denied): not retried
