@@ -110,3 +110,31 @@ def test_a_websocket_hello_that_is_not_an_object_is_closed_not_a_traceback(clien
             with pytest.raises(WebSocketDisconnect) as closed:
                 ws.receive_json()
             assert closed.value.code == 4401
+
+
+def test_a_deployment_jobs_outcome_comes_from_the_runs_persisted_result():
+    """Deployment mode: a completed flow run's outcome for the job's document is read from its persisted
+    IngestResult (the state's ``result()``), never from a UI artifact; an unreadable result says what to configure."""
+    from docingest.datamodel import ChangeKind, DocumentOutcome, DocumentStatus, IngestResult, Stage
+    from docingest.service.jobs import outcome_from_result
+
+    class Completed:
+        def __init__(self, result):
+            self._result = result
+
+        def result(self, raise_on_failure=True):
+            if isinstance(self._result, Exception):
+                raise self._result
+            return self._result
+
+    result = IngestResult(collection="desk", outcomes=[
+        DocumentOutcome(source="file:///u/up1/a.md", path="up1/a.md", status=DocumentStatus.SUCCESS,
+                        change=ChangeKind.NEW, chunks=3),
+        DocumentOutcome(source="file:///u/up2/b.pdf", path="up2/b.pdf", status=DocumentStatus.FAILURE,
+                        stage=Stage.PARSE, error="not a PDF")])
+    assert outcome_from_result(Completed(result), "up1/a.md") == ("success", "new", None, 3, None)
+    assert outcome_from_result(Completed(result), "up2/b.pdf") == ("failure", None, "parse", 0, "not a PDF")
+    assert outcome_from_result(Completed(result), "up3/c.md")[2:] == (
+        "run", 0, "the run reported no outcome for the document")
+    status, _, stage, _, error = outcome_from_result(Completed(FileNotFoundError("/results/abc")), "up1/a.md")
+    assert (status, stage) == ("failure", "result") and "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK" in error

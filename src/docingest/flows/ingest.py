@@ -77,6 +77,7 @@ def make_task_runner(kind: str | None = None, address: str | None = None, worker
     task_runner=make_task_runner(),
     validate_parameters=True,
     log_prints=True,
+    persist_result=True,  # the IngestResult, read back by whoever started the run (the upload service's jobs)
 )
 def ingest_documents(
     source: str | None = None,

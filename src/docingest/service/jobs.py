@@ -8,8 +8,9 @@ run them:
   are taken together, highest priority first, as one flow run (a flow run per upload would cost seconds each; 50
   uploads arriving at once become one or two runs). Progress comes from the flow's progress events.
 - **deployment** (``DOCINGEST_UPLOAD_DEPLOYMENT``): each job is a run of that Prefect deployment on the work queue
-  named by its priority (critical/high/normal/low). One watcher reads the state of every active job's flow run and
-  its progress and outcome artifacts from the Prefect API, once a second for all of them.
+  named by its priority (critical/high/normal/low). One watcher reads the state and progress artifact of every
+  active job's flow run from the Prefect API, once a second for all of them; a completed run's per-document outcome
+  comes from its persisted result (the flow's ``IngestResult``).
 
 Either way, subscribers (the WebSocket endpoint) get every change pushed as it happens; clients never poll.
 """
@@ -29,7 +30,7 @@ from docingest.service.uploads import PRIORITIES, UploadError
 JOB_STATES = ("queued", "running", "completed", "failed")
 BATCH = 100  # jobs of one collection per embedded flow run
 WATCH_INTERVAL_S = 1.0
-WATCH_PAGE = 50  # flow runs per API read (two artifacts each at most; Prefect's default limit is 200 rows)
+WATCH_PAGE = 50  # flow runs per API read (one progress artifact each; Prefect's default limit is 200 rows)
 
 
 class Job(BaseModel):
@@ -243,7 +244,8 @@ class JobManager:
         self._store(job)
 
     def _watch(self) -> None:
-        """One read of the Prefect API for all active jobs: flow run states, progress and outcome artifacts."""
+        """One read of the Prefect API for all active jobs: flow run states and progress artifacts; the outcome of a
+        completed run from its persisted result."""
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import (
             ArtifactFilter,
@@ -264,30 +266,22 @@ class JobManager:
                 runs += client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=page)),
                                               limit=WATCH_PAGE)
                 artifacts += client.read_artifacts(artifact_filter=ArtifactFilter(
-                    flow_run_id=ArtifactFilterFlowRunId(any_=page),
-                    type=ArtifactFilterType(any_=["progress", "table"])), limit=4 * WATCH_PAGE)
-        progress = {a.flow_run_id: a.data for a in artifacts if a.type == "progress"}
-        tables = {a.flow_run_id: a.data for a in artifacts if a.type == "table"}
+                    flow_run_id=ArtifactFilterFlowRunId(any_=page), type=ArtifactFilterType(any_=["progress"])),
+                    limit=2 * WATCH_PAGE)
+        progress = {a.flow_run_id: a.data for a in artifacts}
         for run_id in set(active) - {run.id for run in runs}:  # deleted from Prefect: it will never end
             self._finish(active[run_id], "failure", stage="run", error="its flow run was deleted from Prefect")
         for run in runs:
             job = active[run.id]
             kind = run.state.type.value if run.state else "SCHEDULED"
-            if kind in ("SCHEDULED", "PENDING", "PAUSED"):
-                continue
             if kind == "RUNNING":
                 value = progress.get(run.id)
                 pct = min(99.0, float(value)) if isinstance(value, (int, float)) else job.progress
                 if job.state != "running" or pct != job.progress:
                     job.state, job.progress = "running", pct
                     self._store(job)
-            elif kind == "COMPLETED" or run.id in tables:
-                row = _outcome_row(tables.get(run.id), job.upload_id)
-                if row is None and kind == "COMPLETED":
-                    self._finish(job, "failure", stage="run", error="the run reported no outcome for the document")
-                elif row is not None:
-                    self._finish(job, row.get("status", "failure"), row.get("change") or None,
-                                 row.get("stage") or None, int(row.get("chunks") or 0), row.get("error") or None)
+            elif kind == "COMPLETED":
+                self._finish(job, *outcome_from_result(run.state, job.document))
             elif kind in ("FAILED", "CRASHED", "CANCELLED", "CANCELLING"):
                 message = (run.state.message or kind.lower())[:300]
                 self._finish(job, "failure", stage="run", error=f"flow run {kind.lower()}: {message}")
@@ -302,12 +296,21 @@ class JobManager:
             self._thread.join()
 
 
-def _outcome_row(table, upload_id: str) -> dict | None:
-    """The upload's row in a run's per-document outcomes table artifact."""
-    import json
 
-    rows = json.loads(table) if isinstance(table, str) else table or []
-    for row in rows if isinstance(rows, list) else []:
-        if isinstance(row, dict) and f"/{upload_id}/" in str(row.get("document", "")):
-            return row
-    return None
+def outcome_from_result(state, document: str) -> tuple[str, str | None, str | None, int, str | None]:
+    """(status, change, stage, chunks, error) of ``document`` in a completed flow run, from the run's persisted
+    ``IngestResult`` (``state`` as read from the Prefect API)."""
+    from docingest.datamodel import IngestResult
+
+    try:
+        result = state.result(raise_on_failure=False)
+    except Exception as exc:  # noqa: BLE001 - storage this process cannot reach, a deleted result file
+        return ("failure", None, "result", 0,
+                f"the run completed, but its result cannot be read here ({type(exc).__name__}: {str(exc)[:200]}); "
+                "give the workers and this service one result storage (PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK)")
+    outcomes = result.outcomes if isinstance(result, IngestResult) else []
+    outcome = next((o for o in outcomes if o.path == document), None)
+    if outcome is None:
+        return "failure", None, "run", 0, "the run reported no outcome for the document"
+    return (outcome.status.value, outcome.change.value if outcome.change else None,
+            outcome.stage.value if outcome.stage else None, outcome.chunks, outcome.error)

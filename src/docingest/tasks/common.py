@@ -53,10 +53,10 @@ def count(n: int, noun: str) -> str:
 
 def stage_task(name: str, describe: Callable[[dict], str], tags: list[str], retries: int):
     """The task decorator every stage but parsing shares: a readable run name, the stage's tags, retries of transient
-    errors with backoff and jitter, no caching."""
+    errors with backoff and jitter, no caching, nothing persisted."""
     from prefect import task
     from prefect.cache_policies import NO_CACHE
 
     return task(name=name, task_run_name=run_name(describe), tags=tags, retries=retries,
                 retry_delay_seconds=RETRY_DELAYS, retry_jitter_factor=0.5, retry_condition_fn=retry_transient,
-                cache_policy=NO_CACHE)
+                cache_policy=NO_CACHE, persist_result=False)  # never inherit the flow's persisted result
