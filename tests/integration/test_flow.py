@@ -338,7 +338,7 @@ def test_encoder_pools_are_bounded_in_order_and_a_bad_document_fails_alone(prefe
 
     from docingest.core import embed as embed_module
     from docingest.exceptions import EmbedError
-    from docingest.tasks import embed as embed_task_module
+    from docingest.core import write as write_module
 
     calls: list[list[str]] = []
     real = embed_module.embed_texts
@@ -350,7 +350,7 @@ def test_encoder_pools_are_bounded_in_order_and_a_bad_document_fails_alone(prefe
         time.sleep(0.3)  # a busy encoder: the next pool grows meanwhile
         return real(model, texts, batch_size)
 
-    monkeypatch.setattr(embed_task_module, "embed_texts", slow_encoder)
+    monkeypatch.setattr(write_module, "embed_texts", slow_encoder)
     docs = tmp_path / "pools"
     docs.mkdir()
     for i in range(40):

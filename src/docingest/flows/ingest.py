@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections import deque
 
 from prefect import flow, get_run_logger
-from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
-from docingest.core import faults
 from docingest.core.embed import LoadedModel
 from docingest.core.metrics import Pusher, RunMetrics
 from docingest.core.parse import accurate_models_status
@@ -20,11 +17,8 @@ from docingest.core.sparse import SPARSE_VECTOR
 from docingest.core.store import QdrantLocation, QdrantStore
 from docingest.core.worker import close_pools
 from docingest.datamodel import (
-    DeadLetterItem,
-    DocumentOutcome,
     DocumentStatus,
     IngestResult,
-    PreparedDocument,
     Stage,
 )
 from docingest.exceptions import CircuitBreakerOpen, ConfigurationError
@@ -33,14 +27,16 @@ from docingest.flows.locks import scope_lock, server_limit
 from docingest.flows.planning import (
     adopt_collection_model,
     prefetch_model,
+    record_planned,
     resolve_run,
     with_preset,
 )
-from docingest.flows.writer import BackgroundWriter, Run, Writer
+from docingest.flows.window import prepare_in_window
+from docingest.flows.writer import Run, Writer
 from docingest.options import IngestOptions, Isolation, PdfMode, Preset
 from docingest.settings import get_settings
 from docingest.targets import QdrantTarget, resolve_result_storage, resolve_target
-from docingest.tasks.prepare import PrepareFailed, prepare_document_task, prepare_documents_task
+from docingest.tasks.prepare import prepare_document_task, prepare_documents_task
 from docingest.tasks.store import (
     delete_documents_task,
     ensure_collection_task,
@@ -211,70 +207,22 @@ def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation
     run.result.mode = options.mode.value
     run.result.flow_run_id = str(flow_run.get_id() or "")
     metrics = metrics or RunMetrics(collection, src.uri)
-    writer = BackgroundWriter(Writer(run, location, physical, profile, options, model, known, metrics),
-                              maxsize=options.window)
 
     if options.source.follow_symlinks:
         logger.warning("following symbolic links out of the source root (--follow-symlinks): files they lead to "
                        "are ingested as part of %s", src.uri)
-    for p in plan.documents:
-        if p.action is Action.SKIP and p.doc.skip_reason and p.known is not None and p.known.chunks:
-            # Left out by the listing (a link out of the source, a FIFO...) but indexed by an earlier run: its chunks
-            # go, so nothing read through a link that is no longer followed stays searchable.
-            writer.add(PreparedDocument(document=p.doc, change=p.change, status=DocumentStatus.SKIPPED,
-                                        stage=Stage.DISCOVER, error=p.reason))
-        elif p.action is Action.SKIP:
-            run.record(DocumentOutcome(source=p.doc.uri, path=p.doc.path, status=DocumentStatus.SKIPPED,
-                                       change=p.change, stage=Stage.DISCOVER, error=p.reason))
-        elif p.action is Action.UNCHANGED:
-            run.record(DocumentOutcome(source=p.doc.uri, path=p.doc.path, status=DocumentStatus.UNCHANGED,
-                                       change=p.change, chunks=p.known.chunks if p.known else 0))
-        elif p.action is Action.DEAD_LETTER:
-            stage = p.known.stage or Stage.PARSE
-            run.result.dead_letter.append(DeadLetterItem(source=p.doc.uri, stage=stage.value,
-                                                         error=p.known.error or "", attempts=p.known.attempts))
-            run.record(DocumentOutcome(source=p.doc.uri, path=p.doc.path, status=DocumentStatus.FAILURE,
-                                       change=p.change, stage=stage, error=p.reason), processed=False)
+    # The writer embeds and stores in pools as Prefect task runs; leaving this block early cancels what has not
+    # started and waits for what runs.
+    with Writer(run, location, physical, profile, options, model, known, metrics) as writer:
+        record_planned(plan, run, writer.add)  # unchanged, skipped, dead-lettered: known without parsing
 
-    # 3. Parse+chunk new and changed documents in a bounded window; embed+upsert in batches as they finish.
-    if plan.by_action(Action.PROCESS) and isinstance(model, LoadedModel) and not model.loaded:
-        prefetch_model(model)  # the weights load while the first documents are parsed
-    work = plan.by_action(Action.PROCESS)
-    # Batches never exceed a quarter of the window, so several are always in flight (parsing stays concurrent).
-    per_task = options.docs_per_task or (1 if len(work) < BATCH_FROM else min(DOCS_PER_TASK,
-                                                                             max(1, options.window // 4)))
-    window: deque[tuple[PrefectFuture, int]] = deque()  # (future, its documents)
-    in_flight = 0
-    try:
-        for start in range(0, len(work), per_task):
-            if run.result.aborted:
-                break
-            group = work[start:start + per_task]
-            items = [(p.doc, p.change, _attempt(p)) for p in group]
-            # Not quote()d: Prefect's Dask runner would hand the wrapper itself to the task (the arguments are small or
-            # opaque objects Prefect does not walk into, so quoting saves nothing here).
-            if per_task == 1:
-                future = prepare.submit(src, *items[0][:2], profile, options, model, items[0][2])
-            else:
-                label = f"{group[0].doc.path} (+{len(group) - 1})" if len(group) > 1 else group[0].doc.path
-                future = prepare_batch.submit(src, items, profile, options, model, label)
-            window.append((future, len(group)))
-            in_flight += len(group)
-            metrics.set_in_flight(in_flight)
-            while in_flight >= options.window and window:
-                future, n = window.popleft()
-                _take(future, writer, run, options)
-                in_flight -= n
-                metrics.set_in_flight(in_flight)
-        while window:
-            future, n = window.popleft()
-            _take(future, writer, run, options)
-            in_flight -= n
-            metrics.set_in_flight(in_flight)
-    except BaseException:
-        writer.abandon()
-        raise
-    writer.close()  # the last batch is written, or the writer's error is raised here
+        # 3. Parse+chunk new and changed documents in a bounded window; they are embedded and stored in pools
+        #    as they finish (the writer's task runs), while the next ones are parsed.
+        work = plan.by_action(Action.PROCESS)
+        if work and isinstance(model, LoadedModel) and not model.loaded:
+            prefetch_model(model)  # the weights load while the first documents are parsed
+        prepare_in_window(work, src, profile, options, model, (prepare, prepare_batch), writer, run, metrics)
+        writer.finish()  # the last pool is written, or the first error of the writer's task runs is raised here
 
     # 4. Full sync: remove what vanished from this source's scope, only after a run that was not aborted.
     if plan.deleted and not run.result.aborted:
@@ -291,33 +239,3 @@ def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation
             metrics.observe_stage("index", upkeep.seconds)
             logger.info("built the vector index of %s (%d points) in %.1fs", physical, upkeep.points, upkeep.seconds)
     return run.result
-
-
-BATCH_FROM = 64  # documents to parse from which parse-and-chunk task runs take several documents each
-
-
-DOCS_PER_TASK = 8  # per-document task runs cost ~18 s of a 115 s run on 1k generated documents (2 CPUs)
-
-
-def _attempt(p) -> int:
-    return p.known.attempts if p.known and p.known.stage in (Stage.READ, Stage.PARSE, Stage.CHUNK) else 0
-
-
-def _take(future: PrefectFuture, writer: BackgroundWriter, run: Run, options: IngestOptions) -> None:
-    try:
-        result = future.result()
-    except PrepareFailed as failed:  # a document's own failure (the task run shows Failed in the UI)
-        result = failed.prepared
-    cached = future.state.name == "Cached"  # parsed by an earlier run: this run did none of that work
-    for prepared in result if isinstance(result, list) else [result]:
-        if cached:
-            prepared.timings = {}  # stage seconds count work done in this run
-        if prepared.status in (DocumentStatus.SUCCESS, DocumentStatus.FAILURE):
-            run.taken += 1
-            run.taken_failed += prepared.status is DocumentStatus.FAILURE
-        writer.add(prepared)
-        faults.checkpoint("after-prepare")
-        if not run.result.aborted and (reason := run.tripped(options)):
-            run.result.aborted = reason
-            get_run_logger().error(reason)
-

@@ -151,3 +151,27 @@ def prefetch_model(model: LoadedModel) -> None:
 
     threading.Thread(target=load, name="docingest-model-load", daemon=True).start()
 
+
+
+def record_planned(plan: Plan, run, add) -> None:
+    """The outcomes the plan knows without parsing: unchanged, skipped by the listing, dead-lettered. A document the
+    listing now leaves out (a link out of the source, a FIFO) but an earlier run indexed goes to ``add`` (the
+    writer), so its chunks are removed and nothing read through a link that is no longer followed stays searchable."""
+    from docingest.datamodel import DeadLetterItem, DocumentOutcome, DocumentStatus, PreparedDocument, Stage
+
+    for p in plan.documents:
+        if p.action is Action.SKIP and p.doc.skip_reason and p.known is not None and p.known.chunks:
+            add(PreparedDocument(document=p.doc, change=p.change, status=DocumentStatus.SKIPPED, stage=Stage.DISCOVER,
+                                 error=p.reason))
+        elif p.action is Action.SKIP:
+            run.record(DocumentOutcome(source=p.doc.uri, path=p.doc.path, status=DocumentStatus.SKIPPED,
+                                       change=p.change, stage=Stage.DISCOVER, error=p.reason))
+        elif p.action is Action.UNCHANGED:
+            run.record(DocumentOutcome(source=p.doc.uri, path=p.doc.path, status=DocumentStatus.UNCHANGED,
+                                       change=p.change, chunks=p.known.chunks if p.known else 0))
+        elif p.action is Action.DEAD_LETTER:
+            stage = p.known.stage or Stage.PARSE
+            run.result.dead_letter.append(DeadLetterItem(source=p.doc.uri, stage=stage.value,
+                                                         error=p.known.error or "", attempts=p.known.attempts))
+            run.record(DocumentOutcome(source=p.doc.uri, path=p.doc.path, status=DocumentStatus.FAILURE,
+                                       change=p.change, stage=stage, error=p.reason), processed=False)

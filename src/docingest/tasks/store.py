@@ -1,10 +1,11 @@
-"""Qdrant writes: upsert a batch of points, then finish documents (drop old versions, record the manifest)."""
+"""Qdrant writes: a pool of embedded documents (upsert, then finish: drop old versions, record the manifest), records
+of skipped or failed documents, deletions and upkeep."""
 
 from __future__ import annotations
 
-from typing import Any
-
+from docingest.core.plan import Profile
 from docingest.core.store import Maintenance, QdrantLocation, QdrantStore
+from docingest.core.write import EmbeddedPool, WrittenPool, finalize_documents, write_pool
 from docingest.datamodel import ManifestRecord
 from docingest.tasks.common import STORE_TAGS, count, stage_task
 
@@ -30,27 +31,20 @@ def sparse_vectors_task(location: QdrantLocation, collection: str, language: str
     return add_sparse_vectors(QdrantStore(location), collection, language)
 
 
-@_store_task("upsert", lambda p: f"upsert {count(len(p['points']), 'point')}")
-def upsert_points_task(location: QdrantLocation, collection: str, points: list[dict[str, Any]], batch_size: int) -> int:
-    """Write the new versions' points (ids are deterministic, so a retry overwrites, never duplicates)."""
-    return QdrantStore(location).upsert(collection, points, batch_size)
+@_store_task("write", lambda p: f"upsert {count(p['pool'].chunks, 'point')} of {count(len(p['pool'].docs), 'document')}")
+def write_pool_task(location: QdrantLocation, collection: str, pool: EmbeddedPool, profile: Profile,
+                    known: dict[str, ManifestRecord], batch_size: int) -> WrittenPool:
+    """Upsert an embedded pool's points, then finish its documents (old versions removed, manifest recorded); safe to
+    retry whole (deterministic ids)."""
+    return write_pool(QdrantStore(location), collection, pool, profile, known, batch_size)
 
 
 @_store_task("finalize", lambda p: f"finalize {count(len(p['records']), 'document')}")
 def finalize_documents_task(
     location: QdrantLocation, collection: str, replace: list[tuple[str, str | None]], records: list[ManifestRecord]
 ) -> int:
-    """After the new versions are written: remove each document's other versions, then record the manifest.
-
-    A ``(doc_id, None)`` entry removes every version (the document became empty), and its manifest record too
-    unless ``records`` holds a new one for it (a skip record).
-    """
-    store = QdrantStore(location)
-    deleted = store.delete_other_versions_many(collection, replace)
-    store.write_manifest(collection, records)
-    recorded = {r.doc_id for r in records}
-    store.delete_manifest(collection, [doc_id for doc_id, keep in replace if keep is None and doc_id not in recorded])
-    return deleted
+    """Record documents that were skipped or failed (and drop the old versions of those that became empty)."""
+    return finalize_documents(QdrantStore(location), collection, replace, records)
 
 
 @_store_task("delete-documents", lambda p: f"delete {count(len(p['records']), 'document')}")

@@ -1,0 +1,106 @@
+"""Embedding and writing one pool of prepared documents: the stage logic the flow runs as Prefect task runs (framework
+free). A pool is embedded in one call across its documents; a document the model cannot encode is set apart, never the
+pool. Writing upserts the pool's points, then finishes its documents: old versions removed, manifest recorded."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from docingest.core import faults
+from docingest.core.embed import LoadedModel, embed_texts
+from docingest.core.pipeline import build_points, manifest_record
+from docingest.core.plan import Profile
+from docingest.datamodel import DocumentStatus, ManifestRecord, PreparedDocument, Stage
+from docingest.exceptions import ConfigurationError, DocingestError
+
+
+@dataclass
+class EmbeddedPool:
+    """A pool's documents with their vectors (``vectors[i]`` belongs to ``docs[i]``), and the documents the model
+    could not encode with the reason. ``seconds``: time spent encoding."""
+
+    docs: list[PreparedDocument] = field(default_factory=list)
+    vectors: list[Any] = field(default_factory=list)
+    failed: list[tuple[PreparedDocument, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def chunks(self) -> int:
+        """Chunks encoded (the documents set apart excluded)."""
+        return sum(len(d.chunks) for d in self.docs)
+
+
+@dataclass
+class WrittenPool:
+    """What writing a pool did: points upserted, old-version points removed, seconds spent upserting."""
+
+    upserted: int = 0
+    deleted: int = 0
+    seconds: float = 0.0
+
+
+def embed_pool(model: LoadedModel, docs: list[PreparedDocument], batch_size: int) -> EmbeddedPool:
+    """Encode every chunk of ``docs`` in one call (the model sorts by length inside, so large pools pad less). When
+    the call fails, each document is encoded alone, so the one that breaks it is set apart with its reason. A model
+    that cannot be used at all (ConfigurationError) is the run's problem and is raised."""
+    started = time.perf_counter()
+    pool = EmbeddedPool()
+    try:
+        vectors = embed_texts(model, [c.embed_text for d in docs for c in d.chunks], batch_size)
+    except ConfigurationError:
+        raise
+    except DocingestError as exc:
+        if len(docs) == 1:
+            pool.failed.append((docs[0], str(exc)))
+        else:
+            for d in docs:
+                try:
+                    pool.vectors.append(embed_texts(model, [c.embed_text for c in d.chunks], batch_size))
+                    pool.docs.append(d)
+                except ConfigurationError:
+                    raise
+                except DocingestError as one:
+                    pool.failed.append((d, str(one)))
+        pool.seconds = time.perf_counter() - started
+        return pool
+    start = 0
+    for d in docs:
+        pool.docs.append(d)
+        pool.vectors.append(vectors[start:start + len(d.chunks)])
+        start += len(d.chunks)
+    pool.seconds = time.perf_counter() - started
+    return pool
+
+
+def finalize_documents(store, collection: str, replace: list[tuple[str, str | None]],
+                       records: list[ManifestRecord]) -> int:
+    """After the new versions are written: remove each document's other versions, then record the manifest.
+
+    A ``(doc_id, None)`` entry removes every version (the document became empty), and its manifest record too
+    unless ``records`` holds a new one for it (a skip record). Returns the points removed."""
+    deleted = store.delete_other_versions_many(collection, replace)
+    store.write_manifest(collection, records)
+    recorded = {r.doc_id for r in records}
+    store.delete_manifest(collection, [doc_id for doc_id, keep in replace if keep is None and doc_id not in recorded])
+    return deleted
+
+
+def write_pool(store, collection: str, pool: EmbeddedPool, profile: Profile, known: dict[str, ManifestRecord],
+               batch_size: int) -> WrittenPool:
+    """Upsert the pool's points (deterministic ids: a retry overwrites, never duplicates), then finish its documents:
+    their old versions go and their manifest records are written, with a failure record for each document the model
+    set apart. A store error is raised (the whole write is safe to repeat)."""
+    points = [pt for d, vectors in zip(pool.docs, pool.vectors, strict=True) for pt in build_points(d, vectors, profile)]
+    started = time.perf_counter()
+    written = WrittenPool(upserted=store.upsert(collection, points, batch_size))
+    written.seconds = time.perf_counter() - started
+    faults.checkpoint("after-upsert")
+    records = [manifest_record(d, profile, known.get(d.document.path), DocumentStatus.SUCCESS) for d in pool.docs]
+    replace = [(r.doc_id, r.version) for r in records]
+    records += [manifest_record(d, profile, known.get(d.document.path), DocumentStatus.FAILURE, Stage.EMBED, error)
+                for d, error in pool.failed]
+    written.deleted = finalize_documents(store, collection, replace, records)
+    faults.checkpoint("after-finalize")
+    return written
