@@ -337,8 +337,8 @@ def test_encoder_pools_are_bounded_in_order_and_a_bad_document_fails_alone(prefe
     from collections import Counter
 
     from docingest.core import embed as embed_module
-    from docingest.exceptions import EmbedError
     from docingest.core import write as write_module
+    from docingest.exceptions import EmbedError
 
     calls: list[list[str]] = []
     real = embed_module.embed_texts

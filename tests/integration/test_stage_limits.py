@@ -55,6 +55,5 @@ def test_a_parse_limit_of_one_holds_across_two_runs_started_together(prefect_ser
     names = {r.name for r in runs}
     assert "ensure collection limit-one" in names, names
     assert any(re.fullmatch(r"embed \d chunks? of \d documents?", n) for n in names), names
-    assert any(re.fullmatch(r"upsert \d points? of \d documents?", n) for n in names), names
-    assert any(re.fullmatch(r"finalize \d documents?", n) for n in names), names
+    assert any(re.fullmatch(r"upsert \d points? and finalize \d documents?", n) for n in names), names
     assert all({"docingest", "docingest-store"} <= set(r.tags) for r in runs if r.name.startswith("upsert"))

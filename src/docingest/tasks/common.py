@@ -32,16 +32,16 @@ EMBED_TAGS = [TAG, "docingest-embed"]
 STORE_TAGS = [TAG, "docingest-store"]
 
 
-def run_name(template: Callable[[dict], str]) -> Callable[[], str]:
-    """A task_run_name made from the run's parameters, e.g. ``upsert 1,024 points`` (readable in the Prefect UI)."""
+def run_name(template: Callable[[dict], str], fallback: str = "task") -> Callable[..., str]:
+    """A task_run_name made from the run's resolved parameters (futures resolved, annotations such as ``quote``
+    removed; Prefect passes them to a callable that takes ``parameters``), e.g. ``upsert 1,024 points`` (readable in
+    the Prefect UI)."""
 
-    def name() -> str:
-        from prefect.runtime import task_run
-
+    def name(parameters: dict) -> str:
         try:
-            return template(task_run.parameters)
+            return template(parameters)
         except Exception:  # noqa: BLE001 - a name must never fail a task
-            return task_run.task_name or "task"
+            return fallback
 
     return name
 
@@ -57,6 +57,6 @@ def stage_task(name: str, describe: Callable[[dict], str], tags: list[str], retr
     from prefect import task
     from prefect.cache_policies import NO_CACHE
 
-    return task(name=name, task_run_name=run_name(describe), tags=tags, retries=retries,
+    return task(name=name, task_run_name=run_name(describe, name), tags=tags, retries=retries,
                 retry_delay_seconds=RETRY_DELAYS, retry_jitter_factor=0.5, retry_condition_fn=retry_transient,
                 cache_policy=NO_CACHE, persist_result=False)  # never inherit the flow's persisted result

@@ -31,7 +31,8 @@ def sparse_vectors_task(location: QdrantLocation, collection: str, language: str
     return add_sparse_vectors(QdrantStore(location), collection, language)
 
 
-@_store_task("write", lambda p: f"upsert {count(p['pool'].chunks, 'point')} of {count(len(p['pool'].docs), 'document')}")
+@_store_task("write", lambda p: f"upsert {count(p['pool'].chunks, 'point')} and finalize "
+                               f"{count(len(p['pool'].docs) + len(p['pool'].failed), 'document')}")
 def write_pool_task(location: QdrantLocation, collection: str, pool: EmbeddedPool, profile: Profile,
                     known: dict[str, ManifestRecord], batch_size: int) -> WrittenPool:
     """Upsert an embedded pool's points, then finish its documents (old versions removed, manifest recorded); safe to
