@@ -17,7 +17,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from docingest.options import EmbedBackend, Isolation, OcrMode, PdfMode, Preset, SyncMode  # light: pydantic only
+from docingest.options import (  # light: pydantic only
+    ChunkOptions,
+    EmbedBackend,
+    EmbedOptions,
+    IngestOptions,
+    Isolation,
+    OcrMode,
+    ParseOptions,
+    PdfMode,
+    Preset,
+    SourceOptions,
+    StoreOptions,
+    SyncMode,
+)
 
 app = typer.Typer(
     name="docingest",
@@ -54,6 +67,17 @@ def _fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:
 
     err.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+def _field(model, name: str, *flags: str, more: str = ""):
+    """A CLI option whose help and shown default are the options model's (one source of truth): the parameter's
+    own default is None (or False for a flag), and only options given explicitly reach the model."""
+    info = model.model_fields[name]
+    default = info.get_default(call_default_factory=True)
+    text = " ".join(part for part in (info.description or "", more) if part)
+    if default not in (None, [], False):
+        text += f" \\[default: {', '.join(default) if isinstance(default, list) else getattr(default, 'value', default)}]"
+    return typer.Option(*flags, help=text, show_default=False)
 
 
 def _qdrant_target(qdrant_path: Path | None, qdrant_url: str | None):
@@ -115,85 +139,42 @@ def ingest(
         str | None, typer.Option("--dask-address", help="Dask scheduler (tcp://host:8786) for --task-runner dask; "
                                  "default: a local cluster \\[env: DOCINGEST_DASK_ADDRESS].")
     ] = None,
-    pdf_mode: Annotated[
-        PdfMode, typer.Option("--pdf-mode", help="auto: accurate if Docling's models are installed, else fast.")
-    ] = PdfMode.AUTO,
-    ocr: Annotated[OcrMode, typer.Option("--ocr", help="auto: OCR images and PDF pages without a usable text layer "
-                                         "(Tesseract, when installed); force: every PDF page; off: none.")
-                   ] = OcrMode.AUTO,
-    ocr_lang: Annotated[
-        str | None, typer.Option("--ocr-lang", help="Tesseract languages, e.g. eng+deu \\[default: eng]; "
-                                 "`docingest doctor` lists the installed ones.", show_default=False)
-    ] = None,
-    model: Annotated[
-        str | None, typer.Option("--model", help="sentence-transformers model name or path \\[env: DOCINGEST_EMBED_MODEL].")
-    ] = None,
-    bm25_language: Annotated[
-        str | None, typer.Option("--bm25-language", help="Language of the BM25 vectors for bm25/hybrid search "
-                                 "\\[default: english]; none: dense vectors only.", show_default=False)
-    ] = None,
-    include: Annotated[list[str] | None, typer.Option("--include", help="Glob to include (repeatable).")] = None,
-    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Glob to leave out (repeatable).")] = None,
+    pdf_mode: Annotated[PdfMode | None, _field(ParseOptions, "pdf_mode", "--pdf-mode")] = None,
+    ocr: Annotated[OcrMode | None, _field(ParseOptions, "ocr", "--ocr")] = None,
+    ocr_lang: Annotated[str | None, _field(ParseOptions, "ocr_lang", "--ocr-lang",
+                                           more="`docingest doctor` lists the installed ones.")] = None,
+    model: Annotated[str | None, _field(EmbedOptions, "model", "--model")] = None,
+    bm25_language: Annotated[str | None, _field(StoreOptions, "bm25_language", "--bm25-language")] = None,
+    include: Annotated[list[str] | None, _field(SourceOptions, "include", "--include", more="Repeatable.")] = None,
+    exclude: Annotated[list[str] | None, _field(SourceOptions, "exclude", "--exclude", more="Repeatable.")] = None,
     source_block: Annotated[
         str | None, typer.Option("--source-block", help="Saved S3BucketSource / GitRepositorySource block, instead of SOURCE.")
     ] = None,
-    git_ref: Annotated[str | None, typer.Option("--git-ref", help="Git source: branch, tag or commit.")] = None,
-    git_path: Annotated[str | None, typer.Option("--git-path", help="Git source: folder in the repository.")] = None,
+    git_ref: Annotated[str | None, _field(SourceOptions, "git_ref", "--git-ref")] = None,
+    git_path: Annotated[str | None, _field(SourceOptions, "git_path", "--git-path")] = None,
     follow_symlinks: Annotated[
-        bool, typer.Option("--follow-symlinks", help="Local folders: also read files that links lead to outside "
-                           "the folder (off: skipped and reported).")
+        bool, _field(SourceOptions, "follow_symlinks", "--follow-symlinks", more="\\[env: DOCINGEST_FOLLOW_SYMLINKS]")
     ] = False,
-    max_tokens: Annotated[
-        int | None, typer.Option("--max-tokens", help="Chunk size in tokens (default and cap: the model's).")
-    ] = None,
-    chunker: Annotated[
-        str | None, typer.Option("--chunker", help="A chunker plugin instead of Docling's HybridChunker.")
-    ] = None,
-    enricher: Annotated[
-        list[str] | None, typer.Option("--enricher", help="An enricher plugin to run after chunking (repeatable).")
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Chunks per forward pass of the model \\[default: 64].")
-    ] = None,
-    pool_size: Annotated[
-        int | None,
-        typer.Option("--pool-size", help="Most chunks, across documents, per encode call \\[default: 1024]."),
-    ] = None,
-    embed_backend: Annotated[
-        EmbedBackend | None,
-        typer.Option("--embed-backend", help="torch (fp32, CUDA when present) or int8 (CPU, faster) \\[default: torch]."),
-    ] = None,
-    preset: Annotated[
-        Preset | None,
-        typer.Option("--preset", help="Set workers, window, batch sizes and backend together; explicit options win."),
-    ] = None,
-    window: Annotated[int | None, typer.Option("--window", help="Documents in flight at once \\[default: 32].")] = None,
-    mode: Annotated[
-        SyncMode, typer.Option("--mode", help="incremental: never delete; full: remove documents gone from SOURCE.")
-    ] = SyncMode.INCREMENTAL,
-    max_delete_ratio: Annotated[
-        float, typer.Option("--max-delete-ratio", help="Refuse a full sync deleting more than this share.")
-    ] = 0.5,
-    force: Annotated[bool, typer.Option("--force", help="Delete even past --max-delete-ratio.")] = False,
+    max_tokens: Annotated[int | None, _field(ChunkOptions, "max_tokens", "--max-tokens")] = None,
+    chunker: Annotated[str | None, _field(ChunkOptions, "chunker", "--chunker")] = None,
+    enricher: Annotated[list[str] | None, _field(ChunkOptions, "enrichers", "--enricher", more="Repeatable.")] = None,
+    batch_size: Annotated[int | None, _field(EmbedOptions, "batch_size", "--batch-size")] = None,
+    pool_size: Annotated[int | None, _field(EmbedOptions, "pool_size", "--pool-size")] = None,
+    embed_backend: Annotated[EmbedBackend | None, _field(EmbedOptions, "backend", "--embed-backend")] = None,
+    preset: Annotated[Preset | None, _field(IngestOptions, "preset", "--preset")] = None,
+    window: Annotated[int | None, _field(IngestOptions, "window", "--window")] = None,
+    mode: Annotated[SyncMode | None, _field(IngestOptions, "mode", "--mode")] = None,
+    max_delete_ratio: Annotated[float | None, _field(IngestOptions, "max_delete_ratio", "--max-delete-ratio")] = None,
+    force: Annotated[bool, _field(IngestOptions, "force", "--force")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and write nothing.")] = False,
-    doc_timeout: Annotated[float, typer.Option("--doc-timeout", help="Seconds per document to parse.")] = 120.0,
-    doc_memory_mb: Annotated[
-        int | None, typer.Option("--doc-memory-mb", help="Memory limit per parse worker \\[default: 4096].")
-    ] = None,
-    isolation: Annotated[
-        Isolation, typer.Option("--isolation", help="process: parse in killable worker processes.")
-    ] = Isolation.PROCESS,
-    workers: Annotated[int | None, typer.Option("--workers", help="Documents parsed at the same time \\[default: 2].")
-                       ] = None,
-    max_doc_attempts: Annotated[
-        int, typer.Option("--max-doc-attempts", help="Failures before a document is dead-lettered.")
-    ] = 3,
+    doc_timeout: Annotated[float | None, _field(ParseOptions, "timeout_s", "--doc-timeout")] = None,
+    doc_memory_mb: Annotated[int | None, _field(ParseOptions, "max_memory_mb", "--doc-memory-mb")] = None,
+    isolation: Annotated[Isolation | None, _field(ParseOptions, "isolation", "--isolation")] = None,
+    workers: Annotated[int | None, _field(IngestOptions, "workers", "--workers")] = None,
+    max_doc_attempts: Annotated[int | None, _field(IngestOptions, "max_doc_attempts", "--max-doc-attempts")] = None,
     max_failure_ratio: Annotated[
-        float, typer.Option("--max-failure-ratio", help="Stop when more than this share of documents failed...")
-    ] = 0.5,
-    breaker_min_docs: Annotated[
-        int, typer.Option("--breaker-min-docs", help="...after at least this many documents.")
-    ] = 20,
+        float | None, _field(IngestOptions, "max_failure_ratio", "--max-failure-ratio")] = None,
+    breaker_min_docs: Annotated[int | None, _field(IngestOptions, "breaker_min_docs", "--breaker-min-docs")] = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -207,17 +188,8 @@ def ingest(
     from docingest.core import progress
     from docingest.exceptions import CircuitBreakerOpen, ConfigurationError, DocingestError
     from docingest.flows.ingest import ingest_documents, make_task_runner
-    from docingest.flows.planning import plan_documents, preflight
-    from docingest.options import (
-        ChunkOptions,
-        EmbedOptions,
-        IngestOptions,
-        ParseOptions,
-        SourceOptions,
-        StoreOptions,
-    )
-    from docingest.targets import resolve_target
-
+    from docingest.flows.planning import plan_for, preflight, warm_up
+    from docingest.flows.runspec import RunInputs, pinned, resolve_spec
     target = _qdrant_target(qdrant_path, qdrant_url)
     if bool(source) == bool(source_block):
         raise _fail("give either SOURCE or --source-block")
@@ -235,35 +207,33 @@ def ingest(
 
     try:
         options = IngestOptions(
-            source=SourceOptions(include=include or ["**/*"], exclude=exclude or [], git_ref=git_ref,
-                                 git_path=git_path, follow_symlinks=follow_symlinks or settings_follow_symlinks()),
-            parse=ParseOptions(pdf_mode=pdf_mode, ocr=ocr, timeout_s=doc_timeout,
-                               isolation=isolation, **given(max_memory_mb=doc_memory_mb, ocr_lang=ocr_lang)),
-            chunk=ChunkOptions(max_tokens=max_tokens, chunker=chunker, enrichers=enricher or []),
-            embed=EmbedOptions(model=model, **given(batch_size=batch_size, pool_size=pool_size,
-                                                    backend=embed_backend)),
+            source=SourceOptions(**given(include=include, exclude=exclude, git_ref=git_ref, git_path=git_path,
+                                         follow_symlinks=(follow_symlinks or settings_follow_symlinks()) or None)),
+            parse=ParseOptions(**given(pdf_mode=pdf_mode, ocr=ocr, timeout_s=doc_timeout, isolation=isolation,
+                                       max_memory_mb=doc_memory_mb, ocr_lang=ocr_lang)),
+            chunk=ChunkOptions(**given(max_tokens=max_tokens, chunker=chunker, enrichers=enricher)),
+            embed=EmbedOptions(**given(model=model, batch_size=batch_size, pool_size=pool_size,
+                                       backend=embed_backend)),
             store=StoreOptions(**given(bm25_language=bm25_language)),
-            **given(workers=workers, window=window, preset=preset),
-            mode=mode,
-            max_delete_ratio=max_delete_ratio,
-            force=force,
-            max_doc_attempts=max_doc_attempts,
-            max_failure_ratio=max_failure_ratio,
-            breaker_min_docs=breaker_min_docs,
+            **given(workers=workers, window=window, preset=preset, mode=mode, max_delete_ratio=max_delete_ratio,
+                    force=force or None, max_doc_attempts=max_doc_attempts, max_failure_ratio=max_failure_ratio,
+                    breaker_min_docs=breaker_min_docs),
         )
     except ValidationError as exc:
         raise _fail(f"invalid option: {exc.errors()[0]['loc'][-1]}: {exc.errors()[0]['msg']}") from None
 
+    # The run is resolved once (source opened, model found, options resolved): preflight, the dry run, the warm-up
+    # and the flow (through the pinned spec) all use this one.
+    inputs = RunInputs(source=source, collection=collection, options=options, qdrant=target,
+                       embedder_block=embedder_block, **blocks)
     try:
-        preflight(source, options, target, collection=collection, result_storage=result_storage, **blocks)
+        spec = resolve_spec(inputs)
+        preflight(spec, result_storage)
         if dry_run:
-            collection = resolve_target(collection, target, qdrant_block, collection_block)[0]
-            plan = plan_documents(source, collection, options, target, embedder_block=embedder_block, **blocks)
+            _print_plan(plan_for(spec), spec.collection, as_json)
+            raise typer.Exit(EXIT_OK)
     except DocingestError as exc:
         raise _fail(str(exc)) from None
-    if dry_run:
-        _print_plan(plan, collection, as_json)
-        raise typer.Exit(EXIT_OK)
 
     bar = None
     if not as_json and err.is_terminal or (not as_json and os.environ.get("DOCINGEST_FORCE_PROGRESS")):
@@ -285,15 +255,13 @@ def ingest(
     aborted = None
     if early is not None and not (task_runner or dask_address):  # the server is still booting: use the wait
         with contextlib.suppress(Exception):  # only ever saves time; the run itself reports any problem
-            from docingest.flows.planning import warm_up
-
-            warm_up(collection, options, target, qdrant_block, collection_block, embedder_block, source, source_block)
+            warm_up(spec, local_source=bool(source) and "://" not in source)
     ephemeral.adopt(early)
     try:
         flow = ingest_documents
         if task_runner or dask_address:
             flow = ingest_documents.with_options(task_runner=make_task_runner(task_runner or "dask", dask_address))
-        with ephemeral.run_settings(early):
+        with ephemeral.run_settings(early), pinned(inputs, spec):
             result = flow(source=source, collection=collection, options=options, qdrant=target,
                           embedder_block=embedder_block, result_storage=result_storage, **blocks)
     except CircuitBreakerOpen as exc:
@@ -553,9 +521,9 @@ def migrate(
         list[str] | None, typer.Argument(help="Sources to re-read (default: those recorded in the collection).")
     ] = None,
     source_block: Annotated[str | None, typer.Option("--source-block", help="Saved source block to re-read.")] = None,
-    embed_backend: Annotated[EmbedBackend | None, typer.Option("--embed-backend", help="torch or int8.")] = None,
-    preset: Annotated[Preset | None, typer.Option("--preset", help="Throughput preset for the rebuild.")] = None,
-    pdf_mode: Annotated[PdfMode, typer.Option("--pdf-mode", help="PDF conversion for the rebuild.")] = PdfMode.AUTO,
+    embed_backend: Annotated[EmbedBackend | None, _field(EmbedOptions, "backend", "--embed-backend")] = None,
+    preset: Annotated[Preset | None, _field(IngestOptions, "preset", "--preset")] = None,
+    pdf_mode: Annotated[PdfMode | None, _field(ParseOptions, "pdf_mode", "--pdf-mode")] = None,
     keep_old: Annotated[bool, typer.Option("--keep-old", help="Keep the previous collection after the switch.")
                         ] = False,
     allow_failures: Annotated[
@@ -574,10 +542,9 @@ def migrate(
     _quiet_environment(verbose)
     from docingest.exceptions import DocingestError
     from docingest.migrate import migrate_collection
-    from docingest.options import EmbedOptions, IngestOptions, ParseOptions
 
     _qdrant_target(qdrant_path, qdrant_url)
-    options = IngestOptions(parse=ParseOptions(pdf_mode=pdf_mode),
+    options = IngestOptions(parse=ParseOptions(**({"pdf_mode": pdf_mode} if pdf_mode else {})),
                             embed=EmbedOptions(**({"backend": embed_backend} if embed_backend else {})),
                             **({"preset": preset} if preset else {}))
     try:

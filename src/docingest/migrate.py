@@ -61,7 +61,7 @@ def migrate_collection(
     collection (not behind an alias, made before aliases were used) is replaced: ``keep_old`` cannot apply."""
     from docingest.core.embed import load_model
     from docingest.flows.ingest import ingest_documents
-    from docingest.flows.planning import with_preset
+    from docingest.flows.runspec import with_preset
     from docingest.settings import get_settings
     from docingest.targets import QdrantTarget, resolve_location
 
@@ -76,7 +76,7 @@ def migrate_collection(
         if not sources:
             raise ConfigurationError(f"collection {collection!r} records no sources: give SOURCE or --source-block")
     options = with_preset(options)
-    options.embed.model = model
+    options = options.model_copy(update={"embed": options.embed.model_copy(update={"model": model})})
     loaded = load_model(model, get_settings().embed_device, options.embed.backend)
     new = next_version(store, collection)
     sparse = () if options.store.bm25_language.strip().lower() == "none" else (SPARSE_VECTOR,)

@@ -41,7 +41,10 @@ class Isolation(str, Enum):
 
 
 class _Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Options are frozen: a run's resolved options are copies (``model_copy(update=...)``), never changed in
+    place."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SourceOptions(_Options):

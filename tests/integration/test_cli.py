@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -156,3 +157,47 @@ def test_a_model_whose_weights_do_not_load_stops_the_run_with_exit_2(prefect_ser
     code, stdout, stderr = invoke(["ingest", str(handbook), "-c", "broken-model", "--model", str(broken), "--json"])
     assert code == 2 and stdout == ""
     assert stderr.startswith("error: cannot load embedding model") and len(stderr.strip().splitlines()) == 1
+
+
+def test_a_cli_run_is_resolved_once(prefect_server, home, handbook, monkeypatch):
+    """Preflight, the dry run's plan, the warm-up and the flow share one RunSpec: the source is opened and the model
+    found once per command, and the options the flow runs with are the resolved, frozen ones."""
+    from docingest.flows import runspec
+
+    opened, specs = [], []
+    real_open, real_resolve = runspec.open_source, runspec.resolve_spec
+
+    def counting_open(*args, **kwargs):
+        opened.append(args[0])
+        return real_open(*args, **kwargs)
+
+    def recording_resolve(inputs):
+        specs.append(real_resolve(inputs))
+        return specs[-1]
+
+    monkeypatch.setattr(runspec, "open_source", counting_open)
+    monkeypatch.setattr(runspec, "resolve_spec", recording_resolve)
+    from docingest.flows import ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "resolve_spec", recording_resolve)
+    code, stdout, _ = invoke(["ingest", str(handbook), "-c", "once", "--window", "7", "--json"])
+    assert code == 0 and json.loads(stdout)["documents"]["new"] == 2
+    assert opened == [str(handbook)]  # one source for preflight, warm-up and the flow
+    assert len({id(s) for s in specs}) == 1 and specs[0].options.window == 7
+    with pytest.raises(Exception, match="frozen"):
+        specs[0].options.window = 8  # options are never changed in place
+
+    opened.clear()
+    code, stdout, _ = invoke(["ingest", str(handbook), "-c", "once", "--dry-run", "--json"])
+    assert code == 0 and json.loads(stdout)["counts"]["unchanged"] == 2 and opened == [str(handbook)]
+
+
+def test_cli_defaults_and_help_come_from_the_options_models():
+    """One source of truth: the CLI's help shows the options models' descriptions and defaults."""
+    from docingest.options import IngestOptions, ParseOptions
+
+    result = CliRunner().invoke(app, ["ingest", "--help"], env={"COLUMNS": "200", "TERM": "dumb"})
+    text = " ".join(re.sub("[│╭╮╰╯─]", " ", result.stdout).split())  # the words, without rich's box
+    assert f"[default: {ParseOptions().timeout_s}]" in text and f"[default: {IngestOptions().max_delete_ratio}]" in text
+    assert "Per-document time limit for parse and chunk" in text
+    assert "[default: 1024]" in text and "[default: english]" in text

@@ -40,7 +40,7 @@ def test_every_preset_value_is_a_valid_option():
 
 
 def test_flow_parameter_overrides_options_preset():
-    from docingest.flows.planning import with_preset
+    from docingest.flows.runspec import with_preset
 
     o = with_preset(IngestOptions(preset="memory-efficient"), Preset.HIGH_THROUGHPUT)
     assert o.preset is Preset.HIGH_THROUGHPUT and o.window == 128

@@ -24,18 +24,13 @@ from docingest.datamodel import (
 from docingest.exceptions import CircuitBreakerOpen, ConfigurationError
 from docingest.flows.artifacts import ProgressArtifact, publish_artifacts
 from docingest.flows.locks import scope_lock, server_limit
-from docingest.flows.planning import (
-    adopt_collection_model,
-    prefetch_model,
-    record_planned,
-    resolve_run,
-    with_preset,
-)
+from docingest.flows.planning import prefetch_model, record_planned
+from docingest.flows.runspec import RunInputs, resolve_spec
 from docingest.flows.window import prepare_in_window
 from docingest.flows.writer import Run, Writer
 from docingest.options import IngestOptions, Isolation, PdfMode, Preset
 from docingest.settings import get_settings
-from docingest.targets import QdrantTarget, resolve_result_storage, resolve_target
+from docingest.targets import QdrantTarget, resolve_result_storage
 from docingest.tasks.prepare import prepare_document_task, prepare_documents_task
 from docingest.tasks.store import (
     delete_documents_task,
@@ -114,14 +109,13 @@ def ingest_documents(
     """
     logger = get_run_logger()
     started = time.monotonic()
-    given = options
-    options = with_preset(options, preset)
     settings = get_settings()
 
-    # 1. Where things live, and what shapes the output (model, PDF mode, chunk size -> fingerprint).
-    collection, location = resolve_target(collection, qdrant, qdrant_block, collection_block)
-    adopt_collection_model(given, options, location, collection, embedder_block, preset)
-    src, model, profile = resolve_run(source, options, source_block, embedder_block)
+    # 1. The run, resolved once: where it writes, what it reads, the model, the profile (settings fingerprint).
+    spec = resolve_spec(RunInputs(source, collection, options, qdrant, qdrant_block, source_block, embedder_block,
+                                  collection_block, preset))
+    collection, location, src, model, profile, options = (spec.collection, spec.location, spec.source, spec.model,
+                                                          spec.profile, spec.options)
     storage = resolve_result_storage(result_storage)
     prepare = prepare_document_task.with_options(result_storage=storage) if storage else prepare_document_task
     prepare_batch = prepare_documents_task.with_options(result_storage=storage) if storage \

@@ -150,8 +150,8 @@ class Writer:
     pools pile up (``MAX_ENCODING`` waiting for the encoder, ``MAX_IN_FLIGHT`` in all). Outcomes are recorded as
     pools finish, in order. Use as a context manager: leaving it early cancels what has not started."""
 
-    MAX_ENCODING = 2  # pools submitted and not yet encoded (the one being encoded and one queued behind it)
-    MAX_IN_FLIGHT = 4  # pools submitted and not yet written
+    MAX_ENCODING = 4  # pools submitted and not yet encoded (the one being encoded and those queued behind it)
+    MAX_IN_FLIGHT = 8  # pools submitted and not yet written
 
     def __init__(self, run: Run, location: QdrantLocation, collection: str, profile: Profile,
                  options: IngestOptions, model, known: dict[str, ManifestRecord], metrics: RunMetrics) -> None:
@@ -206,7 +206,9 @@ class Writer:
         self.run.record(outcome_of(p))
 
     def encoder_busy(self) -> bool:
-        return any(p.embedded is not None and not finished(p.embedded) for p in self.pools)
+        """A pool is still on its way (encoded, or written: the store and the encoder share the CPU): the gathering
+        pool keeps growing meanwhile, so an encoder-bound run encodes fewer, larger pools, which pad less."""
+        return any(p.embedded is not None and not p.done() for p in self.pools)
 
     def maybe_flush(self, idle: bool = False) -> None:
         """Hand the pending pool to the encoder when it is full, or when the encoder is idle and the pool has 64
