@@ -119,3 +119,13 @@ def test_a_store_error_is_raised_before_anything_is_recorded():
     with pytest.raises(StoreError):
         write_pool(store, "c__v1", pool, PROFILE, {}, 64)
     assert store.records == [] and store.replaced == []
+
+
+def test_before_its_last_attempt_a_failing_pool_is_raised_whole_for_a_retry():
+    """The embed task retries a failing pool as a whole (the error may go away); only its last attempt isolates."""
+    from docingest.exceptions import EmbedError
+
+    encoder = FakeEncoder()
+    with pytest.raises(EmbedError, match="index out of range"):
+        embed_pool(LoadedModel(INFO, encoder), [doc("a.md", "fine"), doc("bad.md", "POISON")], 32, isolate=False)
+    assert len(encoder.calls) == 1

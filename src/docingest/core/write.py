@@ -41,10 +41,12 @@ class WrittenPool:
     seconds: float = 0.0
 
 
-def embed_pool(model: LoadedModel, docs: list[PreparedDocument], batch_size: int) -> EmbeddedPool:
+def embed_pool(model: LoadedModel, docs: list[PreparedDocument], batch_size: int,
+               isolate: bool = True) -> EmbeddedPool:
     """Encode every chunk of ``docs`` in one call (the model sorts by length inside, so large pools pad less). When
-    the call fails, each document is encoded alone, so the one that breaks it is set apart with its reason. A model
-    that cannot be used at all (ConfigurationError) is the run's problem and is raised."""
+    the call fails, each document is encoded alone, so the one that breaks it is set apart with its reason; with
+    ``isolate=False`` the error is raised instead (the caller retries the pool first: the error may go away). A
+    model that cannot be used at all (ConfigurationError) is the run's problem and is raised."""
     started = time.perf_counter()
     pool = EmbeddedPool()
     try:
@@ -52,6 +54,8 @@ def embed_pool(model: LoadedModel, docs: list[PreparedDocument], batch_size: int
     except ConfigurationError:
         raise
     except DocingestError as exc:
+        if not isolate:
+            raise
         if len(docs) == 1:
             pool.failed.append((docs[0], str(exc)))
         else:

@@ -16,12 +16,10 @@ from docingest.targets import resolve_result_storage
 
 
 def preflight(spec: RunSpec, result_storage: str | None = None) -> None:
-    """Check what resolving the run did not (raises ConfigurationError / StoreError): plugins, the PDF mode, that
-    Qdrant answers, the result storage. Resolving it already opened the source and found the model."""
-    from docingest import plugins
+    """Check what resolving the run did not (raises ConfigurationError / StoreError): the PDF mode, that Qdrant
+    answers, the result storage. Resolving it already checked the plugins, opened the source and found the model."""
     from docingest.core.parse import resolve_pdf_mode
 
-    plugins.check(spec.options)
     resolve_pdf_mode(spec.options.parse.pdf_mode)
     QdrantStore(spec.location).collection_exists("docingest-preflight")
     resolve_result_storage(result_storage)

@@ -14,6 +14,7 @@ import contextvars
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from docingest import plugins
 from docingest.blocks.loading import load_block
 from docingest.blocks.sources import open_source_block
 from docingest.core.embed import LoadedModel, load_model
@@ -70,6 +71,7 @@ def resolve_spec(inputs: RunInputs) -> RunSpec:
     if pinned is not None and pinned[0] == inputs:
         return pinned[1]
     options = with_preset(inputs.options, inputs.preset)
+    plugins.check(options)  # misspelt plugin names fail first, before any store or model is opened
     collection, location = resolve_target(inputs.collection, inputs.qdrant, inputs.qdrant_block,
                                           inputs.collection_block)
     store = QdrantStore(location)

@@ -175,12 +175,19 @@ class Writer:
         return self
 
     def __exit__(self, *exc) -> None:
-        """Cancel what has not started, wait for what runs (no write starts after the run reported its end)."""
+        """Cancel what has not started (writes first, so none starts once its encode ends), then wait for what runs:
+        no write starts after the run reported its end."""
+        for pool in self.pools:
+            for future in (pool.written, pool.records, pool.embedded):
+                if future is not None:
+                    future.wrapped_future.cancel()  # only task runs not started yet are cancelled
         try:
-            self.encoder.__exit__(*exc)
             self.store.__exit__(*exc)
         finally:
-            self.releaser.stop()
+            try:
+                self.encoder.__exit__(*exc)
+            finally:
+                self.releaser.stop()
 
     def add(self, p: PreparedDocument) -> None:
         for stage, seconds in p.timings.items():

@@ -34,8 +34,8 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 def retrying_http(attempts: int, timeout_s: float, cert_check: bool = True):
     """The urllib3 pool the minio client sends through. GET, HEAD, PUT and DELETE (never POST, such as completing
     a multipart upload) are retried by urllib3 on connection errors, timeouts and 429/5xx answers: ``attempts`` in
-    all, exponential backoff, Retry-After honoured. An S3 error answer (the object is gone, access denied) is final.
-    CA certificates as minio's own default."""
+    all, with exponential backoff (a server's Retry-After is not followed: it has no upper bound). An S3 error
+    answer (the object is gone, access denied) is final. CA certificates as minio's own default."""
     import os
 
     import certifi
@@ -43,7 +43,7 @@ def retrying_http(attempts: int, timeout_s: float, cert_check: bool = True):
 
     retry = urllib3.Retry(total=attempts - 1, connect=attempts - 1, read=attempts - 1, status=attempts - 1,
                           other=attempts - 1, backoff_factor=RETRY_BACKOFF_S, status_forcelist=RETRY_STATUSES,
-                          raise_on_status=False, respect_retry_after_header=True)  # idempotent methods only
+                          raise_on_status=False, respect_retry_after_header=False)  # idempotent methods only
     return urllib3.PoolManager(timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s), maxsize=10, retries=retry,
                                cert_reqs="CERT_REQUIRED" if cert_check else "CERT_NONE",
                                ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where())
