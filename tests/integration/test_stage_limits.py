@@ -13,9 +13,27 @@ from docingest.options import IngestOptions
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_a_parse_limit_of_one_holds_across_two_runs_started_together(prefect_server, home, tmp_path):
+def test_a_parse_limit_of_one_holds_across_two_runs_started_together(prefect_server, home, tmp_path, monkeypatch):
+    """The parsing itself is timed (both runs parse in this process): the task runs' state timestamps are taken
+    around orchestration calls, so on a loaded machine they can overlap although the work did not."""
+    import time
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from docingest.core import pipeline
+
+    parsed: list[tuple[float, float, str]] = []
+    real_parse = pipeline.parse_document
+
+    def timed_parse(path, *args, **kwargs):
+        started = time.monotonic()
+        try:
+            return real_parse(path, *args, **kwargs)
+        finally:
+            parsed.append((started, time.monotonic(), str(path).rsplit("/", 1)[-1]))
+
+    monkeypatch.setattr(pipeline, "parse_document", timed_parse)
 
     folders = []
     for name in ("one", "two"):
@@ -48,10 +66,12 @@ def test_a_parse_limit_of_one_holds_across_two_runs_started_together(prefect_ser
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
         finally:
             client.delete_concurrency_limit_by_tag("docingest-parse")
-    parses = sorted((r.start_time, r.end_time, r.name) for r in runs if "docingest-parse" in r.tags)
-    assert len(parses) == 6 and all(start and end for start, end, _ in parses)
-    for (_, end, first), (start, _, second) in zip(parses, parses[1:], strict=False):
-        assert start >= end, f"{second} started before {first} ended"
+    parses = [r for r in runs if "docingest-parse" in r.tags]
+    assert len(parses) == 6 and all(r.start_time and r.end_time for r in parses)
+    parsed.sort()
+    assert len(parsed) == 6, parsed
+    for (_, end, first), (start, _, second) in zip(parsed, parsed[1:], strict=False):
+        assert start >= end, f"{second} started parsing {end - start:.3f}s before {first} ended"
     names = {r.name for r in runs}
     assert "ensure collection limit-one" in names, names
     assert any(re.fullmatch(r"embed \d chunks? of \d documents?", n) for n in names), names
