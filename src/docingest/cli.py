@@ -255,7 +255,7 @@ def ingest(
     aborted = None
     if early is not None and not (task_runner or dask_address):  # the server is still booting: use the wait
         with contextlib.suppress(Exception):  # only ever saves time; the run itself reports any problem
-            warm_up(spec, local_source=bool(source) and "://" not in source)
+            warm_up(spec)
     ephemeral.adopt(early)
     try:
         flow = ingest_documents

@@ -25,13 +25,14 @@ def preflight(spec: RunSpec, result_storage: str | None = None) -> None:
     resolve_result_storage(result_storage)
 
 
-def warm_up(spec: RunSpec, local_source: bool) -> bool:
+def warm_up(spec: RunSpec) -> bool:
     """Start the parse workers' fork server and load the model in the background when the run will parse and embed;
     the CLI calls it while Prefect's temporary server boots. That is known for a collection that does not exist yet;
     for a re-sync of a local folder, the plan (the dry run's: listing and hashing, no model, each file's hash is
     remembered for the run itself) must find a document to process. Other re-syncs are not warmed up: their listing
     costs requests, and a no-op must stay cheap."""
-    if spec.exists and not (local_source and any(d.action is Action.PROCESS for d in plan_for(spec).documents)):
+    local = spec.source.uri.startswith("file://")  # a local folder lists without requests
+    if spec.exists and not (local and any(d.action is Action.PROCESS for d in plan_for(spec).documents)):
         return False
     if spec.options.parse.isolation is Isolation.PROCESS and get_settings().task_runner == "threads":
         from docingest.core.worker import start_server

@@ -249,7 +249,6 @@ class Writer:
             encoding[0].wait()
         while len(self.pools) >= self.MAX_IN_FLIGHT:
             self.collect(wait=True, limit=1)
-        self.collect()
 
     def collect(self, wait: bool = False, limit: int | None = None) -> None:
         """Record the pools that finished, in order (``wait``: wait for the oldest ``limit`` pools)."""
