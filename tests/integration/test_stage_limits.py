@@ -12,10 +12,16 @@ from docingest.options import IngestOptions
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+NO_LIMITS_REMEMBERED_S = 5.5  # Prefect 3.8 caches "these tags have no concurrency limit" for 5 s per process
+
 
 def test_a_parse_limit_of_one_holds_across_two_runs_started_together(prefect_server, home, tmp_path, monkeypatch):
     """The parsing itself is timed (both runs parse in this process): the task runs' state timestamps are taken
-    around orchestration calls, so on a loaded machine they can overlap although the work did not."""
+    around orchestration calls, so on a loaded machine they can overlap although the work did not.
+
+    Prefect's client remembers for 5 s that a set of tags has no limit (`prefect.concurrency.services`): an earlier
+    test's parse tasks in this process would let the first tasks here run unlimited. A limit created while runs are
+    going takes effect within those seconds; the test waits them out (CI failed once on exactly this)."""
     import time
 
     from prefect.client.orchestration import get_client
@@ -54,6 +60,7 @@ def test_a_parse_limit_of_one_holds_across_two_runs_started_together(prefect_ser
 
     with get_client(sync_client=True) as client:
         client.create_concurrency_limit(tag="docingest-parse", concurrency_limit=1)
+        time.sleep(NO_LIMITS_REMEMBERED_S)
         try:
             threads = [threading.Thread(target=run, args=(folder,)) for folder in folders]
             for thread in threads:
