@@ -358,10 +358,7 @@ def search(
     if hits.note:
         err.print(f"note: {hits.note}", highlight=False, soft_wrap=True)
     if as_json:
-        payload = {"mode": hits.mode,  # hits keep their shape; the object says how they were found
-                   "hits": [h.model_dump(include={"score", "source", "path", "chunk_index", "text", "headings"})
-                            for h in hits]}
-        sys.stdout.write(json.dumps(payload) + "\n")
+        sys.stdout.write(json.dumps(hits.to_json_dict()) + "\n")  # the hits, and how they were found
         return
     if not hits:
         out.print("no hits")

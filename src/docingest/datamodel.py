@@ -230,6 +230,13 @@ class SearchResults(list):
         super().__init__(hits)
         self.mode, self.note = mode, note
 
+    def to_json_dict(self) -> dict:
+        """``{"mode", "hits": [{score, source, path, chunk_index, text, headings}]}``: what ``docingest search
+        --json`` prints and ``POST /api/v1/search`` answers."""
+        return {"mode": self.mode,
+                "hits": [h.model_dump(include={"score", "source", "path", "chunk_index", "text", "headings"})
+                         for h in self]}
+
     def to_dataframe(self):
         """One row per hit: score, source, path, chunk_index, headings, pages, text."""
         columns = ["score", "source", "path", "chunk_index", "headings", "pages", "text"]

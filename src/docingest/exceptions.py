@@ -44,6 +44,14 @@ class StoreError(DocingestError, ConnectionError):
     """Raised when Qdrant cannot be reached or rejects a request; transient, so Prefect retries it."""
 
 
+class UnknownCollectionError(ConfigurationError):
+    """Raised for a collection that does not exist."""
+
+
+class StoreBusyError(ConfigurationError):
+    """Raised when another process holds the embedded store (one process at a time opens it)."""
+
+
 class DeleteGuardError(ConfigurationError):
     """Raised before any work when a full sync would delete more of a scope than ``max_delete_ratio`` allows."""
 

@@ -126,6 +126,14 @@ class DocingestSettings(BaseSettings):
     )
     jwt_audience: str | None = Field(default=None, description="Required `aud` claim of bearer tokens, if set.")
     jwt_issuer: str | None = Field(default=None, description="Required `iss` claim of bearer tokens, if set.")
+    jwt_collections_claim: str = Field(
+        default="collections", min_length=1, description="Claim listing the collections a token may write (and "
+        "read): names or glob patterns (`team-a-*`, `*`). A token without it may write nowhere."
+    )
+    jwt_read_claim: str = Field(
+        default="read", min_length=1, description="Claim listing collections a token may only read (search), in the "
+        "same shape."
+    )
     upload_bucket: str | None = Field(
         default=None, description="Keep uploads in this S3/MinIO bucket (`bucket` or `s3://bucket/prefix`, with the "
         "DOCINGEST_S3_* settings) instead of upload_dir. Parts become S3 multipart-upload parts (S3 needs parts of "
@@ -145,7 +153,19 @@ class DocingestSettings(BaseSettings):
     upload_allowed_types: list[str] | None = Field(
         default=None, description="Accepted file extensions (JSON list). Default: the formats docingest ingests."
     )
-    upload_expiry_s: float = Field(default=24 * 3600, gt=0, description="Incomplete uploads are removed after this.")
+    upload_expiry_s: float = Field(
+        default=24 * 3600, gt=0, description="Unfinished uploads are removed after this (with their parts); finished "
+        "uploads' metadata too (their documents stay)."
+    )
+    upload_quota_bytes: int | None = Field(
+        default=None, ge=1, description="Bytes one user's unfinished uploads may hold (declared sizes). Default 5 x "
+        "upload_max_bytes."
+    )
+    upload_job_concurrency: int = Field(
+        default=2, ge=1, description="Embedded job mode: flow runs at once (each one collection's waiting uploads); "
+        "a slow document in one collection does not hold uploads to another."
+    )
+    upload_max_unfinished: int = Field(default=100, ge=1, description="Unfinished uploads one user may hold.")
     rate_limit_requests_per_min: int = Field(default=600, ge=1, description="Requests per user and minute.")
     rate_limit_uploads_per_min: int = Field(default=60, ge=1, description="New uploads per user and minute.")
 

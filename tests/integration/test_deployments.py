@@ -179,10 +179,12 @@ def test_upload_service_hands_jobs_to_a_deployment_on_the_priority_queue(stack, 
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/health", serve, tmp_path / "serve.log", timeout=120)
     client = httpx.Client(base_url=base, timeout=60)
-    health = client.get("/health").json()
+    auth = {"Authorization": "Bearer " + jwt.encode({"sub": "alice", "exp": int(time.time()) + 3600,
+                                                     "collections": ["desk"], "priorities": ["high"]}, "s" * 40,
+                                                    algorithm="HS256")}
+    assert client.get("/health").json() == {"ok": True}  # without a token: up or down, nothing more
+    health = client.get("/health", headers=auth).json()
     assert health["prefect"] is True and health["jobs_mode"] == "deployment" and health["qdrant"] is None, health
-    auth = {"Authorization": "Bearer " + jwt.encode({"sub": "alice", "exp": int(time.time()) + 3600}, "s" * 40,
-                                               algorithm="HS256")}
 
     data = b"# Badge policy\n\nVisitors collect a temporary badge at the north entrance and return it by six.\n"
     made = client.post("/api/v1/uploads", headers=auth, json={"filename": "badges.md", "size": len(data),

@@ -24,7 +24,8 @@ EXE = Path(sys.executable).with_name("docingest")
 
 
 def token(user: str, secret: str = SECRET) -> str:
-    return jwt.encode({"sub": user, "exp": int(time.time()) + 3600}, secret, algorithm="HS256")
+    return jwt.encode({"sub": user, "exp": int(time.time()) + 3600, "collections": ["*"],
+                       "priorities": ["high", "normal"]}, secret, algorithm="HS256")
 
 
 def auth(user: str) -> dict[str, str]:

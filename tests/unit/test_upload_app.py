@@ -19,7 +19,7 @@ SECRET = "unit-secret-of-at-least-32-bytes-0123456789"
 
 
 def auth(user: str = "alice", **claims) -> dict[str, str]:
-    claims = {"sub": user, "exp": int(time.time()) + 600, **claims}
+    claims = {"sub": user, "exp": int(time.time()) + 600, "collections": ["*"], **claims}
     return {"Authorization": "Bearer " + jwt.encode(claims, SECRET, algorithm="HS256")}
 
 
@@ -109,7 +109,7 @@ def test_a_websocket_hello_that_is_not_an_object_is_closed_not_a_traceback(clien
             ws.send_text(hello)
             with pytest.raises(WebSocketDisconnect) as closed:
                 ws.receive_json()
-            assert closed.value.code == 4401
+            assert closed.value.code == 4400  # malformed
 
 
 def test_a_deployment_jobs_outcome_comes_from_the_runs_persisted_result():
@@ -138,3 +138,102 @@ def test_a_deployment_jobs_outcome_comes_from_the_runs_persisted_result():
         "run", 0, "the run reported no outcome for the document")
     status, _, stage, _, error = outcome_from_result(Completed(FileNotFoundError("/results/abc")), "up1/a.md")
     assert (status, stage) == ("failure", "result") and "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK" in error
+
+
+def test_collections_and_priorities_are_grants(client):
+    def create(collection: str, priority: str = "normal", **claims):
+        return client.post("/api/v1/uploads", headers=auth(**claims), json={
+            "filename": "a.md", "size": 10, "collection": collection, "priority": priority})
+
+    assert create("kb").status_code == 201  # collections ["*"]
+    nothing = create("kb", collections=None)  # a token without the claim writes nowhere
+    assert nothing.status_code == 403 and nothing.json() == {"detail": "forbidden"}
+    assert create("team-a-docs", collections=["team-a-*"]).status_code == 201
+    other = create("handbook", collections=["team-a-*"])
+    assert other.status_code == 403 and other.json() == {"detail": "forbidden"}  # nothing about the collection
+    assert create("handbook", collections=["team-a-*"], read=["handbook"]).status_code == 403  # read is not write
+    assert create("kb", priority="critical").status_code == 403  # default grant: normal only
+    assert create("kb", priority="critical", priorities=["critical"]).status_code == 201
+    files = {"file": ("a.md", b"# A\n\nText.\n", "text/markdown")}
+    one = client.post("/api/v1/documents", headers=auth(collections=["team-a-*"]), files=files,
+                      data={"collection": "handbook"})
+    assert one.status_code == 403
+
+
+def test_a_blank_sub_is_no_user(client):
+    for sub in ("", "   "):
+        assert client.get("/api/v1/jobs", headers=auth(sub)).status_code == 401
+
+
+def test_health_says_only_up_or_down_without_a_token_and_starts_nothing(client):
+    from docingest import ephemeral
+    from docingest.core.store.store import is_open
+    from docingest.targets import resolve_location
+
+    anonymous = client.get("/health")
+    assert anonymous.json() == {"ok": True}, anonymous.text
+    detailed = client.get("/health", headers=auth()).json()
+    assert detailed["storage"] is True and detailed["jobs_pending"] == 0 and detailed["prefect"] is None
+    assert ephemeral.temporary_servers() == []  # no temporary Prefect API was started for a probe
+    assert not is_open(resolve_location())  # and the embedded store was not opened
+
+
+def test_bodies_are_bounded_while_streaming_and_errors_never_echo_the_input(client, monkeypatch):
+    def chunked(total: int, piece: bytes = b"x" * 4096):
+        sent = 0
+        while sent < total:
+            yield piece
+            sent += len(piece)
+
+    big_json = client.post("/api/v1/uploads", headers={**auth(), "Content-Type": "application/json"},
+                           content=chunked(1024 * 1024))
+    assert big_json.status_code == 413
+    lying = client.post("/api/v1/uploads", headers={**auth(), "Content-Length": str(10 ** 9)}, content=b"{}")
+    assert lying.status_code == 413
+    secret = "s3cr3t-" + "v" * 2000
+    invalid = client.post("/api/v1/uploads", headers=auth(), json={"filename": secret, "size": -1, "collection": 1})
+    assert invalid.status_code == 422 and "s3cr3t" not in invalid.text and len(invalid.text) < 2000
+    settings = client.app_state.service.settings
+
+    def multipart(size: int):  # a form streamed without Content-Length: it is cut off once past the limit
+        yield (b'--B\r\nContent-Disposition: form-data; name="collection"\r\n\r\nkb\r\n'
+               b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.md"\r\n'
+               b"Content-Type: text/markdown\r\n\r\n")
+        yield from chunked(size, b"x" * (1 << 20))
+        yield b"\r\n--B--\r\n"
+
+    monkeypatch.setattr(settings, "upload_max_bytes", 1 << 20)
+    form = client.post("/api/v1/documents", headers={**auth(), "Content-Type": "multipart/form-data; boundary=B"},
+                       content=multipart(4 << 20))
+    assert form.status_code == 413
+
+
+def test_metric_labels_come_from_fixed_sets(client):
+    for n in range(50):
+        client.request(f"M{n}", f"/nowhere/{n}")
+        client.get(f"/api/v1/uploads/{n:032x}")  # anonymous, a different path each time
+    metrics = client.get("/metrics", headers=auth()).text
+    lines = [line for line in metrics.splitlines() if line.startswith("docingest_service_http_requests_total{")]
+    assert len(lines) <= 4, lines  # a few series, not one per method or path
+    assert 'method="OTHER"' in metrics and "/nowhere" not in metrics and "M17" not in metrics
+
+
+def test_a_websocket_with_a_bad_token_in_the_handshake_is_never_accepted(client):
+    from starlette.websockets import WebSocketDisconnect
+
+    bad = {"Authorization": "Bearer nonsense"}
+    with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/api/v1/ws/jobs", headers=bad) as ws:
+        ws.receive_json()
+    assert refused.value.code == 4401
+    with client.websocket_connect("/api/v1/ws/jobs", headers=auth()) as ws:
+        ws.send_json({"subscribe": []})  # the handshake's token is enough
+        ws.send_json({"ping": 1})
+
+
+def test_search_needs_a_read_grant(client):
+    body = {"collection": "handbook", "query": "badges"}
+    assert client.post("/api/v1/search", json=body).status_code == 401
+    assert client.post("/api/v1/search", headers=auth(collections=["team-*"]), json=body).status_code == 403
+    missing = client.post("/api/v1/search", headers=auth(collections=[], read=["hand*"]), json=body)
+    assert missing.status_code == 404 and missing.json() == {"detail": "collection not found"}
+    assert client.post("/api/v1/search", headers=auth(), json={**body, "mode": "nonsense"}).status_code == 422

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    """``done`` of ``total`` documents have an outcome; ``path``/``status`` name the latest one."""
+    """``done`` of ``total`` documents have an outcome; ``path``/``status`` name the latest one, ``source`` its
+    source's URI and ``outcome`` its full outcome (a ``DocumentOutcome``), recorded: a success is searchable."""
 
     done: int
     total: int
     path: str = ""
     status: str = ""
+    source: str = ""
+    outcome: Any = None
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,8 @@ class Run:
         self.done += 1
         if self.artifact is not None:
             self.artifact.update(self.done, counts.failed, final=self.done == self.total)
-        progress.emit(progress.ProgressEvent(self.done, self.total, outcome.path, outcome.status.value))
+        progress.emit(progress.ProgressEvent(self.done, self.total, outcome.path, outcome.status.value,
+                                            outcome.source, outcome))
 
 
 def outcome_of(p: PreparedDocument, status: DocumentStatus | None = None, stage: Stage | None = None,

@@ -12,13 +12,15 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from docingest.service.auth import Authenticator
+from docingest.service.bodies import BodyLimit, validation_error
 from docingest.service.jobs import JobManager
 from docingest.service.metrics import ServiceMetrics
 from docingest.service.ratelimit import RateLimits
-from docingest.service.routes import health, jobs, uploads
+from docingest.service.routes import health, jobs, search, uploads
 from docingest.service.state import Service
 from docingest.service.uploads import PRIORITIES, UploadError, make_store
 from docingest.settings import DocingestSettings, get_settings
@@ -39,16 +41,18 @@ def create_app(settings: DocingestSettings | None = None) -> FastAPI:
     auth = Authenticator(settings)  # a configuration error before anything is created
     store = make_store(settings, set(settings.upload_allowed_types or DEFAULT_ALLOWED))
     root = settings.upload_dir or settings.home / "uploads"
-    service = Service(settings, store, JobManager(root / "jobs", store, deployment=settings.upload_deployment),
+    service = Service(settings, store, JobManager(root / "jobs", store, deployment=settings.upload_deployment,
+                                                   concurrency=settings.upload_job_concurrency),
                       auth, RateLimits(), ServiceMetrics())
     app = FastAPI(title="docingest upload service", version="1", lifespan=_lifespan,
                   description="Resumable uploads that become searchable documents.")
     app.state.service, app.state.store, app.state.jobs, app.state.priorities = service, store, service.jobs, PRIORITIES
     app.add_exception_handler(UploadError, _upload_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, _unexpected)
-    app.middleware("http")(_bounded_bodies)
+    app.add_middleware(BodyLimit, settings=settings)
     service.metrics.instrument(app)
-    for module in (health, uploads, jobs):
+    for module in (health, uploads, jobs, search):
         app.include_router(module.router)
     return app
 
@@ -78,16 +82,6 @@ async def _upload_error(_: Request, exc: UploadError) -> JSONResponse:
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:  # never a traceback or an internal path in a body
     return JSONResponse({"detail": "internal error"}, status_code=500)
-
-
-async def _bounded_bodies(request: Request, call_next):
-    """A declared body larger than a part (plus room for headers of a form) is refused before it is read."""
-    settings = request.app.state.service.settings
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > settings.upload_part_size + 1024 * 1024 \
-            and not request.url.path.startswith("/api/v1/documents"):
-        return JSONResponse({"detail": "request body too large"}, status_code=413)
-    return await call_next(request)
 
 
 def _stop_temporary_prefect() -> None:

@@ -1,15 +1,71 @@
-"""Bearer tokens: HS256 with ``DOCINGEST_JWT_SECRET``, or RS256/ES256/PS256/EdDSA with the keys of
-``DOCINGEST_JWT_JWKS_URL``; the user is the ``sub`` claim, and ``exp`` is required."""
+"""Bearer tokens and what they grant.
+
+Tokens are HS256 with ``DOCINGEST_JWT_SECRET``, or RS256/ES256/PS256/EdDSA with the keys of
+``DOCINGEST_JWT_JWKS_URL``; ``sub`` (the user, not blank) and ``exp`` are required. Grants are claims:
+
+- ``collections`` (name set by ``DOCINGEST_JWT_COLLECTIONS_CLAIM``): the collections its holder may write (upload
+  into) and read, as names or glob patterns (``team-a-*``; ``*`` for all). Without it, nothing.
+- ``read`` (``DOCINGEST_JWT_READ_CLAIM``): collections it may only read (search), in the same shape.
+- ``priorities``: the job priorities it may ask for; default ``["normal"]``.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 from fastapi import HTTPException
 from fastapi.security import HTTPBearer
 
 from docingest.exceptions import ConfigurationError
+from docingest.service.uploads import PRIORITIES
 from docingest.settings import DocingestSettings
 
-bearer = HTTPBearer(auto_error=False, description="A JWT whose `sub` claim names the user.")
+bearer = HTTPBearer(auto_error=False, description="A JWT whose `sub` claim names the user and whose `collections` "
+                                                  "claim names what it may write.")
+DEFAULT_PRIORITIES = ("normal",)
+
+
+def _patterns(value) -> tuple[str, ...]:
+    """A claim's collection patterns: a list of strings (one string is taken as a list of one); anything else grants
+    nothing."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        return ()
+    return tuple(p for p in value if isinstance(p, str) and p.strip())
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatchcase(name, p) for p in patterns)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated holder of a token and its grants."""
+
+    user: str
+    write: tuple[str, ...] = ()
+    read: tuple[str, ...] = ()
+    priorities: tuple[str, ...] = DEFAULT_PRIORITIES
+
+    def may_write(self, collection: str) -> bool:
+        return _matches(collection, self.write)
+
+    def may_read(self, collection: str) -> bool:
+        return _matches(collection, self.read) or self.may_write(collection)
+
+    def check_write(self, collection: str, priority: str = "normal") -> None:
+        """403 unless the token may upload into ``collection`` at ``priority``; the answer says nothing about the
+        collection (whether it exists, who may write it)."""
+        if not self.may_write(collection):
+            raise HTTPException(403, "forbidden")
+        if priority in PRIORITIES and priority not in self.priorities:
+            raise HTTPException(403, f"priority {priority!r} is not granted to this token")
+
+    def check_read(self, collection: str) -> None:
+        if not self.may_read(collection):
+            raise HTTPException(403, "forbidden")
 
 
 class Authenticator:
@@ -27,10 +83,22 @@ class Authenticator:
             if settings.jwt_jwks_url else None
         self.checks = {"options": {"require": ["sub", "exp"]}, "audience": settings.jwt_audience,
                        "issuer": settings.jwt_issuer}
+        self.collections_claim, self.read_claim = settings.jwt_collections_claim, settings.jwt_read_claim
         self.uses_network = self.jwks is not None
 
-    def user(self, token: str | None) -> str:
-        """The token's user; HTTPException 401 for a missing or invalid token, 503 when the keys are unreachable."""
+    def caller(self, token: str | None) -> Caller:
+        """The token's holder and grants; HTTPException 401 for a missing or invalid token (a blank ``sub`` too),
+        503 when the identity provider's keys are unreachable."""
+        claims = self._claims(token)
+        user = claims.get("sub")
+        if not isinstance(user, str) or not user.strip():
+            raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
+        priorities = claims.get("priorities", list(DEFAULT_PRIORITIES))
+        priorities = tuple(p for p in priorities if p in PRIORITIES) if isinstance(priorities, list) else ()
+        return Caller(user=user, write=_patterns(claims.get(self.collections_claim)),
+                      read=_patterns(claims.get(self.read_claim)), priorities=priorities)
+
+    def _claims(self, token: str | None) -> dict:
         import jwt
 
         if not token:
@@ -38,13 +106,11 @@ class Authenticator:
         try:
             if self.jwks is not None and jwt.get_unverified_header(token).get("alg") != "HS256":
                 key = self.jwks.get_signing_key_from_jwt(token).key
-                claims = jwt.decode(token, key, algorithms=["RS256", "ES256", "PS256", "EdDSA"], **self.checks)
-            elif self.secret is not None:
-                claims = jwt.decode(token, self.secret, algorithms=["HS256"], **self.checks)
-            else:
-                raise jwt.InvalidTokenError("no key for this token")
+                return jwt.decode(token, key, algorithms=["RS256", "ES256", "PS256", "EdDSA"], **self.checks)
+            if self.secret is not None:
+                return jwt.decode(token, self.secret, algorithms=["HS256"], **self.checks)
+            raise jwt.InvalidTokenError("no key for this token")
         except jwt.PyJWKClientConnectionError:
             raise HTTPException(503, "the identity provider's keys are unreachable; retry later") from None
         except (jwt.PyJWTError, ValueError):
             raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"}) from None
-        return str(claims["sub"])

@@ -4,9 +4,13 @@ Each completed upload is one job: its document is ``<upload id>/<name>`` in the 
 by the ingest flow restricted to that folder (same ids, sync and failure semantics as any other source). Two ways to
 run them:
 
-- **embedded** (default): one background thread runs the flow in this process. Jobs waiting for the same collection
-  are taken together, highest priority first, as one flow run (a flow run per upload would cost seconds each; 50
-  uploads arriving at once become one or two runs). Progress comes from the flow's progress events.
+- **embedded** (default): the flow runs in this process, up to ``DOCINGEST_UPLOAD_JOB_CONCURRENCY`` runs at once
+  (a thread pool), never two of one collection at once (they would wait for each other's lock). Jobs waiting for the
+  same collection are taken together as one flow run (a flow run per upload would cost seconds each; 50 uploads
+  arriving at once become one or two runs). Jobs are taken highest priority first, and round robin between users of
+  equal priority, so one user's hundred uploads do not queue ahead of another user's one. Each job ends as soon as
+  its document's outcome is recorded (its chunks are searchable), not when its run ends: a document that times out
+  fails alone and holds no one else's completion.
 - **deployment** (``DOCINGEST_UPLOAD_DEPLOYMENT``): each job is a run of that Prefect deployment on the work queue
   named by its priority (critical/high/normal/low). One watcher reads the state and progress artifact of every
   active job's flow run from the Prefect API, once a second for all of them; a completed run's per-document outcome
@@ -21,6 +25,7 @@ import asyncio
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -66,7 +71,8 @@ def _counts(status: str, change: str | None) -> dict[str, int]:
 class JobManager:
     """Jobs by id, persisted as JSON under ``root``; run by one background thread (see the module doc)."""
 
-    def __init__(self, root: Path, store, deployment: str | None = None, max_queue: int = 1000) -> None:
+    def __init__(self, root: Path, store, deployment: str | None = None, max_queue: int = 1000,
+                 concurrency: int = 2) -> None:
         self.root, self.store, self.deployment = Path(root), store, deployment
         self.root.mkdir(parents=True, exist_ok=True)
         self.jobs: dict[str, Job] = {}
@@ -82,6 +88,9 @@ class JobManager:
         self._wake = threading.Condition(self._lock)
         self._subscribers: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, set[str]]] = []
         self._closed = False
+        self._running: set[str] = set()  # collections with an embedded run in progress
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="docingest-job-run")
+        self.concurrency = concurrency
         self._thread = threading.Thread(target=self._loop, name="docingest-jobs", daemon=True)
         self._thread.start()
 
@@ -159,9 +168,35 @@ class JobManager:
 
     # -- the worker ----------------------------------------------------------------------------------------------------
     def _queued(self) -> list[Job]:
+        """Queued jobs in the order they are taken: priority, then round robin between users (each user's first job,
+        then each user's second...), then age."""
         with self._lock:
-            jobs = [j for j in self.jobs.values() if j.state == "queued" and not j.flow_run_id]
-        return sorted(jobs, key=lambda j: (PRIORITIES.index(j.priority), j.created_at))
+            jobs = sorted((j for j in self.jobs.values() if j.state == "queued" and not j.flow_run_id),
+                          key=lambda j: j.created_at)
+        turn: dict[tuple[str, str], int] = {}
+        ranked = []
+        for job in jobs:
+            key = (job.priority, job.user)
+            turn[key] = turn.get(key, 0) + 1
+            ranked.append((PRIORITIES.index(job.priority), turn[key], job.created_at, job))
+        return [r[-1] for r in sorted(ranked, key=lambda r: r[:3])]
+
+    def _next_batch(self) -> list[Job]:
+        """The next embedded run's jobs: the first waiting job whose collection has no run in progress, with that
+        collection's other waiting jobs, in the same order; empty when the pool is full or nothing can start."""
+        with self._lock:
+            if len(self._running) >= self.concurrency:
+                return []
+            queued = [j for j in self._queued() if j.collection not in self._running]
+            if not queued:
+                return []
+            batch = [j for j in queued if j.collection == queued[0].collection][:BATCH]
+            self._running.add(batch[0].collection)
+            for job in batch:
+                job.state = "running"
+        for job in batch:
+            self._store(job)
+        return batch
 
     def _watched(self) -> list[Job]:
         with self._lock:
@@ -185,51 +220,82 @@ class JobManager:
                     with self._wake:
                         self._wake.wait(WATCH_INTERVAL_S)
                 else:
-                    queued = self._queued()
-                    batch = [j for j in queued if j.collection == queued[0].collection][:BATCH]
-                    self._run_embedded(batch)
+                    while batch := self._next_batch():
+                        self._pool.submit(self._run_embedded, batch)
+                    with self._wake:  # until a run ends or a job arrives
+                        self._wake.wait(WATCH_INTERVAL_S)
             except Exception:  # noqa: BLE001 - the loop must outlive any one failure (e.g. the API is down)
                 log.exception("job worker error; retrying")
                 time.sleep(2)
 
     def _run_embedded(self, batch: list[Job]) -> None:
+        """One flow run for a collection's batch (on the pool); each job ends when its document's outcome is
+        recorded (progress events carry it), the rest when the run ends."""
+        try:
+            self._run_batch(batch)
+        finally:
+            with self._wake:
+                self._running.discard(batch[0].collection)
+                self._wake.notify_all()
+
+    def _run_batch(self, batch: list[Job]) -> None:
         from docingest.core import progress
         from docingest.flows.ingest import ingest_documents
         from docingest.options import IngestOptions, SourceOptions
 
-        for job in batch:
-            job.state = "running"
-            self._store(job)
+        collection = batch[0].collection
+        source = self.store.source_uri(collection)
+        pending = {job.document: job for job in batch}
+        uploads = {job.upload_id for job in batch}
+        pending_lock = threading.Lock()
         last = [0.0]
 
-        def on_progress(event: progress.ProgressEvent) -> None:
-            now = time.monotonic()
-            if event.total and (now - last[0] > 0.2 or event.done == event.total):
-                last[0] = now
-                for job in batch:  # the run's share done; each job ends with its own outcome below
-                    job.progress = min(99.0, round(100.0 * event.done / event.total, 1))
-                    self._store(job)
+        def finish(job: Job, outcome) -> None:
+            self._finish(job, outcome.status.value, outcome.change.value if outcome.change else None,
+                         outcome.stage.value if outcome.stage else None, outcome.chunks, outcome.error)
 
-        collection = batch[0].collection
-        by_path = {job.document: job for job in batch}
+        def on_progress(event: progress.ProgressEvent) -> None:
+            # Events of every run in this process arrive here; this run's documents are in its uploads' folders.
+            if event.path.split("/", 1)[0] not in uploads:
+                return
+            with pending_lock:
+                job = pending.pop(event.path, None) if event.outcome is not None else None
+                waiting = list(pending.values())
+            if job is not None:
+                finish(job, event.outcome)
+            now = time.monotonic()
+            if job is not None or (waiting and now - last[0] > 0.2):
+                last[0] = now
+                share = min(99.0, round(100.0 * event.done / event.total, 1)) if event.total else 0.0
+                for other in waiting:  # the run's share done
+                    if other.progress != share:
+                        other.progress = share
+                        self._store(other)
+
         progress.add_listener(on_progress)
         try:
             options = IngestOptions(source=SourceOptions(include=[f"{job.upload_id}/**" for job in batch]))
-            result = ingest_documents(source=self.store.source_uri(collection), collection=collection,
-                                      options=options)
+            result = ingest_documents(source=source, collection=collection, options=options)
         except Exception as exc:  # noqa: BLE001 - a job's failure is its state, never the service's crash
-            for job in batch:
+            with pending_lock:
+                left, _ = list(pending.values()), pending.clear()
+            for job in left:
                 self._finish(job, "failure", stage="run", error=f"{type(exc).__name__}: {str(exc)[:300]}")
             return
         finally:
             progress.remove_listener(on_progress)
-        for outcome in result.outcomes:
-            if (job := by_path.pop(outcome.path, None)) is not None:
-                job.flow_run_id = result.flow_run_id
-                self._finish(job, outcome.status.value, outcome.change.value if outcome.change else None,
-                             outcome.stage.value if outcome.stage else None, outcome.chunks, outcome.error)
-        for job in by_path.values():  # not seen by the run: its file is gone
+        with pending_lock:
+            left = dict(pending)
+            pending.clear()
+        for outcome in result.outcomes:  # outcomes no event carried (a run that ended early)
+            if (job := left.pop(outcome.path, None)) is not None:
+                finish(job, outcome)
+        for job in left.values():  # not seen by the run: its file is gone
             self._finish(job, "failure", stage="read", error="the uploaded document was not found in the source")
+        for job in batch:
+            if job.flow_run_id is None:
+                job.flow_run_id = result.flow_run_id
+                self._store(job)
 
     # -- deployment mode ------------------------------------------------------------------------------------------
     def _dispatch(self, job: Job) -> None:
@@ -294,6 +360,7 @@ class JobManager:
             self._wake.notify_all()
         if wait:
             self._thread.join()
+        self._pool.shutdown(wait=wait, cancel_futures=True)
 
 
 

@@ -1,5 +1,6 @@
 """What every route of the service shares (settings, upload store, jobs, limits, metrics, authentication) and the
-FastAPI dependencies that hand it out: ``ServiceDep`` and ``User`` (the authenticated, rate-limited caller)."""
+FastAPI dependencies that hand it out: ``ServiceDep`` and ``User`` (the authenticated, rate-limited caller and its
+grants)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials
 
-from docingest.service.auth import Authenticator, bearer
+from docingest.service.auth import Authenticator, Caller, bearer
 from docingest.service.jobs import JobManager
 from docingest.service.metrics import ServiceMetrics
 from docingest.service.ratelimit import RateLimits
@@ -28,11 +29,11 @@ class Service:
     metrics: ServiceMetrics
     probes: dict = field(default_factory=dict)  # health check -> its running probe (concurrent calls share one)
 
-    async def user(self, token: str | None) -> str:
-        """The token's user; a check that may fetch an identity provider's keys runs off the event loop."""
+    async def caller(self, token: str | None) -> Caller:
+        """The token's holder; a check that may fetch an identity provider's keys runs off the event loop."""
         if self.auth.uses_network:
-            return await asyncio.to_thread(self.auth.user, token)
-        return self.auth.user(token)
+            return await asyncio.to_thread(self.auth.caller, token)
+        return self.auth.caller(token)
 
 
 def get_service(request: Request) -> Service:
@@ -43,11 +44,11 @@ ServiceDep = Annotated[Service, Depends(get_service)]
 
 
 async def current_user(service: ServiceDep,
-                       credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+                       credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Caller:
     """The caller named by the bearer token (401 without a valid one), within the per-user request limit (429)."""
-    who = await service.user(credentials.credentials if credentials else None)
-    service.limits.check(who, "requests", service.settings.rate_limit_requests_per_min)
+    who = await service.caller(credentials.credentials if credentials else None)
+    service.limits.check(who.user, "requests", service.settings.rate_limit_requests_per_min)
     return who
 
 
-User = Annotated[str, Depends(current_user)]
+User = Annotated[Caller, Depends(current_user)]

@@ -16,6 +16,7 @@ import io
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
 import unicodedata
@@ -26,17 +27,9 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from docingest.core.sources.local import within
+from docingest.service.sniff import sniff_file
 
 PRIORITIES = ("critical", "high", "normal", "low")
-
-# Extensions docingest ingests, and what their bytes must look like.
-ZIP_FORMATS = {"docx", "pptx", "xlsx", "odt", "ods", "odp"}
-TEXT_FORMATS = {"md", "markdown", "txt", "html", "htm", "xhtml", "csv", "adoc", "asciidoc", "xml", "nxml", "tex",
-                "vtt", "json"}
-BINARY_SIGNATURES = {"pdf": (b"%PDF-",), "png": (b"\x89PNG\r\n\x1a\n",), "jpg": (b"\xff\xd8\xff",),
-                     "jpeg": (b"\xff\xd8\xff",), "tif": (b"II*\x00", b"MM\x00*"), "tiff": (b"II*\x00", b"MM\x00*")}
-EXECUTABLE_SIGNATURES = (b"MZ", b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xfe\xed\xfa\xce", b"#!")
-
 
 class UploadError(Exception):
     """An upload request that cannot be served: ``status`` is the HTTP status, ``message`` safe to show."""
@@ -65,8 +58,12 @@ class UploadMeta(BaseModel):
     sha256: str | None = None
 
 
+MAX_NAME_BYTES = 200  # file systems allow 255 bytes per name; the rest is room for temporary suffixes
+
+
 def sanitize_filename(name: str) -> str:
-    """A safe single path component: no folders, no traversal, no control or odd characters, bounded length."""
+    """A safe single path component: no folders, no traversal, no control or odd characters, at most
+    ``MAX_NAME_BYTES`` bytes of UTF-8."""
     name = unicodedata.normalize("NFKC", name or "").replace("\\", "/").split("/")[-1]
     name = "".join(c for c in name if unicodedata.category(c)[0] != "C")
     name = re.sub(r"[^\w.\- ()+,@]", "_", name).strip(" .")
@@ -74,42 +71,18 @@ def sanitize_filename(name: str) -> str:
     if not name:
         name = "upload"
     stem, dot, ext = name.rpartition(".")
-    if dot and len(name) > 200:
-        name = stem[: 200 - len(ext) - 1] + "." + ext
-    return name[:200]
+    if dot and len(ext.encode()) <= 16:  # keep the extension; cut the stem
+        return _cut(stem, MAX_NAME_BYTES - len(ext.encode()) - 1).rstrip(" .") + "." + ext
+    return _cut(name, MAX_NAME_BYTES)
+
+
+def _cut(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` of UTF-8, never inside a character (file systems count bytes: 255)."""
+    return text.encode()[:max_bytes].decode("utf-8", errors="ignore")
 
 
 def user_key(user: str) -> str:
     return hashlib.sha256(user.encode()).hexdigest()[:24]
-
-
-SNIFF_BYTES = 8192
-
-
-def sniff(path: Path, extension: str) -> str | None:
-    """Why the file's bytes do not match the extension (None when they do): magic bytes, not the name."""
-    with open(path, "rb") as fh:
-        return sniff_bytes(fh.read(SNIFF_BYTES), extension)
-
-
-def sniff_bytes(head: bytes, extension: str) -> str | None:
-    """Why the first bytes of a file do not match the extension (None when they do)."""
-    if head.startswith(EXECUTABLE_SIGNATURES):
-        return "the file is an executable or script, whatever its name"
-    if extension in BINARY_SIGNATURES:
-        return None if head.startswith(BINARY_SIGNATURES[extension]) else f"the content is not a .{extension} file"
-    if extension in ZIP_FORMATS:
-        return None if head.startswith(b"PK\x03\x04") else f"the content is not a .{extension} (zip) document"
-    if extension in TEXT_FORMATS:
-        if b"\x00" in head:
-            return f"the content is binary, not .{extension} text"
-        try:
-            head.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            if exc.start < len(head) - 4:  # not just a character cut at the 8 KiB boundary
-                return f"the content is not UTF-8 .{extension} text"
-        return None
-    return f"file type .{extension} is not accepted"
 
 
 class LocalBackend:
@@ -140,11 +113,17 @@ class LocalBackend:
         folder = self.folder(meta)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f"meta.json.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.write_text(meta.model_dump_json())
-        tmp.replace(folder / "meta.json")
+        try:
+            tmp.write_text(meta.model_dump_json())
+            tmp.replace(folder / "meta.json")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
-    def all_meta(self) -> Iterator[UploadMeta]:
-        for path in (self.root / "incoming").glob("*/*/meta.json"):
+    def all_meta(self, user: str | None = None) -> Iterator[UploadMeta]:
+        """Every upload's metadata, or one user's."""
+        pattern = f"{user_key(user)}/*/meta.json" if user is not None else "*/*/meta.json"
+        for path in (self.root / "incoming").glob(pattern):
             try:
                 yield UploadMeta.model_validate_json(path.read_text())
             except (OSError, ValueError):
@@ -161,42 +140,45 @@ class LocalBackend:
             raise UploadError(404 if current is None else 409,
                               "upload not found" if current is None else "upload already completed")
         tmp = folder / f"part-{number:05d}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.write_bytes(data)
-        tmp.replace(folder / f"part-{number:05d}")
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(folder / f"part-{number:05d}")
+        except BaseException:  # e.g. the disk is full: no half-written part stays
+            tmp.unlink(missing_ok=True)
+            raise
         current.etags[number] = hashlib.md5(data).hexdigest()  # noqa: S324
         self.save(current)
 
     def received(self, meta: UploadMeta) -> dict[int, str]:
         return dict(meta.etags)
 
-    def assemble(self, meta: UploadMeta, key: str) -> tuple[int, str, bytes]:
-        """Concatenate the parts into ``sources/<key>``; returns (size, sha256 hex, first bytes)."""
+    def assemble(self, meta: UploadMeta, key: str) -> tuple[int, str, str | None]:
+        """Concatenate the parts into ``sources/<key>``; returns (size, sha256 hex, why its content is refused or
+        None). Any failure leaves the parts as they were and no assembled copy behind."""
         folder = self.folder(meta)
         assembled = folder / f"assembled.tmp-{uuid.uuid4().hex[:8]}"
-        digest, head = hashlib.sha256(), b""
+        digest = hashlib.sha256()
+        target = self.root / "sources" / key
         try:
             with open(assembled, "wb") as out:
                 for n in range(1, meta.parts + 1):
                     with open(folder / f"part-{n:05d}", "rb") as part:
                         while chunk := part.read(1 << 20):
-                            if len(head) < SNIFF_BYTES:
-                                head += chunk[: SNIFF_BYTES - len(head)]
                             digest.update(chunk)
                             out.write(chunk)
+            sources = os.path.realpath(self.root / "sources")
+            if not within(os.path.realpath(target.parent), sources):  # a link planted in the store leads elsewhere
+                raise UploadError(500, "the upload store's folder for this collection leads outside the store",
+                                  final=True)
+            refused = sniff_file(assembled, meta.filename.rpartition(".")[2].lower())
+            target.parent.mkdir(parents=True, exist_ok=True)
+            assembled.replace(target)  # rename: a link at the target is replaced, never followed
         except BaseException:
             assembled.unlink(missing_ok=True)
             raise
-        target = self.root / "sources" / key
-        sources = os.path.realpath(self.root / "sources")
-        if not within(os.path.realpath(target.parent), sources):  # a link planted in the store leads elsewhere
-            assembled.unlink(missing_ok=True)
-            raise UploadError(500, "the upload store's folder for this collection leads outside the store",
-                              final=True)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        assembled.replace(target)  # rename: a link at the target is replaced, never followed
         for part in folder.glob("part-*"):
             part.unlink()
-        return target.stat().st_size, digest.hexdigest(), head
+        return target.stat().st_size, digest.hexdigest(), refused
 
     def remove_document(self, key: str) -> None:
         target = self.root / "sources" / key
@@ -206,6 +188,8 @@ class LocalBackend:
 
     def discard(self, meta: UploadMeta) -> None:
         shutil.rmtree(self.folder(meta), ignore_errors=True)
+        with contextlib.suppress(OSError):  # the user's folder, once empty
+            self.folder(meta).parent.rmdir()
 
 
 class S3Backend:
@@ -258,8 +242,10 @@ class S3Backend:
         self.client.put_object(self.bucket, self._meta_key(meta.user, meta.upload_id), io.BytesIO(data), len(data),
                                content_type="application/json")
 
-    def all_meta(self) -> Iterator[UploadMeta]:
-        for obj in self.client.list_objects(self.bucket, prefix=self._key("incoming") + "/", recursive=True):
+    def all_meta(self, user: str | None = None) -> Iterator[UploadMeta]:
+        """Every upload's metadata, or one user's."""
+        prefix = self._key("incoming", user_key(user)) if user is not None else self._key("incoming")
+        for obj in self.client.list_objects(self.bucket, prefix=prefix + "/", recursive=True):
             if obj.object_name.endswith("/meta.json"):
                 try:
                     response = self.client.get_object(self.bucket, obj.object_name)
@@ -291,7 +277,9 @@ class S3Backend:
                 return parts
             marker = str(result.next_part_number_marker)
 
-    def assemble(self, meta: UploadMeta, key: str) -> tuple[int, str, bytes]:
+    def assemble(self, meta: UploadMeta, key: str) -> tuple[int, str, str | None]:
+        """Complete the multipart upload; returns (size, sha256 hex, why its content is refused or None), read back
+        through a temporary file that is always removed."""
         from minio.datatypes import Part
         from minio.error import S3Error
 
@@ -305,22 +293,25 @@ class S3Backend:
             raise UploadError(503, "the store failed to assemble the parts; retry completing the upload") from None
         except Exception:  # noqa: BLE001 - the store is unreachable: the parts are still there
             raise UploadError(503, "the store failed to assemble the parts; retry completing the upload") from None
+        extension = meta.filename.rpartition(".")[2].lower()
         try:
-            digest, head = hashlib.sha256(), b""
-            response = self.client.get_object(self.bucket, final)
-            try:
-                for chunk in response.stream(1 << 20):
-                    if len(head) < SNIFF_BYTES:
-                        head += chunk[: SNIFF_BYTES - len(head)]
-                    digest.update(chunk)
-            finally:
-                response.close()
-                response.release_conn()
-            size = self.client.stat_object(self.bucket, final).size
+            digest = hashlib.sha256()
+            with tempfile.TemporaryDirectory(prefix="docingest-check-") as folder:
+                local = Path(folder) / f"upload.{extension}"
+                response = self.client.get_object(self.bucket, final)
+                try:
+                    with open(local, "wb") as out:
+                        for chunk in response.stream(1 << 20):
+                            digest.update(chunk)
+                            out.write(chunk)
+                finally:
+                    response.close()
+                    response.release_conn()
+                size, refused = local.stat().st_size, sniff_file(local, extension)
         except Exception:  # noqa: BLE001 - assembled but not checked: it must not stay; the parts are consumed
             raise UploadError(503, "the store failed while checking the assembled upload; upload the file again",
                               final=True) from None
-        return size, digest.hexdigest(), head
+        return size, digest.hexdigest(), refused
 
     def remove_document(self, key: str) -> None:
         self.client.remove_object(self.bucket, self._key("sources", key))
@@ -336,11 +327,14 @@ class UploadStore:
     """Uploads of every user in one store; a user only ever sees their own (others' ids are 'not found')."""
 
     def __init__(self, root: Path | None, part_size: int, max_bytes: int, allowed: set[str], expiry_s: float,
-                 backend: LocalBackend | S3Backend | None = None) -> None:
+                 backend: LocalBackend | S3Backend | None = None, quota_bytes: int | None = None,
+                 max_unfinished: int = 100) -> None:
         self.backend = backend or LocalBackend(Path(root))
         self.part_size, self.max_bytes = part_size, max_bytes
         self.allowed, self.expiry_s = allowed, expiry_s
+        self.quota_bytes, self.max_unfinished = quota_bytes or 5 * max_bytes, max_unfinished
         self._locks = [threading.RLock() for _ in range(64)]
+        self._user_locks = [threading.Lock() for _ in range(16)]
 
     def lock(self, upload_id: str) -> threading.RLock:
         """The lock of one upload in this process (striped): a part, the completion and an abort of the same upload
@@ -378,8 +372,22 @@ class UploadStore:
         meta = UploadMeta(upload_id=uuid.uuid4().hex, user=user, filename=safe, size=size,
                           content_type=content_type[:200], collection=collection, priority=priority,
                           part_size=self.part_size, parts=max(1, -(-size // self.part_size)), created_at=time.time())
-        self.backend.begin(meta)
+        lock = self._user_locks[int(user_key(user)[:8], 16) % len(self._user_locks)]
+        with lock:  # two uploads created at once by one user cannot both slip under the quota
+            self._check_quota(user, size)
+            self.backend.begin(meta)
         return meta
+
+    def _check_quota(self, user: str, size: int) -> None:
+        """413 when the user's unfinished uploads would hold more than the quota (bytes declared, whether received
+        yet or not), or be too many."""
+        unfinished = [m for m in self.backend.all_meta(user) if not m.completed and m.user == user]
+        held = sum(m.size for m in unfinished)
+        if held + size > self.quota_bytes:
+            raise UploadError(413, f"quota: your unfinished uploads would hold {held + size} bytes, more than "
+                                   f"{self.quota_bytes}; complete or abort some first")
+        if len(unfinished) >= self.max_unfinished:
+            raise UploadError(429, f"quota: {len(unfinished)} unfinished uploads; complete or abort some first")
 
     def put_part(self, user: str, upload_id: str, number: int, data: bytes, content_md5: str | None) -> str:
         with self.lock(upload_id):
@@ -433,7 +441,7 @@ class UploadStore:
         document = self.document(meta)
         key = f"{meta.collection}/{document}"
         try:
-            size, digest, head = self.backend.assemble(meta, key)
+            size, digest, refused = self.backend.assemble(meta, key)
         except UploadError as exc:
             if exc.final:  # refused, or the parts were consumed: nothing of the upload stays behind
                 with contextlib.suppress(Exception):
@@ -448,7 +456,7 @@ class UploadStore:
             reason = (400, "assembled size does not match the declared size")
         elif sha256 and digest != sha256.lower():
             reason = (400, "sha256 mismatch: the upload is discarded; upload the file again")
-        elif refused := sniff_bytes(head, meta.filename.rpartition(".")[2].lower()):
+        elif refused:
             reason = (415, f"refused: {refused}")
         if reason:  # nothing refused stays in the upload source, and the upload is gone
             self.backend.remove_document(key)
@@ -464,13 +472,27 @@ class UploadStore:
             meta = self.get(user, upload_id)  # 404 for someone else's
             self.backend.discard(meta)
 
+    def forget(self, user: str, upload_id: str) -> None:
+        """Remove everything of an upload: its parts, its metadata and, if assembled, its document (an upload that
+        failed inside one request, whose id nobody saw). Never raises."""
+        with contextlib.suppress(Exception), self.lock(upload_id):
+            meta = self.get(user, upload_id)
+            if meta.completed:
+                self.backend.remove_document(f"{meta.collection}/{self.document(meta)}")
+            self.backend.discard(meta)
+
     def expire(self, now: float | None = None) -> int:
-        """Remove incomplete uploads older than the expiry (and their parts); returns how many."""
+        """Remove uploads older than the expiry: unfinished ones with their parts; finished ones' metadata (their
+        document stays: it is the collection's). A finished upload whose job was never accepted goes whole.
+        Returns how many."""
         now = now or time.time()
         removed = 0
         for meta in list(self.backend.all_meta()):
-            if not meta.completed and now - meta.created_at > self.expiry_s:
+            if now - meta.created_at > self.expiry_s:
                 with self.lock(meta.upload_id):
+                    if meta.completed and meta.job_id is None:
+                        with contextlib.suppress(Exception):
+                            self.backend.remove_document(f"{meta.collection}/{self.document(meta)}")
                     self.backend.discard(meta)
                 removed += 1
         return removed
@@ -492,4 +514,5 @@ def make_store(settings, allowed: set[str]) -> UploadStore:
         backend = S3Backend(settings.upload_bucket, settings.s3_endpoint, secret(settings.s3_access_key),
                             secret(settings.s3_secret_key), settings.s3_region)
     return UploadStore(root, settings.upload_part_size, settings.upload_max_bytes, allowed, settings.upload_expiry_s,
-                       backend=backend)
+                       backend=backend, quota_bytes=settings.upload_quota_bytes,
+                       max_unfinished=settings.upload_max_unfinished)

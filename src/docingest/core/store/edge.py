@@ -39,7 +39,7 @@ from docingest.core.store.backend import (
     Where,
     vectors_of,
 )
-from docingest.exceptions import ConfigurationError, StoreError
+from docingest.exceptions import ConfigurationError, StoreBusyError, StoreError, UnknownCollectionError
 
 logger = logging.getLogger("docingest.store")
 
@@ -85,7 +85,7 @@ class RootLock:
         try:
             self._lock.acquire()
         except Timeout:
-            raise ConfigurationError(f"embedded Qdrant store {root} is in use by {self.holder()}: one process at a "
+            raise StoreBusyError(f"embedded Qdrant store {root} is in use by {self.holder()}: one process at a "
                                      "time opens it; wait for it to finish, or run a Qdrant server and use "
                                      "--qdrant-url") from None
         write_atomic(root / HOLDER, {"pid": os.getpid(), "command": " ".join(sys.argv)[:300],
@@ -172,13 +172,13 @@ class EdgeBackend:
                 if folder.is_dir():
                     raise ConfigurationError(f"collection folder {folder} is damaged (no {SHARD_CONFIG}); nothing "
                                              "was changed: restore it, or remove the folder to rebuild the collection")
-                raise ConfigurationError(f"unknown collection: {name!r}")
+                raise UnknownCollectionError(f"unknown collection: {name!r}")
             self._writable()  # opening replays the log and maps a fresh log segment: it writes too
             try:
                 shard = EdgeShard.load(str(folder))
             except Exception as exc:  # noqa: BLE001
                 if "WouldBlock" in str(exc):
-                    raise ConfigurationError(f"collection folder {folder} is in use by another process") from exc
+                    raise StoreBusyError(f"collection folder {folder} is in use by another process") from exc
                 raise ConfigurationError(f"collection folder {folder} cannot be opened ({exc}); nothing was "
                                          "changed: restore it, or remove the folder to rebuild the collection") from exc
             self._shards[name] = shard
@@ -271,7 +271,7 @@ class EdgeBackend:
         try:
             return json.loads((self._dir(name) / SHARD_CONFIG).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ConfigurationError(f"unknown collection: {name!r}") from None
+            raise UnknownCollectionError(f"unknown collection: {name!r}") from None
         except ValueError as exc:
             raise ConfigurationError(f"collection folder {self._dir(name)} is damaged ({SHARD_CONFIG}: {exc}); "
                                      "nothing was changed") from exc

@@ -9,7 +9,7 @@ from typing import Any
 
 from docingest.core.store.backend import Backend, Maintenance, QdrantLocation, Search, StoredPoint, Where
 from docingest.datamodel import ManifestRecord, SearchHit
-from docingest.exceptions import ConfigurationError
+from docingest.exceptions import ConfigurationError, UnknownCollectionError
 
 MANIFEST_SUFFIX = "__manifest"
 # The fields the sync filters by: chunks by doc_id (a document's versions) and sparse_model (points without BM25
@@ -41,6 +41,12 @@ def open_backend(location: QdrantLocation) -> Backend:
                 atexit.register(close_backends)
             _backends[key] = backend
         return backend
+
+
+def is_open(location: QdrantLocation) -> bool:
+    """Whether this process already holds the backend of ``location`` open."""
+    with _backends_lock:
+        return location.cache_key() in _backends
 
 
 def close_backends() -> None:
@@ -131,7 +137,7 @@ class QdrantStore:
 
     def require_collection(self, collection: str) -> None:
         if not self.collection_exists(collection):
-            raise ConfigurationError(f"unknown collection: {collection!r} (ingest into it first)")
+            raise UnknownCollectionError(f"unknown collection: {collection!r} (ingest into it first)")
 
     def _scroll(self, name: str, where: Where | None = None, payload: bool | list[str] = True,
                 vectors: bool = False, page: int = 1000):

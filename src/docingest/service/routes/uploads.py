@@ -37,30 +37,31 @@ def upload_view(service: Service, meta) -> dict:
             "completed": meta.completed, "job_id": meta.job_id}
 
 
-def start_job(service: Service, who: str, meta, document: str) -> dict:
-    job = service.jobs.submit(who, meta.upload_id, meta.collection, document, meta.priority)
+def start_job(service: Service, user: str, meta, document: str) -> dict:
+    job = service.jobs.submit(user, meta.upload_id, meta.collection, document, meta.priority)
     meta.job_id = job.job_id
     service.store.save(meta)
     service.metrics.uploads.labels("completed").inc()
     return {"job_id": job.job_id, "upload_id": meta.upload_id, "document": job.document}
 
 
-def complete_and_start(service: Service, who: str, upload_id: str, sha256: str | None) -> dict:
+def complete_and_start(service: Service, user: str, upload_id: str, sha256: str | None) -> dict:
     store = service.store
     with store.lock(upload_id):  # a second completion of the same upload waits, then gets 409
-        meta = store.get(who, upload_id)
+        meta = store.get(user, upload_id)
         if meta.completed and meta.job_id is None:
             # Assembled and checked earlier, but its job was not accepted then (503): start it now.
-            return start_job(service, who, meta, store.document(meta))
+            return start_job(service, user, meta, store.document(meta))
         service.jobs.check_capacity()  # before assembling: a refused job must not leave a completed upload behind
-        meta, document = store.complete(who, upload_id, sha256)
-        return start_job(service, who, meta, document)
+        meta, document = store.complete(user, upload_id, sha256)
+        return start_job(service, user, meta, document)
 
 
 @router.post("/uploads", status_code=201)
 async def create_upload(body: CreateUpload, who: User, service: ServiceDep):
-    service.limits.check(who, "uploads", service.settings.rate_limit_uploads_per_min)
-    meta = await asyncio.to_thread(service.store.create, who, body.filename, body.size, body.content_type,
+    who.check_write(body.collection, body.priority)
+    service.limits.check(who.user, "uploads", service.settings.rate_limit_uploads_per_min)
+    meta = await asyncio.to_thread(service.store.create, who.user, body.filename, body.size, body.content_type,
                                    body.collection, body.priority)
     service.metrics.uploads.labels("created").inc()
     return {"upload_id": meta.upload_id, "part_size": meta.part_size, "parts": meta.parts, "filename": meta.filename}
@@ -70,12 +71,10 @@ async def create_upload(body: CreateUpload, who: User, service: ServiceDep):
 async def put_part(upload_id: str, number: int, request: Request, who: User, service: ServiceDep,
                    content_md5: Annotated[str | None, Header(alias="Content-MD5")] = None):
     data = bytearray()
-    async for piece in request.stream():  # bounded even without Content-Length (chunked transfer encoding)
+    async for piece in request.stream():  # bounded by BodyLimit as it arrives, chunked or not
         data += piece
-        if len(data) > service.settings.upload_part_size:
-            raise UploadError(413, "request body too large")
     try:
-        etag = await asyncio.to_thread(service.store.put_part, who, upload_id, number, bytes(data), content_md5)
+        etag = await asyncio.to_thread(service.store.put_part, who.user, upload_id, number, bytes(data), content_md5)
     except UploadError as exc:
         if "mismatch" in exc.message:
             service.metrics.md5.inc()
@@ -87,17 +86,17 @@ async def put_part(upload_id: str, number: int, request: Request, who: User, ser
 
 @router.get("/uploads/{upload_id}")
 async def get_upload(upload_id: str, who: User, service: ServiceDep):
-    return upload_view(service, await asyncio.to_thread(service.store.get, who, upload_id))
+    return upload_view(service, await asyncio.to_thread(service.store.get, who.user, upload_id))
 
 
 @router.post("/uploads/{upload_id}/complete")
 async def complete_upload(upload_id: str, who: User, service: ServiceDep, body: CompleteUpload | None = None):
-    return await asyncio.to_thread(complete_and_start, service, who, upload_id, body.sha256 if body else None)
+    return await asyncio.to_thread(complete_and_start, service, who.user, upload_id, body.sha256 if body else None)
 
 
 @router.delete("/uploads/{upload_id}", status_code=204)
 async def abort_upload(upload_id: str, who: User, service: ServiceDep):
-    await asyncio.to_thread(service.store.abort, who, upload_id)
+    await asyncio.to_thread(service.store.abort, who.user, upload_id)
     service.metrics.uploads.labels("aborted").inc()
     return Response(status_code=204)
 
@@ -107,17 +106,24 @@ async def upload_document(who: User, service: ServiceDep, file: Annotated[Upload
                           collection: Annotated[str, Form()], priority: Annotated[str, Form()] = "normal"):
     """A whole document in one multipart request (small files); the same checks and job as a resumable upload."""
     settings, store = service.settings, service.store
-    service.limits.check(who, "uploads", settings.rate_limit_uploads_per_min)
+    who.check_write(collection, priority)
+    service.limits.check(who.user, "uploads", settings.rate_limit_uploads_per_min)
     data = await file.read(settings.upload_max_bytes + 1)
     if not data or len(data) > settings.upload_max_bytes:
         raise UploadError(413, f"size must be between 1 and {settings.upload_max_bytes} bytes")
 
     def store_all():
-        meta = store.create(who, file.filename or "upload", len(data), file.content_type or "", collection, priority)
-        for n in range(1, meta.parts + 1):
-            part = data[(n - 1) * meta.part_size: n * meta.part_size]
-            store.put_part(who, meta.upload_id, n, part, base64.b64encode(hashlib.md5(part).digest()).decode())
-        return complete_and_start(service, who, meta.upload_id, None)
+        meta = store.create(who.user, file.filename or "upload", len(data), file.content_type or "", collection,
+                            priority)
+        try:
+            for n in range(1, meta.parts + 1):
+                part = data[(n - 1) * meta.part_size: n * meta.part_size]
+                store.put_part(who.user, meta.upload_id, n, part,
+                               base64.b64encode(hashlib.md5(part).digest()).decode())
+            return complete_and_start(service, who.user, meta.upload_id, None)
+        except BaseException:  # nobody can resume or retry an upload they never saw: nothing of it stays behind
+            store.forget(who.user, meta.upload_id)
+            raise
 
     service.jobs.check_capacity()
     return await asyncio.to_thread(store_all)
