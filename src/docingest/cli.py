@@ -583,8 +583,12 @@ def serve(
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack (a stuck job, a hang)
 
     from docingest.exceptions import DocingestError
+    from docingest.service import tempdir
     from docingest.service.app import create_app
+    from docingest.settings import get_settings
 
+    settings = get_settings()
+    tempdir.use_private(settings.upload_dir or settings.home / "uploads")
     try:
         application = create_app()
     except DocingestError as exc:

@@ -165,6 +165,10 @@ class DocingestSettings(BaseSettings):
         default=2, ge=1, description="Embedded job mode: flow runs at once (each one collection's waiting uploads); "
         "a slow document in one collection does not hold uploads to another."
     )
+    upload_parse_timeout_s: float | None = Field(
+        default=None, gt=0, description="Parse time limit per uploaded document (default: the ingest default, "
+        "120 s); a document that passes it fails alone."
+    )
     upload_max_unfinished: int = Field(default=100, ge=1, description="Unfinished uploads one user may hold.")
     rate_limit_requests_per_min: int = Field(default=600, ge=1, description="Requests per user and minute.")
     rate_limit_uploads_per_min: int = Field(default=60, ge=1, description="New uploads per user and minute.")

@@ -21,6 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SECRET = "test-secret-of-at-least-32-bytes-0123456789"
 PART = 1024
 EXE = Path(sys.executable).with_name("docingest")
+PE = b"MZ" + b"\x00" * 58 + (64).to_bytes(4, "little") + b"PE\x00\x00" + b"\x00" * 200  # a PE header, enough
 
 
 def token(user: str, secret: str = SECRET) -> str:
@@ -140,7 +141,7 @@ def test_resumable_upload_to_search_with_progress_isolation_and_checks(service, 
     assert name.endswith("evil.md") and ".." not in name and name.isprintable(), name
     assert wait_job(client, evil.json()["job_id"], "alice")["state"] == "completed"
     exe = client.post("/api/v1/documents", headers=auth("alice"), data={"collection": "handbook"},
-                      files={"file": ("report.pdf", b"MZ\x90\x00" + b"\x00" * 200, "application/pdf")})
+                      files={"file": ("report.pdf", PE, "application/pdf")})
     assert exe.status_code == 415 and "executable" in exe.json()["detail"]
     assert "/" not in exe.json()["detail"]  # no internal paths in error bodies
 

@@ -196,7 +196,7 @@ def test_an_executable_is_refused_at_completion_and_removed(store):
     data = b"MZ\x90\x00"
     meta = store.create("a", "report.pdf", len(data), "application/pdf", "kb", "normal")
     store.put_part("a", meta.upload_id, 1, data, md5(data))
-    with pytest.raises(UploadError, match="refused: the content is not a .pdf") as err:
+    with pytest.raises(UploadError, match="refused: the file is an executable") as err:
         store.complete("a", meta.upload_id, None)
     assert err.value.status == 415
     assert not list(Path(store.source_uri("kb")).rglob("*.pdf"))  # nothing refused stays in the source

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from docingest.service import tempdir
 from docingest.service.auth import Authenticator
 from docingest.service.bodies import BodyLimit, validation_error
 from docingest.service.jobs import JobManager
@@ -42,7 +43,8 @@ def create_app(settings: DocingestSettings | None = None) -> FastAPI:
     store = make_store(settings, set(settings.upload_allowed_types or DEFAULT_ALLOWED))
     root = settings.upload_dir or settings.home / "uploads"
     service = Service(settings, store, JobManager(root / "jobs", store, deployment=settings.upload_deployment,
-                                                   concurrency=settings.upload_job_concurrency),
+                                                   concurrency=settings.upload_job_concurrency,
+                                                   parse_timeout_s=settings.upload_parse_timeout_s),
                       auth, RateLimits(), ServiceMetrics())
     app = FastAPI(title="docingest upload service", version="1", lifespan=_lifespan,
                   description="Resumable uploads that become searchable documents.")
@@ -65,6 +67,7 @@ async def _lifespan(app: FastAPI):
     task.cancel()
     await asyncio.to_thread(service.jobs.close)  # finish the running job; queued ones stay on disk for the next start
     await asyncio.to_thread(_stop_temporary_prefect)
+    tempdir.remove()
 
 
 async def _expire_loop(service: Service) -> None:

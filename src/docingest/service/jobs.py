@@ -22,6 +22,7 @@ Either way, subscribers (the WebSocket endpoint) get every change pushed as it h
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 import uuid
@@ -68,11 +69,20 @@ def _counts(status: str, change: str | None) -> dict[str, int]:
     return counts
 
 
+_PATH = re.compile(r"(?:file://)?(?:/[^\s/'\"(),:;]+)+/([^\s/'\"(),:;]+)")
+
+
+def scrub_paths(text: str) -> str:
+    """``text`` with every absolute path or file URI cut to its last component: a parser's message names the file
+    on the server, and a client must not learn the server's folders."""
+    return _PATH.sub(r"\1", text)
+
+
 class JobManager:
     """Jobs by id, persisted as JSON under ``root``; run by one background thread (see the module doc)."""
 
     def __init__(self, root: Path, store, deployment: str | None = None, max_queue: int = 1000,
-                 concurrency: int = 2) -> None:
+                 concurrency: int = 2, parse_timeout_s: float | None = None) -> None:
         self.root, self.store, self.deployment = Path(root), store, deployment
         self.root.mkdir(parents=True, exist_ok=True)
         self.jobs: dict[str, Job] = {}
@@ -90,7 +100,7 @@ class JobManager:
         self._closed = False
         self._running: set[str] = set()  # collections with an embedded run in progress
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="docingest-job-run")
-        self.concurrency = concurrency
+        self.concurrency, self.parse_timeout_s = concurrency, parse_timeout_s
         self._thread = threading.Thread(target=self._loop, name="docingest-jobs", daemon=True)
         self._thread.start()
 
@@ -134,6 +144,7 @@ class JobManager:
 
     def _finish(self, job: Job, status: str, change: str | None = None, stage: str | None = None,
                 chunks: int = 0, error: str | None = None) -> None:
+        error = scrub_paths(error) if error else error
         job.counts, job.chunks = _counts(status, change), chunks
         ok = status in ("success", "unchanged")
         job.state = "completed" if ok else "failed"
@@ -241,7 +252,7 @@ class JobManager:
     def _run_batch(self, batch: list[Job]) -> None:
         from docingest.core import progress
         from docingest.flows.ingest import ingest_documents
-        from docingest.options import IngestOptions, SourceOptions
+        from docingest.options import IngestOptions
 
         collection = batch[0].collection
         source = self.store.source_uri(collection)
@@ -274,7 +285,7 @@ class JobManager:
 
         progress.add_listener(on_progress)
         try:
-            options = IngestOptions(source=SourceOptions(include=[f"{job.upload_id}/**" for job in batch]))
+            options = IngestOptions.model_validate(self._options(batch))
             result = ingest_documents(source=source, collection=collection, options=options)
         except Exception as exc:  # noqa: BLE001 - a job's failure is its state, never the service's crash
             with pending_lock:
@@ -297,6 +308,13 @@ class JobManager:
                 job.flow_run_id = result.flow_run_id
                 self._store(job)
 
+    def _options(self, jobs: list[Job]) -> dict:
+        """The ingest options of a run of ``jobs``: only their uploads' folders, the service's parse timeout."""
+        options: dict = {"source": {"include": [f"{job.upload_id}/**" for job in jobs]}}
+        if self.parse_timeout_s is not None:
+            options["parse"] = {"timeout_s": self.parse_timeout_s}
+        return options
+
     # -- deployment mode ------------------------------------------------------------------------------------------
     def _dispatch(self, job: Job) -> None:
         from prefect.deployments import run_deployment
@@ -305,7 +323,7 @@ class JobManager:
             self.deployment, timeout=0, as_subflow=False, work_queue_name=job.priority,
             tags=["docingest-upload"], idempotency_key=f"docingest-upload-{job.job_id}",
             parameters={"source": self.store.source_uri(job.collection), "collection": job.collection,
-                        "options": {"source": {"include": [f"{job.upload_id}/**"]}}})
+                        "options": self._options([job])})
         job.flow_run_id = str(run.id)
         self._store(job)
 

@@ -52,7 +52,10 @@ except ImportError:  # pragma: no cover - Docling is a dependency
 def sniff_file(path: Path, extension: str) -> str | None:
     """Why the file's content does not match the extension (None when it does)."""
     if extension in TEXT_FORMATS:
-        return _sniff_text(path, extension)
+        return _sniff_text(path, extension)  # an executable is binary: refused as such
+    with open(path, "rb") as fh:
+        if is_executable(fh.read(4096)):
+            return "the file is an executable, whatever its name"
     if extension in IMAGE_MIMES:
         return _sniff_image(path, extension)
     if extension == "pdf":

@@ -1,0 +1,80 @@
+"""The upload service's embedded jobs: the order they are taken in, and a job that ends when its document does."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from docingest.core import progress
+from docingest.datamodel import ChangeKind, DocumentOutcome, DocumentStatus, IngestResult, Stage
+from docingest.service.jobs import JobManager
+
+pytestmark = pytest.mark.unit
+
+
+class Store:
+    def source_uri(self, collection: str) -> str:
+        return f"/uploads/sources/{collection}"
+
+
+@pytest.fixture
+def jobs(tmp_path):
+    manager = JobManager(tmp_path / "jobs", Store(), concurrency=2, parse_timeout_s=7)
+    manager.close()  # no worker thread: the test drives it
+    manager._closed = False
+    return manager
+
+
+def submit(jobs: JobManager, user: str, collection: str = "kb", priority: str = "normal"):
+    upload = uuid.uuid4().hex
+    return jobs.submit(user, upload, collection, f"{upload}/doc.md", priority)
+
+
+def test_jobs_are_taken_by_priority_then_round_robin_between_users(jobs):
+    flood = [submit(jobs, "alice") for _ in range(5)]  # alice's five arrive first
+    bob = submit(jobs, "bob")
+    carol = submit(jobs, "carol", priority="high")
+    order = [j.job_id for j in jobs._queued()]
+    assert order[:4] == [carol.job_id, flood[0].job_id, bob.job_id, flood[1].job_id]
+
+
+def test_a_collection_runs_once_at_a_time_and_runs_are_bounded(jobs):
+    submit(jobs, "alice", "a")
+    submit(jobs, "bob", "a")
+    submit(jobs, "carol", "b")
+    submit(jobs, "dave", "c")
+    first, second = jobs._next_batch(), jobs._next_batch()
+    assert {j.collection for j in first} == {"a"} and len(first) == 2  # a collection's waiting jobs go together
+    assert {j.collection for j in second} == {"b"}
+    assert jobs._next_batch() == []  # two runs at once (concurrency=2)
+    assert all(j.state == "running" for j in first + second)
+    assert jobs._options(first) == {"source": {"include": [f"{j.upload_id}/**" for j in first]},
+                                    "parse": {"timeout_s": 7}}
+
+
+def test_a_job_ends_when_its_document_does_not_when_the_run_does(jobs, monkeypatch):
+    quick, slow = submit(jobs, "alice"), submit(jobs, "bob")
+    seen_while_running = {}
+
+    def fake_ingest(source, collection, options):
+        done = DocumentOutcome(source=f"file://{source}/{quick.document}", path=quick.document,
+                               status=DocumentStatus.SUCCESS, change=ChangeKind.NEW, chunks=2)
+        progress.emit(progress.ProgressEvent(1, 2, "other-upload/x.md", "success", "", done))  # another run's
+        progress.emit(progress.ProgressEvent(1, 2, done.path, "success", done.source, done))
+        seen_while_running.update({j.job_id: j.state for j in (quick, slow)})
+        timed_out = DocumentOutcome(source="", path=slow.document, status=DocumentStatus.FAILURE, stage=Stage.PARSE,
+                                    error=f"parse timed out after 7 s: /srv/docingest/uploads/sources/kb/{slow.document}"
+                                          f" (file:///srv/docingest/uploads/sources/kb/{slow.document})")
+        return IngestResult(collection=collection, flow_run_id=str(uuid.uuid4()), outcomes=[done, timed_out])
+
+    monkeypatch.setattr("docingest.flows.ingest.ingest_documents", fake_ingest)
+    batch = jobs._next_batch()
+    jobs._run_embedded(batch)
+    assert seen_while_running == {quick.job_id: "completed", slow.job_id: "running"}
+    assert (quick.state, quick.chunks) == ("completed", 2)
+    assert slow.state == "failed" and "timed out" in slow.error
+    assert "/srv" not in slow.error and "doc.md" in slow.error  # no server paths in what a client sees
+    assert "/srv" not in str(slow.failures)
+    assert quick.flow_run_id and quick.flow_run_id == slow.flow_run_id
+    assert jobs._running == set()  # the collection is free again
