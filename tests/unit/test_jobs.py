@@ -78,3 +78,22 @@ def test_a_job_ends_when_its_document_does_not_when_the_run_does(jobs, monkeypat
     assert "/srv" not in str(slow.failures)
     assert quick.flow_run_id and quick.flow_run_id == slow.flow_run_id
     assert jobs._running == set()  # the collection is free again
+
+
+def test_parse_workers_outlive_every_run_but_the_last(monkeypatch):
+    """Runs in one process share the parse workers: the first run to end must not stop them under the second (the
+    service runs several at once; it did, and the second run failed in `close`)."""
+    from docingest.core import worker
+
+    closed = []
+
+    class Pool:
+        def close(self):
+            closed.append(self)
+
+    monkeypatch.setattr(worker, "_pools", {"k": Pool()})
+    with worker.pools_in_use():
+        with worker.pools_in_use():
+            pass
+        assert closed == []  # the other run still uses them
+    assert len(closed) == 1 and worker._pools == {}

@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -310,8 +311,32 @@ def get_pool(config: WorkerConfig, size: int) -> WorkerPool:
         return _pools[key]
 
 
-def close_pools() -> None:
+_runs = 0  # runs in this process that may use the pools
+
+
+@contextlib.contextmanager
+def pools_in_use() -> Iterator[None]:
+    """Held by a run for its duration: the parse workers are shared by every run in the process (a service runs
+    several at once), and closed when the last run using them ends, never under another run's feet."""
+    global _runs
     with _pools_lock:
-        for pool in _pools.values():
-            pool.close()
-        _pools.clear()
+        _runs += 1
+    try:
+        yield
+    finally:
+        with _pools_lock:
+            _runs -= 1
+            if _runs == 0:
+                _close_all()
+
+
+def close_pools() -> None:
+    """Close every pool now (no run may be using them)."""
+    with _pools_lock:
+        _close_all()
+
+
+def _close_all() -> None:
+    for pool in _pools.values():
+        pool.close()
+    _pools.clear()

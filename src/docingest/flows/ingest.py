@@ -15,7 +15,7 @@ from docingest.core.parse import accurate_models_status
 from docingest.core.plan import Action, Profile, make_plan
 from docingest.core.sparse import SPARSE_VECTOR
 from docingest.core.store import QdrantLocation, QdrantStore
-from docingest.core.worker import close_pools
+from docingest.core.worker import pools_in_use
 from docingest.datamodel import (
     DocumentStatus,
     IngestResult,
@@ -28,7 +28,7 @@ from docingest.flows.planning import prefetch_model, record_planned
 from docingest.flows.runspec import RunInputs, resolve_spec
 from docingest.flows.window import prepare_in_window
 from docingest.flows.writer import Run, Writer
-from docingest.options import IngestOptions, Isolation, PdfMode, Preset
+from docingest.options import IngestOptions, PdfMode, Preset
 from docingest.settings import get_settings
 from docingest.targets import QdrantTarget, resolve_result_storage
 from docingest.tasks.prepare import prepare_document_task, prepare_documents_task
@@ -135,15 +135,12 @@ def ingest_documents(
     pusher = Pusher(metrics, settings.pushgateway_url)  # no-op without DOCINGEST_PUSHGATEWAY_URL
     result = None
     try:
-        with scope_lock(collection, src.uri, settings), server_limit(collection, src.uri, settings):
-            try:
-                profile, sparse_added = _sparse_vectors(location, physical, profile)
-                result = _sync(src, collection, options, location, model, profile, prepare, metrics, physical,
-                               prepare_batch)
-                result.chunks.sparse_added = sparse_added
-            finally:
-                if options.parse.isolation is Isolation.PROCESS:
-                    close_pools()
+        # The parse workers are shared by the runs of this process, and stopped when the last of them ends.
+        with scope_lock(collection, src.uri, settings), server_limit(collection, src.uri, settings), pools_in_use():
+            profile, sparse_added = _sparse_vectors(location, physical, profile)
+            result = _sync(src, collection, options, location, model, profile, prepare, metrics, physical,
+                           prepare_batch)
+            result.chunks.sparse_added = sparse_added
         result.duration_s = time.monotonic() - started
     finally:
         if result is not None:

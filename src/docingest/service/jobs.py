@@ -22,6 +22,7 @@ Either way, subscribers (the WebSocket endpoint) get every change pushed as it h
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import threading
 import time
@@ -288,6 +289,8 @@ class JobManager:
             options = IngestOptions.model_validate(self._options(batch))
             result = ingest_documents(source=source, collection=collection, options=options)
         except Exception as exc:  # noqa: BLE001 - a job's failure is its state, never the service's crash
+            logging.getLogger("docingest.service").exception("the run of %d jobs in %r failed", len(batch),
+                                                             collection)
             with pending_lock:
                 left, _ = list(pending.values()), pending.clear()
             for job in left:
