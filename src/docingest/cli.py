@@ -585,10 +585,8 @@ def serve(
     from docingest.exceptions import DocingestError
     from docingest.service import tempdir
     from docingest.service.app import create_app
-    from docingest.settings import get_settings
 
-    settings = get_settings()
-    tempdir.use_private(settings.upload_dir or settings.home / "uploads")
+    tempdir.use_private()
     try:
         application = create_app()
     except DocingestError as exc:

@@ -190,12 +190,16 @@ class ParseWorker:
         ctx = _context()
         parent, child = ctx.Pipe()
         env = dict(os.environ) if ctx.get_start_method() == "forkserver" else None
-        self.proc = ctx.Process(target=_worker_main, args=(child, self.config, env), daemon=True,
-                                name="docingest-parse")
-        with _callers_script_hidden():
-            self.proc.start()
-        child.close()
-        self.conn = parent
+        proc = ctx.Process(target=_worker_main, args=(child, self.config, env), daemon=True, name="docingest-parse")
+        try:
+            with _callers_script_hidden():
+                proc.start()
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        self.proc, self.conn = proc, parent
         self.done = 0
         if not parent.poll(self.startup_timeout_s):
             self.stop()

@@ -1,8 +1,8 @@
-"""The service's own temporary folder: ``<upload root>/tmp/<pid>``, made the process's (and its parse workers')
-``TMPDIR`` by ``docingest serve`` and removed at shutdown. Spooled form files, checked S3 downloads and
-multiprocessing's ``pymp-*`` folders land there, so none outlives the service in the system's temporary folder
-(uvicorn ends the process by re-raising SIGTERM, which skips the exit hooks that would remove them). Folders of
-processes that are gone (killed) are removed at the next start."""
+"""The service's own temporary folder: ``<system temp>/docingest-serve-<pid>``, made the process's (and its parse
+workers') ``TMPDIR`` by ``docingest serve`` and removed at shutdown. Spooled form files, checked S3 downloads and
+multiprocessing's ``pymp-*`` folders land there, so none outlives the service (uvicorn ends the process by
+re-raising SIGTERM, which skips the exit hooks that would remove them). Folders of services that are gone (killed)
+are removed at the next start. The path stays short: multiprocessing puts Unix sockets in it (108 bytes at most)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+PREFIX = "docingest-serve-"
 _active: Path | None = None
 
 
@@ -25,16 +26,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def use_private(root: Path) -> Path:
-    """Make ``root/tmp/<pid>`` this process's temporary folder (before anything created a temporary file)."""
+def use_private() -> Path:
+    """Make ``<system temp>/docingest-serve-<pid>`` this process's temporary folder (call it before anything made a
+    temporary file)."""
     global _active
-    base = Path(root) / "tmp"
-    base.mkdir(parents=True, exist_ok=True)
-    for stale in base.iterdir():
-        if stale.name.isdigit() and int(stale.name) != os.getpid() and not _alive(int(stale.name)):
+    base = Path(tempfile.gettempdir())
+    for stale in base.glob(PREFIX + "*"):
+        pid = stale.name[len(PREFIX):]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
-    folder = base / str(os.getpid())
-    folder.mkdir(exist_ok=True)
+    folder = base / f"{PREFIX}{os.getpid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
     os.environ["TMPDIR"] = str(folder)
     tempfile.tempdir = None  # gettempdir() reads TMPDIR again
     _active = folder
