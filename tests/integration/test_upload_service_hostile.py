@@ -164,9 +164,12 @@ def test_soak_200_uploads_from_10_users_3_of_them_hostile(tmp_path):
     errors: list[str] = []
     try:
         client = httpx.Client(base_url=base, timeout=120)
-        warm = post_document(client, auth("warm"), "soak-0", "warm.md", b"# Warm\n\nWarming up the model.\n").json()
-        assert wait_job(client, warm["job_id"], auth("warm"))["state"] == "completed"
-        client.post("/api/v1/search", headers=auth("warm"), json={"collection": "soak-0", "query": "warm"})
+        for k in range(3):  # the model loaded, each collection's shard open, two runs at once: the steady state
+            warm = [post_document(client, auth("warm"), f"soak-{k}", f"warm-{n}.md",
+                                  f"# Warm {n}\n\nWarming up collection {k}.\n".encode()).json() for n in range(2)]
+            for made in warm:
+                assert wait_job(client, made["job_id"], auth("warm"))["state"] == "completed"
+            client.post("/api/v1/search", headers=auth("warm"), json={"collection": f"soak-{k}", "query": "warm"})
         rss_start = rss_kib(proc.pid)
         started = time.monotonic()
 
