@@ -237,3 +237,17 @@ def test_search_needs_a_read_grant(client):
     missing = client.post("/api/v1/search", headers=auth(collections=[], read=["hand*"]), json=body)
     assert missing.status_code == 404 and missing.json() == {"detail": "collection not found"}
     assert client.post("/api/v1/search", headers=auth(), json={**body, "mode": "nonsense"}).status_code == 422
+
+
+def test_a_one_request_upload_that_fails_leaves_nothing_behind(client, monkeypatch):
+    jobs = client.app_state.jobs
+    root = client.app_state.store.backend.root
+    monkeypatch.setattr(jobs, "submit", lambda *a: (_ for _ in ()).throw(UploadError(503, "shutting down")))
+    r = client.post("/api/v1/documents", headers=auth(), data={"collection": "kb"},
+                    files={"file": ("a.md", b"# A\n\nSome words.\n", "text/markdown")})
+    assert r.status_code == 503
+    assert [p for p in root.rglob("*") if p.is_file()] == []  # no parts, metadata or document: nobody saw its id
+    refused = client.post("/api/v1/documents", headers=auth(), data={"collection": "kb"},
+                          files={"file": ("a.pdf", b"not a pdf at all", "application/pdf")})
+    assert refused.status_code == 415
+    assert [p for p in root.rglob("*") if p.is_file()] == []
