@@ -74,9 +74,9 @@ class IdentityProvider:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/.well-known/jwks.json"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def token(self, user: str, key=None, audience: str = AUDIENCE) -> str:
-        return jwt.encode({"sub": user, "aud": audience, "exp": int(time.time()) + 3600, "collections": ["*"],
-                           "priorities": ["critical", "normal"]}, key or self.key,
+    def token(self, user: str, key=None, audience: str = AUDIENCE, collections=("*",)) -> str:
+        return jwt.encode({"sub": user, "aud": audience, "exp": int(time.time()) + 3600,
+                           "collections": list(collections), "priorities": ["critical", "normal"]}, key or self.key,
                           algorithm="RS256", headers={"kid": "k1"})
 
     def auth(self, user: str) -> dict[str, str]:
@@ -112,6 +112,9 @@ def test_s3_store_jwks_tokens_and_fifty_concurrent_uploads(s3, tmp_path):
     try:
         client = httpx.Client(base_url=base, timeout=60)
         assert client.get("/health").json() == {"ok": True}  # no token: up or down only
+        outside = client.post("/api/v1/uploads", headers={"Authorization": "Bearer " + idp.token(
+            "alice", collections=["team-*"])}, json={"filename": "a.md", "size": 3, "collection": "field"})
+        assert outside.status_code == 403 and outside.json() == {"detail": "forbidden"}  # grants hold for JWKS too
         health = client.get("/health", headers=idp.auth("alice")).json()
         # Prefect's temporary API starts with the first job, never for a health probe.
         assert health["ok"] and health["storage_kind"] == "s3" and health["prefect"] is None and health["qdrant"], \

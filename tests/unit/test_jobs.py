@@ -97,3 +97,16 @@ def test_parse_workers_outlive_every_run_but_the_last(monkeypatch):
             pass
         assert closed == []  # the other run still uses them
     assert len(closed) == 1 and worker._pools == {}
+
+
+def test_a_batch_takes_a_few_of_each_user_s_jobs_and_finished_jobs_expire(jobs):
+    flood = [submit(jobs, "alice") for _ in range(15)]
+    bob = submit(jobs, "bob")
+    batch = jobs._next_batch()
+    assert bob in batch and sum(j.user == "alice" for j in batch) == 10  # alice's flood is not one long run
+    for job in batch:
+        jobs._finish(job, "success", "new")
+    assert jobs.counts() == {"queued": 5, "running": 0, "completed": 11, "failed": 0}
+    assert jobs.expire(60, now=bob.finished_at + 61) == 11
+    assert jobs.get("bob", bob.job_id) is None and not (jobs.root / f"{bob.job_id}.json").exists()
+    assert jobs.get("alice", flood[-1].job_id) is not None  # still queued: kept

@@ -251,3 +251,21 @@ def test_a_one_request_upload_that_fails_leaves_nothing_behind(client, monkeypat
                           files={"file": ("a.pdf", b"not a pdf at all", "application/pdf")})
     assert refused.status_code == 415
     assert [p for p in root.rglob("*") if p.is_file()] == []
+
+
+def test_the_collections_claim_can_be_renamed_and_search_refuses_manifests_and_deployment_mode(tmp_path, client,
+                                                                                              monkeypatch):
+    from docingest.service.app import create_app
+
+    app = create_app(DocingestSettings(home=tmp_path / "other", jwt_secret=SECRET, jwt_collections_claim="groups"))
+    app.state.jobs.close()
+    with TestClient(app) as renamed:
+        body = {"filename": "a.md", "size": 10, "collection": "kb"}
+        assert renamed.post("/api/v1/uploads", headers=auth(collections=None, groups=["kb"]), json=body
+                            ).status_code == 201
+        assert renamed.post("/api/v1/uploads", headers=auth(), json=body).status_code == 403  # `collections` ignored
+    manifest = client.post("/api/v1/search", headers=auth(), json={"collection": "kb__manifest", "query": "x"})
+    assert manifest.status_code == 404
+    monkeypatch.setattr(client.app_state.jobs, "deployment", "ingest-documents/local")
+    held = client.post("/api/v1/search", headers=auth(), json={"collection": "kb", "query": "x"})
+    assert held.status_code == 503 and "DOCINGEST_QDRANT_URL" in held.json()["detail"]

@@ -129,3 +129,36 @@ def test_before_its_last_attempt_a_failing_pool_is_raised_whole_for_a_retry():
     with pytest.raises(EmbedError, match="index out of range"):
         embed_pool(LoadedModel(INFO, encoder), [doc("a.md", "fine"), doc("bad.md", "POISON")], 32, isolate=False)
     assert len(encoder.calls) == 1
+
+
+def test_the_window_takes_whichever_parse_finishes_first_not_the_oldest(monkeypatch):
+    """A document that parses for minutes holds no other document: the window hands finished runs over first."""
+    from collections import deque
+    from concurrent.futures import Future
+
+    from docingest.flows import window as window_module
+
+    class FakeFuture:
+        def __init__(self, name: str, done: bool) -> None:
+            self.name, self.wrapped_future = name, Future()
+            if done:
+                self.wrapped_future.set_result(name)
+
+        def wait(self, timeout=None):
+            self.wrapped_future.exception(timeout) if self.wrapped_future.done() else None
+
+    taken, flushes = [], []
+    monkeypatch.setattr(window_module, "take", lambda future, *a: taken.append(future.name))
+    monkeypatch.setattr(window_module, "IDLE_S", 0.01)
+
+    class Writer:
+        def maybe_flush(self, idle=False):
+            flushes.append(idle)
+            if len(flushes) == 3:
+                slow.wrapped_future.set_result("slow")  # the slow one finishes at last
+
+    slow, fast, faster = FakeFuture("slow", False), FakeFuture("fast", True), FakeFuture("faster", True)
+    window = deque([(slow, 1), (fast, 2), (faster, 3)])
+    got = [window_module.take_first(window, Writer(), None, None) for _ in range(3)]
+    assert taken == ["fast", "faster", "slow"] and got == [2, 3, 1]
+    assert flushes == [True, True, True]  # while only the slow one was left, the encoder took what was pending

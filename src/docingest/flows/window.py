@@ -1,6 +1,7 @@
 """Parse-and-chunk in a bounded window: new and changed documents go to parse task runs (several documents per run
-on large syncs), at most ``options.window`` documents in flight; each finished run's documents go to the writer in
-submission order, and the circuit breaker is checked as they arrive."""
+on large syncs), at most ``options.window`` documents in flight; each run's documents go to the writer as soon as the
+run finishes, whichever finishes first (a document that parses for minutes holds no other document's outcome), and
+the circuit breaker is checked as they arrive."""
 
 from __future__ import annotations
 
@@ -54,14 +55,10 @@ def prepare_in_window(work: list[PlannedDocument], src, profile: Profile, option
         in_flight += len(group)
         metrics.set_in_flight(in_flight)
         while in_flight >= options.window and window:
-            future, n = window.popleft()
-            take(future, writer, run, options)
-            in_flight -= n
+            in_flight -= take_first(window, writer, run, options)
             metrics.set_in_flight(in_flight)
     while window:  # the rest, also after the breaker tripped (those documents are parsed already or being parsed)
-        future, n = window.popleft()
-        take(future, writer, run, options)
-        in_flight -= n
+        in_flight -= take_first(window, writer, run, options)
         metrics.set_in_flight(in_flight)
 
 
@@ -70,12 +67,22 @@ def attempt(p: PlannedDocument) -> int:
     return p.known.attempts if p.known and p.known.stage in (Stage.READ, Stage.PARSE, Stage.CHUNK) else 0
 
 
-def take(future: PrefectFuture, writer: Writer, run: Run, options: IngestOptions) -> None:
-    """Hand a parse task run's documents to the writer; while it runs, an idle encoder takes what is pending."""
-    while not finished(future):
-        future.wait(IDLE_S)
-        if not finished(future):
+def take_first(window: deque[tuple[PrefectFuture, int]], writer: Writer, run: Run, options: IngestOptions) -> int:
+    """Hand the documents of the first parse task run in ``window`` to finish (not necessarily the oldest) to the
+    writer; returns how many documents it had. While none is finished, an idle encoder takes what is pending."""
+    while True:
+        for index, (future, n) in enumerate(window):
+            if finished(future):
+                del window[index]
+                take(future, writer, run, options)
+                return n
+        window[0][0].wait(IDLE_S)
+        if not any(finished(future) for future, _ in window):
             writer.maybe_flush(idle=True)
+
+
+def take(future: PrefectFuture, writer: Writer, run: Run, options: IngestOptions) -> None:
+    """Hand a finished parse task run's documents to the writer."""
     try:
         result = future.result()
     except PrepareFailed as failed:  # a document's own failure (the task run shows Failed in the UI)

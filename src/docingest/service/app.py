@@ -74,6 +74,7 @@ async def _expire_loop(service: Service) -> None:
     while True:
         try:
             await asyncio.to_thread(service.store.expire)
+            await asyncio.to_thread(service.jobs.expire, service.settings.upload_expiry_s)
         except Exception:  # noqa: BLE001 - e.g. the store is briefly unreachable: try again next round
             logging.getLogger("docingest.service").exception("expiring abandoned uploads failed")
         await asyncio.sleep(300)

@@ -94,7 +94,7 @@ class Authenticator:
         if not isinstance(user, str) or not user.strip():
             raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
         priorities = claims.get("priorities", list(DEFAULT_PRIORITIES))
-        priorities = tuple(p for p in priorities if p in PRIORITIES) if isinstance(priorities, list) else ()
+        priorities = tuple(p for p in _patterns(priorities) if p in PRIORITIES)
         return Caller(user=user, write=_patterns(claims.get(self.collections_claim)),
                       read=_patterns(claims.get(self.read_claim)), priorities=priorities)
 

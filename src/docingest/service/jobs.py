@@ -35,7 +35,8 @@ from pydantic import BaseModel, Field
 from docingest.service.uploads import PRIORITIES, UploadError
 
 JOB_STATES = ("queued", "running", "completed", "failed")
-BATCH = 100  # jobs of one collection per embedded flow run
+BATCH = 50  # jobs of one collection per embedded flow run
+BATCH_PER_USER = 10  # of them, at most this many of one user's
 WATCH_INTERVAL_S = 1.0
 WATCH_PAGE = 50  # flow runs per API read (one progress artifact each; Prefect's default limit is 200 rows)
 
@@ -110,7 +111,8 @@ class JobManager:
         return "deployment" if self.deployment else "embedded"
 
     def pending(self) -> int:
-        return sum(j.state in ("queued", "running") for j in self.jobs.values())
+        with self._lock:
+            return sum(j.state in ("queued", "running") for j in self.jobs.values())
 
     def check_capacity(self) -> None:
         """Raise 503 when no job can be taken now (shutting down, or the queue is full)."""
@@ -133,7 +135,24 @@ class JobManager:
         return job if job is not None and job.user == user else None
 
     def list(self, user: str) -> list[Job]:
-        return sorted((j for j in self.jobs.values() if j.user == user), key=lambda j: j.created_at, reverse=True)
+        with self._lock:
+            mine = [j for j in self.jobs.values() if j.user == user]
+        return sorted(mine, key=lambda j: j.created_at, reverse=True)
+
+    def counts(self) -> dict[str, int]:
+        """Jobs by state."""
+        with self._lock:
+            return {state: sum(j.state == state for j in self.jobs.values()) for state in JOB_STATES}
+
+    def expire(self, max_age_s: float, now: float | None = None) -> int:
+        """Forget finished jobs older than ``max_age_s`` (their records and files); returns how many."""
+        now = now or time.time()
+        with self._lock:
+            old = [j for j in self.jobs.values() if j.finished_at is not None and now - j.finished_at > max_age_s]
+            for job in old:
+                del self.jobs[job.job_id]
+                (self.root / f"{job.job_id}.json").unlink(missing_ok=True)
+        return len(old)
 
     def _store(self, job: Job) -> None:
         with self._lock:
@@ -202,7 +221,13 @@ class JobManager:
             queued = [j for j in self._queued() if j.collection not in self._running]
             if not queued:
                 return []
-            batch = [j for j in queued if j.collection == queued[0].collection][:BATCH]
+            batch, per_user = [], {}
+            for job in queued:  # in the fair order; a few of each user's, so one user's flood is not one long run
+                if job.collection == queued[0].collection and per_user.get(job.user, 0) < BATCH_PER_USER:
+                    per_user[job.user] = per_user.get(job.user, 0) + 1
+                    batch.append(job)
+                    if len(batch) == BATCH:
+                        break
             self._running.add(batch[0].collection)
             for job in batch:
                 job.state = "running"

@@ -1,4 +1,4 @@
-"""The service's own temporary folder: ``<system temp>/docingest-serve-<pid>``, made the process's (and its parse
+"""The service's own temporary folder: ``<system temp>/docingest-serve-<pid>-<random>``, made the process's (and its parse
 workers') ``TMPDIR`` by ``docingest serve`` and removed at shutdown. Spooled form files, checked S3 downloads and
 multiprocessing's ``pymp-*`` folders land there, so none outlives the service (uvicorn ends the process by
 re-raising SIGTERM, which skips the exit hooks that would remove them). Folders of services that are gone (killed)
@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -27,16 +28,21 @@ def _alive(pid: int) -> bool:
 
 
 def use_private() -> Path:
-    """Make ``<system temp>/docingest-serve-<pid>`` this process's temporary folder (call it before anything made a
-    temporary file)."""
+    """Make a new ``<system temp>/docingest-serve-<pid>-<random>`` (mode 0700, made by ``tempfile.mkdtemp``, so no
+    other user can have planted it) this process's temporary folder; call it before anything made a temporary file.
+    Folders of this user's services that are gone are removed."""
     global _active
     base = Path(tempfile.gettempdir())
     for stale in base.glob(PREFIX + "*"):
-        pid = stale.name[len(PREFIX):]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        pid = stale.name[len(PREFIX):].split("-", 1)[0]
+        try:
+            info = stale.lstat()
+        except OSError:
+            continue
+        if (pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)) and stat.S_ISDIR(info.st_mode)
+                and info.st_uid == os.getuid()):
             shutil.rmtree(stale, ignore_errors=True)
-    folder = base / f"{PREFIX}{os.getpid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=base))
     os.environ["TMPDIR"] = str(folder)
     tempfile.tempdir = None  # gettempdir() reads TMPDIR again
     _active = folder

@@ -260,7 +260,12 @@ class S3Backend:
     def begin(self, meta: UploadMeta) -> None:
         meta.s3_upload_id = self.client._create_multipart_upload(self.bucket, self._final_key(meta), {
             "Content-Type": meta.content_type or "application/octet-stream"})
-        self.save(meta)
+        try:
+            self.save(meta)
+        except BaseException:  # without its metadata nothing would ever find (and expire) the multipart upload
+            with contextlib.suppress(Exception):
+                self.client._abort_multipart_upload(self.bucket, self._final_key(meta), meta.s3_upload_id)
+            raise
 
     def put_part(self, meta: UploadMeta, number: int, data: bytes, md5_b64: str) -> None:
         self.client._upload_part(self.bucket, self._final_key(meta), data, {"Content-MD5": md5_b64},
@@ -487,9 +492,12 @@ class UploadStore:
         Returns how many."""
         now = now or time.time()
         removed = 0
-        for meta in list(self.backend.all_meta()):
-            if now - meta.created_at > self.expiry_s:
-                with self.lock(meta.upload_id):
+        for listed in list(self.backend.all_meta()):
+            if now - listed.created_at > self.expiry_s:
+                with self.lock(listed.upload_id):
+                    meta = self.backend.load(listed.user, listed.upload_id)  # as it is now, not as listed
+                    if meta is None:
+                        continue
                     if meta.completed and meta.job_id is None:
                         with contextlib.suppress(Exception):
                             self.backend.remove_document(f"{meta.collection}/{self.document(meta)}")

@@ -106,6 +106,6 @@ async def health(service: ServiceDep,
 async def prometheus_metrics(_: User, service: ServiceDep):
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    for state in ("queued", "running", "completed", "failed"):
-        service.metrics.jobs.labels(state).set(sum(j.state == state for j in service.jobs.jobs.values()))
+    for state, count in service.jobs.counts().items():
+        service.metrics.jobs.labels(state).set(count)
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -28,11 +28,20 @@ class SearchRequest(BaseModel):
 @router.post("/search")
 async def search(body: SearchRequest, who: User, service: ServiceDep):
     """The ``limit`` best chunks for ``query``: ``{"mode", "hits", "note"}``; 403 for a collection the token may not
-    read, 404 for one that does not exist, 503 while another process holds the embedded store."""
-    from docingest.exceptions import StoreBusyError, UnknownCollectionError
+    read, 404 for one that does not exist, 400 for a search the collection cannot answer (e.g. ``bm25`` on one
+    without BM25 vectors), 503 while the store cannot be reached or another process holds the embedded store."""
+    from docingest.core.store.store import MANIFEST_SUFFIX
+    from docingest.exceptions import ConfigurationError, StoreBusyError, StoreError, UnknownCollectionError
     from docingest.retrieval import search as run_search
+    from docingest.service.jobs import scrub_paths
 
     who.check_read(body.collection)
+    if body.collection.endswith(MANIFEST_SUFFIX):  # a collection's bookkeeping, not a collection
+        raise HTTPException(404, "collection not found")
+    if service.jobs.mode == "deployment" and not service.settings.qdrant_url:
+        # The deployment's workers own the embedded store: opening it here would hold it (for this process's life)
+        # and fail their runs.
+        raise HTTPException(503, "search over HTTP needs a Qdrant server in deployment mode (DOCINGEST_QDRANT_URL)")
     try:
         hits = await asyncio.to_thread(run_search, body.query, body.collection, body.limit,
                                        qdrant_url=service.settings.qdrant_url, mode=body.mode, fusion=body.fusion)
@@ -41,4 +50,8 @@ async def search(body: SearchRequest, who: User, service: ServiceDep):
                                  "workers a Qdrant server (DOCINGEST_QDRANT_URL)") from None
     except UnknownCollectionError:
         raise HTTPException(404, "collection not found") from None
+    except ConfigurationError as exc:
+        raise HTTPException(400, scrub_paths(str(exc))[:300]) from None
+    except StoreError:
+        raise HTTPException(503, "the store cannot be reached; retry later") from None
     return {**hits.to_json_dict(), "note": hits.note}

@@ -7,9 +7,10 @@ import base64
 import hashlib
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Header, Request, UploadFile
+from fastapi import APIRouter, Header, HTTPException, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
 
 from docingest.service.state import Service, ServiceDep, User
 from docingest.service.uploads import UploadError
@@ -101,14 +102,31 @@ async def abort_upload(upload_id: str, who: User, service: ServiceDep):
     return Response(status_code=204)
 
 
-@router.post("/documents", status_code=201, tags=["documents"])
-async def upload_document(who: User, service: ServiceDep, file: Annotated[UploadFile, File()],
-                          collection: Annotated[str, Form()], priority: Annotated[str, Form()] = "normal"):
-    """A whole document in one multipart request (small files); the same checks and job as a resumable upload."""
+@router.post("/documents", status_code=201, tags=["documents"], openapi_extra={"requestBody": {"content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file", "collection"], "properties": {
+        "file": {"type": "string", "format": "binary"}, "collection": {"type": "string"},
+        "priority": {"type": "string", "default": "normal"}}}}}}})
+async def upload_document(who: User, service: ServiceDep, request: Request):
+    """A whole document in one multipart request (small files); the same checks and job as a resumable upload.
+
+    The form is read only after the token is checked (a form parameter would make FastAPI read, and spool to disk,
+    the whole body first, for anyone)."""
     settings, store = service.settings, service.store
-    who.check_write(collection, priority)
-    service.limits.check(who.user, "uploads", settings.rate_limit_uploads_per_min)
-    data = await file.read(settings.upload_max_bytes + 1)
+    try:
+        form = await request.form(max_files=1, max_fields=4)
+    except HTTPException:
+        raise
+    except Exception:  # noqa: BLE001 - malformed multipart
+        raise UploadError(400, "the body is not a multipart form with one file") from None
+    file, collection, priority = form.get("file"), form.get("collection"), form.get("priority") or "normal"
+    try:
+        if not isinstance(file, UploadFile) or not isinstance(collection, str) or not isinstance(priority, str):
+            raise UploadError(422, "the form needs a file, a collection and optionally a priority")
+        who.check_write(collection, priority)
+        service.limits.check(who.user, "uploads", settings.rate_limit_uploads_per_min)
+        data = await file.read(settings.upload_max_bytes + 1)
+    finally:
+        await form.close()
     if not data or len(data) > settings.upload_max_bytes:
         raise UploadError(413, f"size must be between 1 and {settings.upload_max_bytes} bytes")
 
