@@ -8,8 +8,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
+import jwt
 import pytest
 from support import free_port, wait_http
 
@@ -75,10 +78,26 @@ def test_serve_stops_its_temporary_prefect_server_on_sigterm(env, tmp_path):
     with open(log, "w") as fh:
         proc = subprocess.Popen([str(EXE), "serve", "--port", str(port)], env=env, stdout=fh, stderr=subprocess.STDOUT)
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", proc, log, timeout=120)  # healthy = Prefect's server is up
+        wait_http(f"http://127.0.0.1:{port}/health", proc, log, timeout=120)
+        assert len(processes_with(env["PREFECT_HOME"])) == 1  # a health probe starts nothing
+        # The first job starts Prefect's temporary server.
+        token = jwt.encode({"sub": "alice", "exp": int(time.time()) + 600, "collections": ["*"]}, "x" * 40,
+                           algorithm="HS256")
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=60) as client:
+            made = client.post("/api/v1/documents", data={"collection": "kb"},
+                               files={"file": ("a.md", b"# A\n\nThe canteen opens at eight.\n", "text/markdown")})
+            assert made.status_code == 201, made.text
+            deadline = time.monotonic() + 240
+            while client.get(f"/api/v1/jobs/{made.json()['job_id']}").json()["state"] not in ("completed", "failed"):
+                assert time.monotonic() < deadline, log.read_text()[-2000:]
+                time.sleep(0.5)
         assert len(processes_with(env["PREFECT_HOME"])) >= 2  # the service and its temporary Prefect server
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
+        deadline = time.monotonic() + 15  # multiprocessing's helpers end when they see their parent gone
+        while processes_with(env["PREFECT_HOME"]) and time.monotonic() < deadline:
+            time.sleep(0.5)
         assert processes_with(env["PREFECT_HOME"]) == [], log.read_text()[-2000:]
     finally:
         if proc.poll() is None:
