@@ -23,6 +23,7 @@ def jobs(tmp_path):
     manager = JobManager(tmp_path / "jobs", Store(), concurrency=2, parse_timeout_s=7)
     manager.close()  # no worker thread: the test drives it
     manager._closed = False
+    manager._prefect_up = True  # no Prefect API in a unit test: the flow is replaced
     return manager
 
 

@@ -165,17 +165,27 @@ def test_a_blank_sub_is_no_user(client):
         assert client.get("/api/v1/jobs", headers=auth(sub)).status_code == 401
 
 
-def test_health_says_only_up_or_down_without_a_token_and_starts_nothing(client):
-    from docingest import ephemeral
+def test_health_says_only_up_or_down_without_a_token_and_starts_nothing(client, tmp_path, monkeypatch):
     from docingest.core.store.store import is_open
+    from docingest.service.routes import health
+    from docingest.settings import get_settings
     from docingest.targets import resolve_location
 
-    anonymous = client.get("/health")
-    assert anonymous.json() == {"ok": True}, anonymous.text
-    detailed = client.get("/health", headers=auth()).json()
-    assert detailed["storage"] is True and detailed["jobs_pending"] == 0 and detailed["prefect"] is None
-    assert ephemeral.temporary_servers() == []  # no temporary Prefect API was started for a probe
-    assert not is_open(resolve_location())  # and the embedded store was not opened
+    monkeypatch.setenv("DOCINGEST_HOME", str(tmp_path))  # the process's settings are the app's, as in `serve`
+    get_settings.cache_clear()
+    # A fresh service: no Prefect API configured, no temporary one started (this test process may have one).
+    monkeypatch.setattr(health, "prefect_started", lambda: False)
+    asked = []
+    monkeypatch.setattr(health, "check_prefect", lambda: asked.append("prefect"))
+    try:
+        anonymous = client.get("/health")
+        assert anonymous.json() == {"ok": True}, anonymous.text
+        detailed = client.get("/health", headers=auth()).json()
+        assert detailed["storage"] is True and detailed["jobs_pending"] == 0 and detailed["prefect"] is None
+        assert asked == []  # Prefect was not asked, so its temporary API was not started for a probe
+        assert not is_open(resolve_location())  # and the embedded store was not opened
+    finally:
+        get_settings.cache_clear()
 
 
 def test_bodies_are_bounded_while_streaming_and_errors_never_echo_the_input(client, monkeypatch):

@@ -101,6 +101,7 @@ class JobManager:
         self._subscribers: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, set[str]]] = []
         self._closed = False
         self._running: set[str] = set()  # collections with an embedded run in progress
+        self._prefect_lock, self._prefect_up = threading.Lock(), False
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="docingest-job-run")
         self.concurrency, self.parse_timeout_s = concurrency, parse_timeout_s
         self._thread = threading.Thread(target=self._loop, name="docingest-jobs", daemon=True)
@@ -311,6 +312,7 @@ class JobManager:
 
         progress.add_listener(on_progress)
         try:
+            self._prefect_ready()
             options = IngestOptions.model_validate(self._options(batch))
             result = ingest_documents(source=source, collection=collection, options=options)
         except Exception as exc:  # noqa: BLE001 - a job's failure is its state, never the service's crash
@@ -335,6 +337,20 @@ class JobManager:
             if job.flow_run_id is None:
                 job.flow_run_id = result.flow_run_id
                 self._store(job)
+
+    def _prefect_ready(self) -> None:
+        """Reach the Prefect API once before the first run: with no API configured, that starts Prefect's temporary
+        server, and two runs starting it at once (the first jobs of two collections) race and both fail with
+        "Failed to reach API"."""
+        with self._prefect_lock:
+            if self._prefect_up:
+                return
+            from prefect.client.orchestration import get_client
+
+            with get_client(sync_client=True) as client:
+                if (error := client.api_healthcheck()) is not None:
+                    raise error
+            self._prefect_up = True
 
     def _options(self, jobs: list[Job]) -> dict:
         """The ingest options of a run of ``jobs``: only their uploads' folders, the service's parse timeout."""
