@@ -78,6 +78,7 @@ def test_a_poison_upload_holds_no_one_else_and_search_answers_over_http(tmp_path
     try:
         client = httpx.Client(base_url=base, timeout=60)
         alice, bob = auth("alice", ["team-a*"]), auth("bob", ["team-b"], read=["team-a"])
+        carol = auth("carol", ["team-a"])
         warm = post_document(client, bob, "team-b", "warm.md", b"# Warm\n\nThe canteen opens at eight.\n").json()
         assert wait_job(client, warm["job_id"], bob)["state"] == "completed"  # the model is loaded
 
@@ -94,6 +95,17 @@ def test_a_poison_upload_holds_no_one_else_and_search_answers_over_http(tmp_path
         print(f"small upload beside a poison upload: completed in {elapsed:.1f} s")
         assert done["state"] == "completed" and poisoned["state"] == "running", (done, poisoned)
         assert elapsed < 30  # measured ~3-6 s here; the poison holds its parse for 90 s
+
+        # In the poison's own collection, another user's later upload runs beside the run the poison holds.
+        started = time.monotonic()
+        same = post_document(client, carol, "team-a", "lockers.md",
+                             b"# Lockers\n\nLockers on the second floor are assigned by the front desk.\n").json()
+        done = wait_job(client, same["job_id"], carol)
+        elapsed = time.monotonic() - started
+        poisoned = client.get(f"/api/v1/jobs/{poison.json()['job_id']}", headers=alice).json()
+        print(f"small upload into the poison's own collection: completed in {elapsed:.1f} s")
+        assert done["state"] == "completed" and poisoned["state"] == "running", (done, poisoned)
+        assert elapsed < 30
 
         # Search over HTTP: the read grant, the same hits as `docingest search --json`.
         answer = client.post("/api/v1/search", headers=bob, json={"collection": "team-b", "query": "visitor badge"})

@@ -40,18 +40,21 @@ def test_jobs_are_taken_by_priority_then_round_robin_between_users(jobs):
     assert order[:4] == [carol.job_id, flood[0].job_id, bob.job_id, flood[1].job_id]
 
 
-def test_a_collection_runs_once_at_a_time_and_runs_are_bounded(jobs):
+def test_runs_are_bounded_and_a_collection_s_new_uploads_do_not_wait_for_its_run(jobs):
     submit(jobs, "alice", "a")
     submit(jobs, "bob", "a")
     submit(jobs, "carol", "b")
-    submit(jobs, "dave", "c")
     first, second = jobs._next_batch(), jobs._next_batch()
     assert {j.collection for j in first} == {"a"} and len(first) == 2  # a collection's waiting jobs go together
     assert {j.collection for j in second} == {"b"}
+    later = submit(jobs, "dave", "a")
     assert jobs._next_batch() == []  # two runs at once (concurrency=2)
     assert all(j.state == "running" for j in first + second)
     assert jobs._options(first) == {"source": {"include": [f"{j.upload_id}/**" for j in first]},
                                     "parse": {"timeout_s": 7}}
+    jobs._running -= 1  # b's run ends; a's still runs (a document that parses for minutes)
+    assert jobs._next_batch() == [later]  # a run of its own, narrowed to its own upload: not behind a's first run
+    assert jobs._options([later]) == {"source": {"include": [f"{later.upload_id}/**"]}, "parse": {"timeout_s": 7}}
 
 
 def test_a_job_ends_when_its_document_does_not_when_the_run_does(jobs, monkeypatch):
@@ -78,7 +81,7 @@ def test_a_job_ends_when_its_document_does_not_when_the_run_does(jobs, monkeypat
     assert "/srv" not in slow.error and "doc.md" in slow.error  # no server paths in what a client sees
     assert "/srv" not in str(slow.failures)
     assert quick.flow_run_id and quick.flow_run_id == slow.flow_run_id
-    assert jobs._running == set()  # the collection is free again
+    assert jobs._running == 0  # its slot is free again
 
 
 def test_parse_workers_outlive_every_run_but_the_last(monkeypatch):

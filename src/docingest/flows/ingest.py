@@ -128,15 +128,18 @@ def ingest_documents(
     if options.parse.pdf_mode is PdfMode.AUTO:
         logger.info("pdf-mode auto: PDFs use %s conversion (%s)", profile.pdf_mode.value, accurate_models_status()[1])
 
-    # One run at a time per collection and scope: an OS file lock on this machine (freed by the kernel if the
-    # process dies), and with a Prefect server also a global concurrency limit with a lease (freed by the server's
-    # repossessor when a crashed run's lease expires), which serializes runs on different machines.
+    # One run at a time per collection and scope (the source, narrowed by the run's filters): an OS file lock on this
+    # machine (freed by the kernel if the process dies), and with a Prefect server also a global concurrency limit
+    # with a lease (freed by the server's repossessor when a crashed run's lease expires), which serializes runs on
+    # different machines. Runs narrowed by different filters (two uploads) go at once; a whole-source run waits.
     metrics = RunMetrics(collection, src.uri)
     pusher = Pusher(metrics, settings.pushgateway_url)  # no-op without DOCINGEST_PUSHGATEWAY_URL
     result = None
     try:
         # The parse workers are shared by the runs of this process, and stopped when the last of them ends.
-        with scope_lock(collection, src.uri, settings), server_limit(collection, src.uri, settings), pools_in_use():
+        filters = (options.source.include, options.source.exclude)
+        with (scope_lock(collection, src.uri, settings, filters), server_limit(collection, src.uri, settings, filters),
+              pools_in_use()):
             profile, sparse_added = _sparse_vectors(location, physical, profile)
             result = _sync(src, collection, options, location, model, profile, prepare, metrics, physical,
                            prepare_batch)

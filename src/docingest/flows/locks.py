@@ -1,19 +1,34 @@
-"""One run at a time per collection and scope: a file lock on this machine, and a Prefect global concurrency limit
-with a lease when a Prefect server is configured."""
+"""Runs of one collection and scope exclude each other: a lock file on this machine, and a Prefect global concurrency
+limit with a lease when a Prefect server is configured.
+
+A scope is a source, narrowed by the run's include/exclude filters when it has any (an upload's folder,
+``--include "*.md"``): a narrowed run plans, writes and deletes only inside its filters. So runs narrowed by different
+filters go at once (two uploads into one collection), while a run of the whole source waits for them, and they for it.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from contextlib import contextmanager
+import json
+from collections.abc import Sequence
+from contextlib import ExitStack, contextmanager
 
 
 def scope_name(collection: str, scope: str) -> str:
     return f"docingest-{collection}-{hashlib.sha256(scope.encode()).hexdigest()[:12]}"
 
 
+def narrowed(scope: str, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> str | None:
+    """The scope of a run narrowed by filters (a key of its own), or None for a run of the whole source."""
+    if not include and not exclude:
+        return None
+    return json.dumps([scope, sorted(include), sorted(exclude)])
+
+
 @contextmanager
-def server_limit(collection: str, scope: str, settings):
-    """A limit-1 Prefect global concurrency limit for (collection, scope), when a Prefect server is configured.
+def server_limit(collection: str, scope: str, settings, filters: tuple[Sequence[str], Sequence[str]] = ((), ())):
+    """A limit-1 Prefect global concurrency limit for (collection, scope and filters), when a Prefect server is
+    configured: runs on other machines wait for each other.
 
     Not with a temporary API server (Prefect's ephemeral one, or the CLI's): it runs no repossessor, so a crashed run's
     slot would never be freed there.
@@ -26,28 +41,38 @@ def server_limit(collection: str, scope: str, settings):
     if temporary_api():
         yield
         return
-    name = scope_name(collection, scope)
+    name = scope_name(collection, narrowed(scope, *filters) or scope)
     FlowRunContext.get().client.upsert_global_concurrency_limit_by_name(name, limit=1)
     with concurrency(name, occupy=1, lease_duration=settings.lock_lease_s, timeout_seconds=settings.lock_timeout_s):
         yield
 
 
 @contextmanager
-def scope_lock(collection: str, scope: str, settings):
-    """An exclusive file lock on ``<home>/locks/<collection>-<scope hash>.lock`` (filelock); waits for a run holding
-    it, up to ``lock_timeout_s`` (forever when unset), then raises TimeoutError."""
-    from filelock import FileLock
+def scope_lock(collection: str, scope: str, settings, filters: tuple[Sequence[str], Sequence[str]] = ((), ())):
+    """Locks under ``<home>/locks/`` (filelock; the kernel frees them if the process dies). A run of the whole source
+    holds ``<collection>-<scope hash>.db`` exclusively; a narrowed run holds it shared, and its narrowed scope's
+    ``.lock`` exclusively. Waits for the runs it excludes up to ``lock_timeout_s`` (forever when unset), then raises
+    TimeoutError."""
+    from filelock import FileLock, ReadWriteLock
     from filelock import Timeout as LockTimeout
 
     folder = settings.home / "locks"
     folder.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(folder / f"{scope_name(collection, scope)}.lock", thread_local=False)
-    try:
-        lock.acquire(timeout=-1 if settings.lock_timeout_s is None else settings.lock_timeout_s, poll_interval=0.2)
-    except LockTimeout:
-        raise TimeoutError(f"another run holds {collection!r} / {scope}") from None
-    try:
+    timeout = -1 if settings.lock_timeout_s is None else settings.lock_timeout_s
+    part = narrowed(scope, *filters)
+    with ExitStack() as held:
+        # One instance per run: filelock's read-write lock coordinates processes, and threads only through instances
+        # of their own (two runs of one service are two threads).
+        whole = ReadWriteLock(folder / f"{scope_name(collection, scope)}.db", is_singleton=False)
+        held.callback(whole.close)
+        try:
+            if part is None:
+                held.enter_context(whole.write_lock(timeout))
+            else:
+                held.enter_context(whole.read_lock(timeout))
+                lock = FileLock(folder / f"{scope_name(collection, part)}.lock", thread_local=False)
+                lock.acquire(timeout=timeout, poll_interval=0.2)
+                held.callback(lock.release)
+        except LockTimeout:
+            raise TimeoutError(f"another run holds {collection!r} / {scope}") from None
         yield
-    finally:
-        lock.release()
-

@@ -5,12 +5,13 @@ by the ingest flow restricted to that folder (same ids, sync and failure semanti
 run them:
 
 - **embedded** (default): the flow runs in this process, up to ``DOCINGEST_UPLOAD_JOB_CONCURRENCY`` runs at once
-  (a thread pool), never two of one collection at once (they would wait for each other's lock). Jobs waiting for the
-  same collection are taken together as one flow run (a flow run per upload would cost seconds each; 50 uploads
-  arriving at once become one or two runs). Jobs are taken highest priority first, and round robin between users of
-  equal priority, so one user's hundred uploads do not queue ahead of another user's one. Each job ends as soon as
-  its document's outcome is recorded (its chunks are searchable), not when its run ends: a document that times out
-  fails alone and holds no one else's completion.
+  (a thread pool), of one collection or of several: each run is narrowed to its uploads' folders, so runs of one
+  collection do not wait for each other's lock. Jobs waiting for the same collection are taken together as one flow
+  run (a flow run per upload would cost seconds each; 50 uploads arriving at once become one or two runs). Jobs are
+  taken highest priority first, and round robin between users of equal priority, so one user's hundred uploads do
+  not queue ahead of another user's one. Each job ends as soon as its document's outcome is recorded (its chunks are
+  searchable), not when its run ends: a document that times out fails alone and holds no one else's completion, in
+  its run or in a later run of its collection.
 - **deployment** (``DOCINGEST_UPLOAD_DEPLOYMENT``): each job is a run of that Prefect deployment on the work queue
   named by its priority (critical/high/normal/low). One watcher reads the state and progress artifact of every
   active job's flow run from the Prefect API, once a second for all of them; a completed run's per-document outcome
@@ -100,7 +101,7 @@ class JobManager:
         self._wake = threading.Condition(self._lock)
         self._subscribers: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, set[str]]] = []
         self._closed = False
-        self._running: set[str] = set()  # collections with an embedded run in progress
+        self._running = 0  # embedded runs in progress
         self._prefect_lock, self._prefect_up = threading.Lock(), False
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="docingest-job-run")
         self.concurrency, self.parse_timeout_s = concurrency, parse_timeout_s
@@ -214,12 +215,13 @@ class JobManager:
         return [r[-1] for r in sorted(ranked, key=lambda r: r[:3])]
 
     def _next_batch(self) -> list[Job]:
-        """The next embedded run's jobs: the first waiting job whose collection has no run in progress, with that
-        collection's other waiting jobs, in the same order; empty when the pool is full or nothing can start."""
+        """The next embedded run's jobs: the first waiting job, with its collection's other waiting jobs, in the same
+        order; empty when the pool is full or nothing waits. A collection's new uploads do not wait for its run in
+        progress (a document that parses for minutes there): they start a run of their own when a slot is free."""
         with self._lock:
-            if len(self._running) >= self.concurrency:
+            if self._running >= self.concurrency:
                 return []
-            queued = [j for j in self._queued() if j.collection not in self._running]
+            queued = self._queued()
             if not queued:
                 return []
             batch, per_user = [], {}
@@ -229,7 +231,7 @@ class JobManager:
                     batch.append(job)
                     if len(batch) == BATCH:
                         break
-            self._running.add(batch[0].collection)
+            self._running += 1
             for job in batch:
                 job.state = "running"
         for job in batch:
@@ -273,7 +275,7 @@ class JobManager:
             self._run_batch(batch)
         finally:
             with self._wake:
-                self._running.discard(batch[0].collection)
+                self._running -= 1
                 self._wake.notify_all()
 
     def _run_batch(self, batch: list[Job]) -> None:

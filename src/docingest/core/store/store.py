@@ -19,6 +19,7 @@ PAYLOAD_INDEXES = ("doc_id", "source_uri", "sparse_model")
 
 _backends: dict[tuple, Backend] = {}
 _backends_lock = threading.Lock()
+_creating = threading.Lock()  # two runs of this process may create or extend one collection at once (two uploads)
 
 
 def open_backend(location: QdrantLocation) -> Backend:
@@ -96,6 +97,12 @@ class QdrantStore:
         if (not collection or any(c in collection for c in "/\\ ") or collection.startswith(".")
                 or collection.endswith(MANIFEST_SUFFIX)):
             raise ConfigurationError(f"invalid collection name: {collection!r}")
+        with _creating:
+            physical = self._ensure(collection, dimension, alias, sparse)
+        self._ensure_manifest(physical)
+        return physical
+
+    def _ensure(self, collection: str, dimension: int, alias: bool, sparse: tuple[str, ...]) -> str:
         physical = self.resolve(collection)
         if self.backend.collection_exists(physical):
             size = self.backend.vector_size(physical)
@@ -109,7 +116,6 @@ class QdrantStore:
             self.backend.create_collection(physical, dimension, "cosine", PAYLOAD_INDEXES, sparse)
             if alias:
                 self.switch_alias(collection, physical)
-        self._ensure_manifest(physical)
         return physical
 
     def switch_alias(self, alias: str, target: str) -> None:
@@ -124,8 +130,9 @@ class QdrantStore:
 
     def _ensure_manifest(self, physical: str) -> None:
         manifest = self.manifest_name(physical)
-        if not self.backend.collection_exists(manifest):
-            self.backend.create_collection(manifest, 1, "dot", PAYLOAD_INDEXES)
+        with _creating:
+            if not self.backend.collection_exists(manifest):
+                self.backend.create_collection(manifest, 1, "dot", PAYLOAD_INDEXES)
 
     def source_uris(self, collection: str) -> list[str]:
         """The sources recorded in a collection's manifest."""
@@ -180,13 +187,14 @@ class QdrantStore:
 
     def add_sparse_vector(self, physical: str, vector: str) -> bool:
         """Give an existing collection the sparse vector ``vector``; False where the backend cannot."""
-        if vector in self.backend.sparse_vectors(physical):
+        with _creating:
+            if vector in self.backend.sparse_vectors(physical):
+                return True
+            try:
+                self.backend.add_sparse_vector(physical, vector)
+            except ConfigurationError:
+                return False
             return True
-        try:
-            self.backend.add_sparse_vector(physical, vector)
-        except ConfigurationError:
-            return False
-        return True
 
     def without_sparse(self, physical: str, model: str, page: int = 256) -> Iterator[list[tuple[str, dict]]]:
         """Pages of (point id, payload with headings and text) of the points whose sparse vector was not made by

@@ -1,0 +1,90 @@
+"""The run locks of a collection and scope: a whole-source run excludes every other run of that source; runs narrowed
+by different filters (two uploads' folders) go at once."""
+
+import subprocess
+import sys
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from docingest.flows.locks import narrowed, scope_lock
+
+SCOPE = "file:///uploads"
+A = (["u1/**"], [])
+B = (["u2/**"], [])
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return SimpleNamespace(home=tmp_path, lock_timeout_s=0.3)
+
+
+def waits():
+    return pytest.raises(TimeoutError, match=f"another run holds 'kb' / {SCOPE}")
+
+
+def test_a_narrowed_scope_is_its_own_key():
+    assert narrowed(SCOPE) is None
+    assert narrowed(SCOPE, ["a/**", "b/**"]) == narrowed(SCOPE, ["b/**", "a/**"])
+    assert narrowed(SCOPE, ["a/**"]) != narrowed(SCOPE, ["a/**"], ["*.tmp"]) != narrowed(SCOPE, [], ["*.tmp"])
+
+
+def test_runs_narrowed_by_different_filters_go_at_once(settings):
+    # the same filters wait:
+    with scope_lock("kb", SCOPE, settings, A), scope_lock("kb", SCOPE, settings, B), waits(), \
+            scope_lock("kb", SCOPE, settings, A):
+        pass
+    with scope_lock("kb", SCOPE, settings, A):  # released: taken again at once
+        pass
+
+
+def test_a_whole_source_run_and_a_narrowed_one_exclude_each_other(settings):
+    with scope_lock("kb", SCOPE, settings), waits(), scope_lock("kb", SCOPE, settings, A):
+        pass
+    with scope_lock("kb", SCOPE, settings, A), waits(), scope_lock("kb", SCOPE, settings):
+        pass
+    with scope_lock("kb", SCOPE, settings), scope_lock("kb", "file:///other", settings):  # other scopes: free
+        pass
+
+
+def test_a_whole_source_run_waits_for_narrowed_runs_in_other_threads(settings):
+    settings.lock_timeout_s = None
+    entered, order = threading.Barrier(3), []
+
+    def narrowed_run(filters):
+        with scope_lock("kb", SCOPE, settings, filters):
+            entered.wait(5)  # both narrowed runs hold their locks at once
+            time.sleep(0.5)
+            order.append("narrowed")
+
+    runs = [threading.Thread(target=narrowed_run, args=(f,)) for f in (A, B)]
+    for run in runs:
+        run.start()
+    entered.wait(5)
+    with scope_lock("kb", SCOPE, settings):
+        order.append("whole")
+    for run in runs:
+        run.join()
+    assert order == ["narrowed", "narrowed", "whole"]
+
+
+def test_a_lock_held_by_another_process_is_waited_for_and_freed_when_it_dies(settings, tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from types import SimpleNamespace; from pathlib import Path;"
+         "from docingest.flows.locks import scope_lock;"
+         f"s = SimpleNamespace(home=Path({str(tmp_path)!r}), lock_timeout_s=None);"
+         f"l = scope_lock('kb', {SCOPE!r}, s, ({A[0]!r}, [])); l.__enter__(); print('held', flush=True);"
+         "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with waits(), scope_lock("kb", SCOPE, settings):
+            pass
+        with scope_lock("kb", SCOPE, settings, B):  # another upload's folder: not held
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with scope_lock("kb", SCOPE, settings):  # the kernel freed the dead holder's locks
+        pass
