@@ -1,3 +1,5 @@
+import os
+
 import pytest
 from typer.testing import CliRunner
 
@@ -5,6 +7,16 @@ from docingest.cli import app
 
 pytestmark = pytest.mark.unit
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _own_environment():
+    """The CLI quiets Prefect's loggers through the environment of its process: here that is the test session's,
+    and later tests' flows would log nothing (their log assertions failed when these ran first)."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def test_help_lists_commands():
