@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -269,6 +270,12 @@ def test_soak_200_uploads_from_10_users_3_of_them_hostile(tmp_path):
             hits = client.post("/api/v1/search", headers=headers, json={
                 "collection": collection, "query": code, "mode": "bm25", "limit": 1}).json()["hits"]
             assert hits and code in hits[0]["text"], (code, hits)
+        deadline = time.monotonic() + 120  # the poison uploads' jobs too: every run has ended
+        while time.monotonic() < deadline and re.search(
+                r'^docingest_jobs\{state="(queued|running)"\} [1-9]', client.get("/metrics", headers=auth("warm")).text,
+                re.M):
+            time.sleep(0.5)
+        time.sleep(2)
         rss_end = rss_kib(proc.pid)
         metrics = client.get("/metrics", headers=auth("warm")).text
         series = [line for line in metrics.splitlines() if line.startswith("docingest_service_http_requests_total{")]
