@@ -19,6 +19,7 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
+DOCKERFILE = DOCKER / "Dockerfile"
 
 # The metrics docingest pushes (names and labels are a contract with the dashboard).
 GAUGES = {
@@ -65,7 +66,10 @@ def test_every_service_depended_on_has_a_healthcheck(services):
 
 def test_worker_runs_the_image_and_uses_services_by_name(services):
     worker = services["worker"]
-    assert worker["build"] == {"context": "..", "dockerfile": "docker/Dockerfile"}
+    # The image scripts/docker-build.sh builds (compose cannot: the build needs the script's wheelhouse), the one the
+    # `docker` deployment runs too.
+    assert "build" not in worker and worker["pull_policy"] == "never"
+    assert worker["image"] == _script_default_image() == _docker_pool_job_variables()["image"]
     command = " ".join(worker["command"]) if isinstance(worker["command"], list) else worker["command"]
     assert "prefect work-pool create local-pool --type process" in command
     assert "prefect worker start --pool local-pool" in command
@@ -79,6 +83,11 @@ def test_worker_runs_the_image_and_uses_services_by_name(services):
     assert env["AWS_ACCESS_KEY_ID"] == services["minio"]["environment"]["MINIO_ROOT_USER"]
     assert env["AWS_SECRET_ACCESS_KEY"] == services["minio"]["environment"]["MINIO_ROOT_PASSWORD"]
     assert any(volume.endswith(":/data") for volume in worker["volumes"])
+
+
+def test_compose_network_is_the_one_the_docker_deployment_joins():
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    assert _docker_pool_job_variables()["networks"] == [compose["networks"]["default"]["name"]]
 
 
 def test_credentials_come_from_env_with_local_defaults(services):
@@ -113,7 +122,7 @@ def test_mounted_config_files_exist_and_match(services):
 @pytest.fixture(scope="module")
 def stages() -> list[list[tuple[str, str]]]:
     """The Dockerfile as stages of (INSTRUCTION, arguments), continuation lines joined, comments dropped."""
-    text = re.sub(r"\\\n", " ", (DOCKER / "Dockerfile").read_text())
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
     result: list[list[tuple[str, str]]] = [[]]
     for line in text.splitlines():
         line = line.strip()
@@ -130,13 +139,35 @@ def _args(stage, instruction: str) -> list[str]:
     return [args for ins, args in stage if ins == instruction]
 
 
+def _arg_defaults() -> dict[str, str]:
+    """ARG defaults, including those before the first FROM."""
+    found = re.findall(r"^ARG (\w+)=(\S*)", DOCKERFILE.read_text(), re.MULTILINE)
+    return {name: value.strip('"') for name, value in found}
+
+
+def _script_default_image() -> str:
+    return re.search(r"^IMAGE=\$\{DOCINGEST_IMAGE:-(\S+)\}$", (ROOT / "scripts/docker-build.sh").read_text(),
+                     re.MULTILINE).group(1)
+
+
+def _docker_pool_job_variables() -> dict:
+    deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+    return next(d for d in deployments if d["name"] == "docker")["work_pool"]["job_variables"]
+
+
+def test_dockerfile_base_is_a_python_311_image_given_by_a_build_arg(stages):
+    assert len(stages) == 1 and stages[0][0][1] == "${BASE_IMAGE}"
+    assert _arg_defaults()["BASE_IMAGE"] == "python:3.11-slim-bookworm"
+    assert not DOCKERFILE.read_text().startswith("# syntax=")  # would pull the frontend from Docker Hub
+
+
 def test_dockerfile_final_stage_is_non_root_and_offline(stages):
     final = stages[-1]
-    assert final[0][1].startswith("${PYTHON_IMAGE}") and len(stages) >= 3  # multi-stage, slim base
     assert _args(final, "USER")[-1] == "docingest"
     assert any("--uid 1000" in run for run in _args(final, "RUN"))
     env = " ".join(_args(final, "ENV"))
-    for setting in ("HF_HUB_OFFLINE=1", "DOCINGEST_HOME=/data/docingest", "PYTHONUNBUFFERED=1", "HF_HOME="):
+    for setting in ("HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1", "DOCINGEST_HOME=/data/docingest", "PYTHONUNBUFFERED=1",
+                    "HF_HOME="):
         assert setting in env
     assert _args(final, "HEALTHCHECK")
     assert _args(final, "CMD") == ['["docingest", "--help"]']
@@ -144,25 +175,44 @@ def test_dockerfile_final_stage_is_non_root_and_offline(stages):
     assert any("tesseract-ocr" in run and " git " in run for run in _args(final, "RUN"))
 
 
-def test_dockerfile_bakes_docling_models(stages):
-    downloads = [(i, run) for i, stage in enumerate(stages) for run in _args(stage, "RUN") if "docling-tools models download" in run]
-    assert len(downloads) == 1
-    index, run = downloads[0]
-    assert "HF_HUB_OFFLINE" not in " ".join(_args(stages[index], "ENV"))  # the download needs the hub
-    folder = re.search(r"--output-dir (\S+)", run).group(1)
-    assert f"DOCLING_ARTIFACTS_PATH={folder}" in " ".join(_args(stages[-1], "ENV"))
-    assert any(args == f"--from={stages[index][0][1].split()[-1]} {folder} {folder}" for args in _args(stages[-1], "COPY"))
-
-
-def test_dockerfile_installs_cpu_torch_and_the_accurate_extra(stages):
+def test_dockerfile_installs_python_packages_only_from_the_wheelhouse(stages):
     runs = [run for stage in stages for run in _args(stage, "RUN")]
-    args = dict(arg.split("=", 1) for stage in stages for arg in _args(stage, "ARG") if "=" in arg)
-    torch = _pin("torch")
-    assert args["TORCH_VERSION"] == torch
-    major, minor = (int(part) for part in torch.split(".")[:2])
-    assert major == 2 and args["TORCHVISION_VERSION"] == f"0.{minor + 15}.0"  # torch 2.N <-> torchvision 0.(N+15)
-    assert any("https://download.pytorch.org/whl/cpu" in run and "torchvision==" in run for run in runs)
-    assert any(re.search(r"pip install -c \S*constraints\.txt \"\.\[accurate\]\"", run) for run in runs)
+    pip = [run for run in runs if "pip install" in run]
+    assert len(pip) == 2 and all("--no-index" in run for run in pip)
+    deps = pip[0]
+    assert "--mount=type=bind,source=docker/wheelhouse,target=/wheels" in deps
+    assert "--find-links /wheels -r /wheels/requirements.txt -c /wheels/constraints.txt" in deps and "pip check" in deps
+    assert re.search(r"pip install --no-index --no-deps --no-build-isolation \.(\s|$)", pip[1])  # docingest itself
+    text = DOCKERFILE.read_text()
+    assert "download.pytorch.org" not in text and "torchvision" not in " ".join(runs)  # the host's CPU torch only
+
+
+def test_dockerfile_downloads_pdf_models_only_when_asked(stages):
+    final = stages[-1]
+    assert _arg_defaults()["PDF_MODELS"] == "false"
+    steps = [(i, args) for i, (ins, args) in enumerate(final) if ins == "RUN" and "docling-tools models download" in args]
+    assert len(steps) == 1
+    at, run = steps[0]
+    assert run.startswith("--mount=type=secret,id=ca ") and '[ "$PDF_MODELS" = true ]' in run
+    offline = min(i for i, (ins, args) in enumerate(final) if ins == "ENV" and "HF_HUB_OFFLINE=1" in args)
+    assert offline > at  # the download needs the hub; everything after it runs offline
+    folder = re.search(r"--output-dir ([^\s;]+)", run).group(1)
+    assert f"DOCLING_ARTIFACTS_PATH={folder}" in " ".join(_args(final, "ENV"))
+    assert any(folder in args for args in _args(final, "RUN") if "mkdir" in args)  # exists (empty) without models
+
+
+def test_build_script_passes_what_the_dockerfile_reads():
+    script = (ROOT / "scripts/docker-build.sh").read_text()
+    defaults = _arg_defaults()
+    for arg in ("BASE_IMAGE", "PDF_MODELS"):
+        assert f'--build-arg "{arg}=' in script and arg in defaults
+    assert 'DEFAULT_BASE=python:3.11-slim-bookworm' in script
+    assert '--secret "id=ca,src=$CA"' in script and "/etc/ssl/certs/ca-certificates.crt" in script
+    assert "debootstrap --variant=minbase" in script and "import" in script
+    assert "-f docker/Dockerfile" in script
+    # The wheelhouse handed to the build is never committed, and is let into the build context.
+    assert "/docker/wheelhouse/" in (ROOT / ".gitignore").read_text().splitlines()
+    assert "!docker/wheelhouse/" in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
 
 
 def test_dockerignore_keeps_the_context_small(stages):
@@ -170,12 +220,15 @@ def test_dockerignore_keeps_the_context_small(stages):
     lines = [line for line in lines if line and not line.startswith("#")]
     for pattern in ("**/.venv", "**/.git", "**/.docingest", "**/.pytest_cache"):
         assert pattern in lines
-    if "*" in lines:  # allow-list: everything the Dockerfile copies from the context must be let back in
+    if "*" in lines:  # allow-list: everything the Dockerfile copies or bind-mounts from the context must be let in
         for stage in stages:
             for args in _args(stage, "COPY"):
                 if not args.startswith("--from"):
                     for source in args.split()[:-1]:
                         assert f"!{source}" in lines or f"!{source}/" in lines, source
+            for args in _args(stage, "RUN"):
+                for source in re.findall(r"--mount=type=bind,source=([^,\s]+)", args):
+                    assert f"!{source}" in lines or f"!{source}/" in lines, source
 
 
 # ---- Grafana dashboard ---------------------------------------------------------------------------------------------
