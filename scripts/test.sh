@@ -5,4 +5,10 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 bash scripts/system-deps.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
-exec .venv/bin/python -m pytest "$@"
+# Two pytest workers (pytest-xdist) unless DOCINGEST_TEST_WORKERS says otherwise (0: all in this process): much of
+# the suite waits on servers, subprocesses and containers. A module's tests stay on one worker (--dist loadfile), so
+# module fixtures (an S3 server, the Docker engine) start once.
+workers=${DOCINGEST_TEST_WORKERS:-2}
+xdist=()
+[ "$workers" != 0 ] && xdist=(-n "$workers" --dist loadfile)
+exec .venv/bin/python -m pytest "${xdist[@]}" "$@"

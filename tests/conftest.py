@@ -16,6 +16,10 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Persisted task results (the parse cache) of this session only: never reuse a developer's or an earlier run's.
 os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = tempfile.mkdtemp(prefix="docingest-test-results-")
+# Each pytest-xdist worker its own Prefect home: the temporary API servers that CLI subprocesses start keep their
+# database there, and two workers migrating one SQLite file at once would collide.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix=f"docingest-test-prefect-{os.environ['PYTEST_XDIST_WORKER']}-")
 for var in ("DOCINGEST_QDRANT_URL", "DOCINGEST_QDRANT_PATH", "DOCINGEST_EMBED_MODEL", "DOCINGEST_HOME"):
     os.environ.pop(var, None)
 
