@@ -165,8 +165,25 @@ def start_service(tmp_path: Path, **settings: str) -> tuple[subprocess.Popen, st
         wait_http(f"{base}/health", proc, log, timeout=180)
     except RuntimeError:
         proc.kill()
+        reap(tmp_path / "ph")
         raise
     return proc, base, env, log
+
+
+def reap(prefect_home: Path) -> None:
+    """Kill what a SIGKILLed process left running with this Prefect home: its temporary Prefect API server, which
+    only the process itself could stop."""
+    import signal
+
+    marker = f"PREFECT_HOME={prefect_home}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, PermissionError):
+            pass
 
 
 def git(*args: str, cwd: Path | None = None) -> None:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import reap
 
 from docingest.core.store import QdrantLocation, QdrantStore, close_backends
 
@@ -74,15 +75,7 @@ def snapshot(store: QdrantStore, collection: str) -> dict:
 def reap_orphans(tmp_path):
     """A SIGKILLed CLI cannot stop its ephemeral Prefect server: kill the ones started with this test's PREFECT_HOME."""
     yield
-    marker = f"PREFECT_HOME={tmp_path / 'prefect-home'}".encode()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if marker in (proc / "environ").read_bytes().split(b"\0"):
-                os.kill(int(proc.name), signal.SIGKILL)
-        except (OSError, PermissionError):
-            pass
+    reap(tmp_path / "prefect-home")
 
 
 def test_kill_9_at_four_points_then_rerun_equals_clean_run(tmp_path, reap_orphans):

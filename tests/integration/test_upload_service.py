@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
-from support import start_service
+from support import reap, start_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -54,6 +54,7 @@ def service(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        reap(tmp_path / "ph")
 
 
 def wait_job(client: httpx.Client, job_id: str, user: str, timeout: float = 240) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
-from support import start_service
+from support import reap, start_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -124,8 +124,9 @@ def test_a_poison_upload_holds_no_one_else_and_search_answers_over_http(tmp_path
             latencies.append(time.perf_counter() - t)
         print(f"search over HTTP, 2 chunks: p50 {sorted(latencies)[20] * 1000:.0f} ms")
     finally:
-        proc.kill()
+        proc.kill()  # its poison run would hold a graceful stop
         proc.wait()
+        reap(tmp_path / "ph")
     cli_hits = cli(env, tmp_path, "search", "visitor badge", "-c", "team-b", "--json")
     assert cli_hits.returncode == 0, cli_hits.stderr
     assert json.loads(cli_hits.stdout)["hits"] == found["hits"]
