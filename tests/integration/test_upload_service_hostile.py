@@ -87,25 +87,25 @@ def test_a_poison_upload_holds_no_one_else_and_search_answers_over_http(tmp_path
         assert poison.status_code == 201, poison.text
         wait_job(client, poison.json()["job_id"], alice, until=("running",))
         time.sleep(2)  # its parse is under way
-        started = time.monotonic()
-        small = post_document(client, bob, "team-b", "badges.md",
-                              b"# Badges\n\nVisitors collect a temporary badge at the north entrance.\n").json()
-        done = wait_job(client, small["job_id"], bob)
-        elapsed = time.monotonic() - started
-        poisoned = client.get(f"/api/v1/jobs/{poison.json()['job_id']}", headers=alice).json()
-        print(f"small upload beside a poison upload: completed in {elapsed:.1f} s")
-        assert done["state"] == "completed" and poisoned["state"] == "running", (done, poisoned)
-        assert elapsed < 30  # measured ~3-6 s here; the poison holds its parse for 90 s
 
+        def small_upload(headers: dict, collection: str, name: str, text: bytes) -> float:
+            """Seconds until another user's small upload completes, while the poison still parses."""
+            started = time.monotonic()
+            made = post_document(client, headers, collection, name, text).json()
+            done = wait_job(client, made["job_id"], headers)
+            elapsed = time.monotonic() - started
+            poisoned = client.get(f"/api/v1/jobs/{poison.json()['job_id']}", headers=alice).json()
+            assert done["state"] == "completed" and poisoned["state"] == "running", (done, poisoned)
+            return elapsed
+
+        elapsed = small_upload(bob, "team-b", "badges.md",
+                               b"# Badges\n\nVisitors collect a temporary badge at the north entrance.\n")
+        print(f"small upload beside a poison upload: completed in {elapsed:.1f} s")
+        assert elapsed < 30  # measured ~3-6 s here; the poison holds its parse for 90 s
         # In the poison's own collection, another user's later upload runs beside the run the poison holds.
-        started = time.monotonic()
-        same = post_document(client, carol, "team-a", "lockers.md",
-                             b"# Lockers\n\nLockers on the second floor are assigned by the front desk.\n").json()
-        done = wait_job(client, same["job_id"], carol)
-        elapsed = time.monotonic() - started
-        poisoned = client.get(f"/api/v1/jobs/{poison.json()['job_id']}", headers=alice).json()
+        elapsed = small_upload(carol, "team-a", "lockers.md",
+                               b"# Lockers\n\nLockers on the second floor are assigned by the front desk.\n")
         print(f"small upload into the poison's own collection: completed in {elapsed:.1f} s")
-        assert done["state"] == "completed" and poisoned["state"] == "running", (done, poisoned)
         assert elapsed < 30
 
         # Search over HTTP: the read grant, the same hits as `docingest search --json`.

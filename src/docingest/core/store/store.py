@@ -99,7 +99,9 @@ class QdrantStore:
             raise ConfigurationError(f"invalid collection name: {collection!r}")
         with _creating:
             physical = self._ensure(collection, dimension, alias, sparse)
-        self._ensure_manifest(physical)
+            manifest = self.manifest_name(physical)
+            if not self.backend.collection_exists(manifest):
+                self.backend.create_collection(manifest, 1, "dot", PAYLOAD_INDEXES)
         return physical
 
     def _ensure(self, collection: str, dimension: int, alias: bool, sparse: tuple[str, ...]) -> str:
@@ -127,12 +129,6 @@ class QdrantStore:
         for name in (physical, self.manifest_name(physical)):
             if self.backend.collection_exists(name):
                 self.backend.delete_collection(name)
-
-    def _ensure_manifest(self, physical: str) -> None:
-        manifest = self.manifest_name(physical)
-        with _creating:
-            if not self.backend.collection_exists(manifest):
-                self.backend.create_collection(manifest, 1, "dot", PAYLOAD_INDEXES)
 
     def source_uris(self, collection: str) -> list[str]:
         """The sources recorded in a collection's manifest."""
