@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -179,6 +180,7 @@ def ingest(
     verbose: VerboseOpt = False,
 ) -> None:
     """Parse, chunk, embed and upsert every new or changed document of SOURCE into a collection."""
+    started = time.monotonic()
     _quiet_environment(verbose)
     from docingest import ephemeral
 
@@ -187,9 +189,9 @@ def ingest(
 
     from docingest.core import progress
     from docingest.exceptions import CircuitBreakerOpen, ConfigurationError, DocingestError
-    from docingest.flows.ingest import ingest_documents, make_task_runner
-    from docingest.flows.planning import plan_for, preflight, warm_up
+    from docingest.flows.planning import lists_cheaply, nothing_to_write, plan_for, preflight, warm_up
     from docingest.flows.runspec import RunInputs, pinned, resolve_spec
+    from docingest.settings import get_settings
     target = _qdrant_target(qdrant_path, qdrant_url)
     if bool(source) == bool(source_block):
         raise _fail("give either SOURCE or --source-block")
@@ -198,8 +200,6 @@ def ingest(
     blocks = dict(qdrant_block=qdrant_block, source_block=source_block, collection_block=collection_block)
 
     def settings_follow_symlinks() -> bool:
-        from docingest.settings import get_settings
-
         return get_settings().follow_symlinks
 
     def given(**kw):  # only what was given explicitly, so a preset fills the rest
@@ -252,10 +252,23 @@ def ingest(
         progress.add_listener(on_progress)
         progress.add_page_listener(on_page)
         bar.start()
-    aborted = None
-    if early is not None and not (task_runner or dask_address):  # the server is still booting: use the wait
+    # While the temporary server boots: plan a re-sync of a local folder. With nothing to write it is answered from
+    # the plan (no flow run: nothing outlives this process to watch one); otherwise the workers and model warm up.
+    aborted = unchanged = plan = None
+    if early is not None and not (task_runner or dask_address):
         with contextlib.suppress(Exception):  # only ever saves time; the run itself reports any problem
-            warm_up(spec)
+            if spec.exists and lists_cheaply(spec):
+                plan = plan_for(spec)
+                unchanged = None if get_settings().record_unchanged_runs else nothing_to_write(spec, plan)
+            if unchanged is None:
+                warm_up(spec, plan)
+    if unchanged is not None:
+        ephemeral.discard(early)
+        if bar is not None:
+            bar.stop()
+        _finish_unchanged(unchanged, time.monotonic() - started, as_json)
+    from docingest.flows.ingest import ingest_documents, make_task_runner
+
     ephemeral.adopt(early)
     try:
         flow = ingest_documents
@@ -280,6 +293,25 @@ def ingest(
     if aborted:
         err.print(f"error: {aborted}", markup=False, highlight=False)
     raise typer.Exit(EXIT_OK if result.ok and not aborted else EXIT_FAILED_DOCS)
+
+
+def _finish_unchanged(result, duration_s: float, as_json: bool) -> None:
+    """Report a re-sync that had nothing to write (metrics included, as a flow run would push them) and exit."""
+    from docingest.core.metrics import Pusher, RunMetrics
+    from docingest.settings import get_settings
+
+    result.duration_s = duration_s
+    metrics = RunMetrics(result.collection, result.source)
+    pusher = Pusher(metrics, get_settings().pushgateway_url)  # no-op without DOCINGEST_PUSHGATEWAY_URL
+    metrics.finish(result, succeeded=result.ok)
+    pusher.close()
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_json_dict()) + "\n")
+    else:
+        _print_summary(result)
+        err.print("up to date: nothing to write, so no flow run was started on Prefect's temporary API "
+                  "(DOCINGEST_RECORD_UNCHANGED_RUNS=1 starts one)", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED_DOCS)
 
 
 def _print_plan(plan, collection: str, as_json: bool) -> None:
@@ -329,7 +361,7 @@ def _print_summary(result) -> None:
         for s in result.skipped:
             skipped.add_row(s.path or s.source, s.reason)
         out.print(skipped)
-    out.print(f"done in {result.duration_s:.1f}s, flow run {result.flow_run_id}")
+    out.print(f"done in {result.duration_s:.1f}s" + (f", flow run {result.flow_run_id}" if result.flow_run_id else ""))
 
 
 @app.command()

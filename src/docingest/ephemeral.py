@@ -176,6 +176,12 @@ def _stop(early: EarlyServer) -> None:
             early.process.kill()
 
 
+def discard(early: EarlyServer | None) -> None:
+    """Stop an early server that no run will use (a re-sync answered without a flow run)."""
+    if early is not None:
+        _stop(early)
+
+
 def _wait_healthy(early: EarlyServer, deadline: float) -> bool:
     import httpx
 

@@ -84,6 +84,10 @@ class DocingestSettings(BaseSettings):
     follow_symlinks: bool = Field(
         default=False, description="Local folders: also read files that symbolic links lead to outside the source "
         "root (the CLI's --follow-symlinks default). Off: such links are skipped and reported.")
+    record_unchanged_runs: bool = Field(
+        default=False, description="CLI on Prefect's temporary API (no PREFECT_API_URL): start a flow run even for a "
+        "re-sync of a local folder that has nothing to write. Off: such a re-sync is answered from the plan, without "
+        "booting the temporary server. With a Prefect server every run is a flow run.")
     task_runner: Literal["threads", "dask"] = Field(
         default="threads",
         description="Where parse-and-chunk tasks run: threads of the flow process, or a Dask cluster (prefect-dask).",

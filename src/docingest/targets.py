@@ -7,7 +7,6 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from docingest.blocks.loading import load_block
 from docingest.core.store import QdrantLocation
 from docingest.exceptions import ConfigurationError
 from docingest.settings import get_settings
@@ -24,6 +23,7 @@ def resolve_location(qdrant: QdrantTarget | None = None, qdrant_block: str | Non
     """Flow override > block > settings (DOCINGEST_QDRANT_URL / DOCINGEST_QDRANT_PATH) > .docingest/qdrant."""
     settings = get_settings()
     if qdrant_block:
+        from docingest.blocks.loading import load_block
         from docingest.blocks.qdrant import QdrantConnection
 
         location = load_block(qdrant_block, QdrantConnection).location()
@@ -54,6 +54,7 @@ def resolve_target(collection: str | None, qdrant: QdrantTarget | None = None, q
     """The collection name and where it lives: a QdrantCollection block gives both (``collection`` still renames,
     ``qdrant`` still relocates); otherwise ``collection`` with ``resolve_location``."""
     if collection_block:
+        from docingest.blocks.loading import load_block
         from docingest.blocks.qdrant import QdrantCollection
 
         block = load_block(collection_block, QdrantCollection)
@@ -67,12 +68,14 @@ def resolve_result_storage(name: str | None):
     """The saved result-storage block (``DOCINGEST_RESULT_STORAGE`` or the flow's ``result_storage``): any Prefect
     WritableFileSystem block, e.g. ``docingest-s3-result-storage/parse-cache``; None keeps Prefect's default
     (local files, PREFECT_RESULTS_LOCAL_STORAGE_PATH)."""
-    from prefect.filesystems import WritableFileSystem
-
     name = name or get_settings().result_storage
     if not name:
         return None
+    from docingest.blocks.loading import load_block  # a named block: Prefect is imported from here on
+
     if "/" in name:
+        from prefect.filesystems import WritableFileSystem
+
         block = load_block(name, WritableFileSystem)
     else:
         from docingest.blocks.results import S3ResultStorage

@@ -45,11 +45,12 @@ def env(tmp_path):
     return e
 
 
-def test_noop_resync_skips_the_model_and_leaves_no_server_behind(env, tmp_path):
+def test_noop_resync_skips_the_model_and_the_flow_run_and_leaves_no_server_behind(env, tmp_path):
     docs = tmp_path / "docs"
     docs.mkdir()
     for i in range(3):
         (docs / f"n{i}.md").write_text(f"# Note {i}\n\nThe archive keeps note {i} for seven years.\n")
+    (docs / "blob.bin").write_bytes(b"\x00\x01")  # an unsupported format: skipped by the plan, run after run
     first = subprocess.run([str(EXE), "ingest", str(docs), "-c", "notes", "--json"], env=env, capture_output=True,
                            text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -63,12 +64,35 @@ def test_noop_resync_skips_the_model_and_leaves_no_server_behind(env, tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     assert json.loads(second.stdout.strip().splitlines()[-1]) == [3, False, False]
 
+    # A CLI re-sync with nothing to write is answered from the plan: no flow run, and the same result as the flow's.
+    answered = subprocess.run([str(EXE), "ingest", str(docs), "-c", "notes", "--json"], env=env, capture_output=True,
+                              text=True, timeout=300)
+    assert answered.returncode == 0, answered.stderr[-2000:]
+    recorded = subprocess.run([str(EXE), "ingest", str(docs), "-c", "notes", "--json"], capture_output=True,
+                              env={**env, "DOCINGEST_RECORD_UNCHANGED_RUNS": "1"}, text=True, timeout=300)
+    assert recorded.returncode == 0, recorded.stderr[-2000:]
+    answered, recorded = json.loads(answered.stdout), json.loads(recorded.stdout)
+    assert answered["flow_run_id"] == "" and recorded["flow_run_id"]
+    assert answered["documents"]["unchanged"] == 3 and answered["documents"]["skipped"] == 1
+    different = {"flow_run_id", "duration_s", "stage_seconds"}
+    assert {k: v for k, v in answered.items() if k not in different} == \
+        {k: v for k, v in recorded.items() if k not in different}
+    assert processes_with(env["PREFECT_HOME"]) == []
+
     (docs / "n1.md").write_text("# Note 1\n\nThe archive now keeps note 1 for ten years.\n")
     third = subprocess.run([str(EXE), "ingest", str(docs), "-c", "notes", "--json"], env=env, capture_output=True,
                            text=True, timeout=300)
     assert third.returncode == 0, third.stderr[-2000:]
     data = json.loads(third.stdout)
     assert (data["documents"]["changed"], data["chunks"]["embedded"], data["chunks"]["deleted"]) == (1, 1, 1)
+    assert data["flow_run_id"]  # something to write: a flow run
+
+    (docs / "n2.md").unlink()  # a full sync with a document to delete is a flow run too
+    fourth = subprocess.run([str(EXE), "ingest", str(docs), "-c", "notes", "--mode", "full", "--json"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert fourth.returncode == 0, fourth.stderr[-2000:]
+    data = json.loads(fourth.stdout)
+    assert data["documents"]["deleted"] == 1 and data["flow_run_id"]
 
 
 def test_serve_stops_its_temporary_prefect_server_on_sigterm(env, tmp_path):

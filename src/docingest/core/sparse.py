@@ -31,7 +31,7 @@ class SparseEncoder:
     @property
     def name(self) -> str:
         """What produced a point's sparse vector (kept in its payload as ``sparse_model``)."""
-        return f"bm25:{self.language}"
+        return model_name(self.language)
 
     def documents(self, texts: list[str]) -> list[Sparse]:
         with self._lock:
@@ -44,6 +44,11 @@ class SparseEncoder:
         return list(vector.indices), list(vector.values)
 
 
+def model_name(language: str) -> str:
+    """The ``sparse_model`` payload value of a point whose BM25 vector is of ``language``."""
+    return f"bm25:{language}"
+
+
 def sparse_text(headings: list[str], text: str) -> str:
     """What a chunk's BM25 vector is made of: its headings and text, as the dense model reads them (Docling's
     contextualised chunk). Rebuilt from the payload when stored points gain their sparse vector later."""
@@ -54,6 +59,14 @@ def sparse_text(headings: list[str], text: str) -> str:
 def encoder(language: str = DEFAULT_LANGUAGE) -> SparseEncoder:
     """The encoder of a language (one per process)."""
     return SparseEncoder(language)
+
+
+def sparse_complete(store, physical: str, language: str) -> bool:
+    """Whether every stored point of ``physical`` already has a BM25 vector of ``language`` (so a sync has none to
+    add): the collection has the sparse vector, and no point lacks it or has another language's."""
+    if SPARSE_VECTOR not in store.sparse_vectors(physical):
+        return False
+    return next(iter(store.without_sparse(physical, model_name(language), page=1)), None) is None
 
 
 def add_sparse_vectors(store, physical: str, language: str, page: int = 256) -> int | None:

@@ -25,9 +25,10 @@ from docingest.exceptions import CircuitBreakerOpen, ConfigurationError
 from docingest.flows.artifacts import ProgressArtifact, publish_artifacts
 from docingest.flows.locks import scope_lock, server_limit
 from docingest.flows.planning import prefetch_model, record_planned
+from docingest.flows.run import Run
 from docingest.flows.runspec import RunInputs, resolve_spec
 from docingest.flows.window import prepare_in_window
-from docingest.flows.writer import Run, Writer
+from docingest.flows.writer import Writer
 from docingest.options import IngestOptions, PdfMode, Preset
 from docingest.settings import get_settings
 from docingest.targets import QdrantTarget, resolve_result_storage

@@ -9,6 +9,7 @@ import threading
 from docingest.core.embed import LoadedModel
 from docingest.core.plan import Action, Plan, make_plan
 from docingest.core.store import QdrantStore
+from docingest.datamodel import IngestResult
 from docingest.flows.runspec import RunSpec
 from docingest.options import Isolation
 from docingest.settings import get_settings
@@ -25,14 +26,14 @@ def preflight(spec: RunSpec, result_storage: str | None = None) -> None:
     resolve_result_storage(result_storage)
 
 
-def warm_up(spec: RunSpec) -> bool:
+def warm_up(spec: RunSpec, plan: Plan | None = None) -> bool:
     """Start the parse workers' fork server and load the model in the background when the run will parse and embed;
     the CLI calls it while Prefect's temporary server boots. That is known for a collection that does not exist yet;
     for a re-sync of a local folder, the plan (the dry run's: listing and hashing, no model, each file's hash is
     remembered for the run itself) must find a document to process. Other re-syncs are not warmed up: their listing
-    costs requests, and a no-op must stay cheap."""
-    local = spec.source.uri.startswith("file://")  # a local folder lists without requests
-    if spec.exists and not (local and any(d.action is Action.PROCESS for d in plan_for(spec).documents)):
+    costs requests, and a no-op must stay cheap. ``plan``: the one the caller already made."""
+    if spec.exists and not (lists_cheaply(spec) and any(d.action is Action.PROCESS
+                                                        for d in (plan or plan_for(spec)).documents)):
         return False
     if spec.options.parse.isolation is Isolation.PROCESS and get_settings().task_runner == "threads":
         from docingest.core.worker import start_server
@@ -41,6 +42,38 @@ def warm_up(spec: RunSpec) -> bool:
     if isinstance(spec.model, LoadedModel) and not spec.model.loaded:
         prefetch_model(spec.model)
     return True
+
+
+def lists_cheaply(spec: RunSpec) -> bool:
+    """Whether planning before the run costs no requests: a local folder (listing and hashing; the hashes are
+    remembered for the run itself). A bucket or a repository is listed once, by the run."""
+    return spec.source.uri.startswith("file://")
+
+
+def nothing_to_write(spec: RunSpec, plan: Plan) -> IngestResult | None:
+    """The result of a re-sync that has nothing to write, or None when it has something.
+
+    Nothing to write: the collection exists, every document is unchanged, skipped by the listing (and never indexed)
+    or dead-lettered, none is to be deleted, and the stored points have their BM25 vectors. The flow would open no
+    parse worker, load no model and change nothing; the result is the one it would return (the same outcomes,
+    through the same accumulator), without a flow run. The CLI answers such a re-sync on Prefect's temporary API
+    this way, where nothing outlives the process to watch a run."""
+    from docingest.core.sparse import sparse_complete
+    from docingest.flows.run import Run
+
+    if not spec.exists or plan.deleted:
+        return None
+    for p in plan.documents:
+        if p.action is Action.PROCESS or (p.action is Action.SKIP and p.doc.skip_reason and p.known is not None
+                                          and p.known.chunks):
+            return None  # to parse, or indexed chunks to remove (a link no longer followed)
+    language = spec.profile.sparse_language
+    if language and not sparse_complete(QdrantStore(spec.location), spec.physical, language):
+        return None
+    run = Run(spec.collection, spec.source.uri, len(plan.documents))
+    run.result.mode = spec.options.mode.value
+    record_planned(plan, run, add=None)
+    return run.result
 
 
 def plan_for(spec: RunSpec) -> Plan:

@@ -15,8 +15,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from docingest import plugins
-from docingest.blocks.loading import load_block
-from docingest.blocks.sources import open_source_block
 from docingest.core.embed import LoadedModel, load_model
 from docingest.core.plan import Profile, resolve_profile
 from docingest.core.sources import Source, open_source
@@ -82,6 +80,7 @@ def resolve_spec(inputs: RunInputs) -> RunSpec:
     name, device = settings.embed_model, settings.embed_device
     if inputs.embedder_block:  # block over settings; an explicit options.embed.model over both
         from docingest.blocks.embedder import EmbedderSettings
+        from docingest.blocks.loading import load_block
 
         embedder = load_block(inputs.embedder_block, EmbedderSettings)
         name, device = embedder.model, embedder.device or device
@@ -132,6 +131,8 @@ def adopt_collection_model(inputs: RunInputs, options: IngestOptions, store: Qdr
 
 def open_run_source(source: str | None, options: IngestOptions, source_block: str | None) -> Source:
     if source_block:
+        from docingest.blocks.sources import open_source_block  # Prefect's blocks: imported only when one is named
+
         return open_source_block(source_block, options.source)
     if not source:
         raise ConfigurationError("give a source or a source block")

@@ -14,7 +14,8 @@ from docingest.core import faults
 from docingest.core.metrics import RunMetrics
 from docingest.core.plan import PlannedDocument, Profile
 from docingest.datamodel import DocumentStatus, Stage
-from docingest.flows.writer import Run, Writer, finished
+from docingest.flows.run import Run
+from docingest.flows.writer import Writer, finished
 from docingest.options import IngestOptions
 from docingest.tasks.prepare import PrepareFailed
 
