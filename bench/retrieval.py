@@ -3,6 +3,7 @@
     python bench/retrieval.py                         # ../shared/retrieval/dbpedia-entity-subset (BEIR format)
     python bench/retrieval.py --set corpus-eval       # tests/data/eval on the shared corpus, through the CLI
     python bench/retrieval.py [--backends edge,local] [--json] [--out bench/results/retrieval.json]
+    python bench/retrieval.py --backends edge --embed-backend int8   # the high-throughput preset's vectors
 
 ``dbpedia``: every entity abstract (title + text) becomes one point, dense with the bundled model and BM25 with the
 same encoder docingest's ingest uses, written through docingest's store into each backend (Qdrant Edge; qdrant-client
@@ -37,7 +38,7 @@ def _percentile(values: list[float], q: float) -> float:
     return round(values[min(len(values) - 1, max(0, int(round(q * len(values))) - 1))], 2)
 
 
-def dbpedia(backends: list[str], scratch: Path) -> dict:
+def dbpedia(backends: list[str], scratch: Path, embed_backend: str = "torch") -> dict:
     from docingest.core.embed import embed_texts, load_model
     from docingest.core.sparse import SPARSE_VECTOR, encoder, sparse_text
     from docingest.core.store import QdrantLocation, QdrantStore, close_backends
@@ -50,7 +51,7 @@ def dbpedia(backends: list[str], scratch: Path) -> dict:
     qrels = load_qrels(DBPEDIA / "qrels" / "test.tsv")
     evaluated, _ = split_queries(queries, qrels)
     settings = get_settings()
-    model = load_model(settings.embed_model, settings.embed_device)
+    model = load_model(settings.embed_model, settings.embed_device, embed_backend)
     texts = [sparse_text([d.get("title") or ""], d.get("text") or "") for d in docs]
     started = time.perf_counter()
     vectors = embed_texts(model, texts)
@@ -63,7 +64,8 @@ def dbpedia(backends: list[str], scratch: Path) -> dict:
     points = [{"id": str(uuid.uuid5(uuid.NAMESPACE_URL, d["_id"])), "vector": v, "sparse": {SPARSE_VECTOR: s},
                "payload": {"corpus_id": d["_id"], "text": t, "sparse_model": bm25.name}}
               for d, t, v, s in zip(docs, texts, vectors, sparse, strict=True)]
-    out: dict = {"documents": len(docs), "queries": len(evaluated), "encode_s": round(encode_s, 1),
+    out: dict = {"embed_backend": embed_backend, "documents": len(docs), "queries": len(evaluated),
+                 "encode_s": round(encode_s, 1),
                  "query_embed_ms": round(query_embed_ms, 2), "backends": {}}
     for backend in backends:
         if backend == "server":
@@ -122,12 +124,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", choices=["dbpedia", "corpus-eval"], default="dbpedia")
     parser.add_argument("--backends", default="edge,local" + (",server" if os.environ.get("DOCINGEST_QDRANT_URL") else ""))
+    parser.add_argument("--embed-backend", default="torch", choices=["torch", "int8"],
+                        help="dbpedia: the dense vectors' backend (int8: the high-throughput preset's)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="docingest-retrieval-bench-"))
     try:
-        report = dbpedia(args.backends.split(","), scratch) if args.set == "dbpedia" else corpus_eval(scratch)
+        report = (dbpedia(args.backends.split(","), scratch, args.embed_backend) if args.set == "dbpedia"
+                  else corpus_eval(scratch))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     report["set"] = args.set
