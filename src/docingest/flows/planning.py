@@ -7,7 +7,7 @@ import contextlib
 import threading
 
 from docingest.core.embed import LoadedModel
-from docingest.core.plan import Action, Plan, make_plan
+from docingest.core.plan import Action, Plan, PlannedDocument, make_plan
 from docingest.core.store import QdrantStore
 from docingest.datamodel import IngestResult
 from docingest.flows.runspec import RunSpec
@@ -64,9 +64,8 @@ def nothing_to_write(spec: RunSpec, plan: Plan) -> IngestResult | None:
     if not spec.exists or plan.deleted:
         return None
     for p in plan.documents:
-        if p.action is Action.PROCESS or (p.action is Action.SKIP and p.doc.skip_reason and p.known is not None
-                                          and p.known.chunks):
-            return None  # to parse, or indexed chunks to remove (a link no longer followed)
+        if p.action is Action.PROCESS or leaves_indexed_chunks(p):
+            return None  # to parse, or indexed chunks to remove
     language = spec.profile.sparse_language
     if language and not sparse_complete(QdrantStore(spec.location), spec.physical, language):
         return None
@@ -96,6 +95,12 @@ def prefetch_model(model: LoadedModel) -> None:
 
 
 
+def leaves_indexed_chunks(p: PlannedDocument) -> bool:
+    """A document the listing now leaves out (a link out of the source, a FIFO) that an earlier run indexed: the
+    writer must remove its chunks."""
+    return p.action is Action.SKIP and bool(p.doc.skip_reason) and p.known is not None and bool(p.known.chunks)
+
+
 def record_planned(plan: Plan, run, add) -> None:
     """The outcomes the plan knows without parsing: unchanged, skipped by the listing, dead-lettered. A document the
     listing now leaves out (a link out of the source, a FIFO) but an earlier run indexed goes to ``add`` (the
@@ -103,7 +108,7 @@ def record_planned(plan: Plan, run, add) -> None:
     from docingest.datamodel import DeadLetterItem, DocumentOutcome, DocumentStatus, PreparedDocument, Stage
 
     for p in plan.documents:
-        if p.action is Action.SKIP and p.doc.skip_reason and p.known is not None and p.known.chunks:
+        if leaves_indexed_chunks(p):
             add(PreparedDocument(document=p.doc, change=p.change, status=DocumentStatus.SKIPPED, stage=Stage.DISCOVER,
                                  error=p.reason))
         elif p.action is Action.SKIP:
