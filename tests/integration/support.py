@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
+from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -28,6 +29,45 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path | None = None, timeout
                 tail = log.read_text()[-2000:] if log and log.exists() else ""
                 raise RuntimeError(f"{url} did not come up (exit {proc.poll()}): {tail}") from None
             time.sleep(0.2)
+
+
+def prefect_home(path: Path) -> str:
+    """A Prefect home for a test's processes at ``path``, holding a copy of a Prefect database created and migrated
+    once per pytest worker (a home that has a database already keeps it). A fresh home otherwise pays Prefect's
+    migrations at its first run (~15 s on 2 CPUs), as a user's machine does once; the tests of that first run itself
+    (test_startup's prepared database, crash-resume) keep an empty home."""
+    import shutil
+
+    path.mkdir(parents=True, exist_ok=True)
+    if (path / "prefect.db").exists():
+        return str(path)
+    for name in ("prefect.db", "memo_store.toml"):
+        shutil.copy2(_prefect_template() / name, path / name)
+    return str(path)
+
+
+@lru_cache(maxsize=1)
+def _prefect_template() -> Path:
+    """The session's migrated database (one for all pytest-xdist workers), made by the Docker image's own step
+    (``python -m docingest.ephemeral``)."""
+    import shutil
+    import tempfile
+
+    from filelock import FileLock
+
+    session = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+    home = Path(tempfile.gettempdir()) / f"docingest-test-prefect-template-{session}"
+    with FileLock(f"{home}.lock"):
+        if not (home / "ready").exists():  # written last: a template half made by a failed attempt is made again
+            shutil.rmtree(home, ignore_errors=True)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+            env["PREFECT_HOME"] = str(home)
+            done = subprocess.run([sys.executable, "-m", "docingest.ephemeral"], env=env, capture_output=True,
+                                  text=True, timeout=300)
+            if done.returncode != 0:
+                raise RuntimeError(f"could not prepare Prefect's database: {done.stderr[-2000:]}")
+            (home / "ready").touch()
+    return home
 
 
 def free_port() -> int:
@@ -149,12 +189,19 @@ def task_states(flow_run_id: str, task_name: str) -> list[str]:
     return [r.state.name for r in runs if r.name.startswith(task_name)]
 
 
-def start_service(tmp_path: Path, **settings: str) -> tuple[subprocess.Popen, str, dict[str, str], Path]:
-    """`docingest serve` on a free loopback port with its own home and the given DOCINGEST_* settings, once it answers
-    /health: (process, base URL, environment, log file). The caller stops it."""
-    port = free_port()
+def service_env(tmp_path: Path, **settings: str) -> dict[str, str]:
+    """The environment of a `docingest serve` (and of CLI commands beside it) with its own homes under ``tmp_path`` and
+    the given DOCINGEST_* settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "DOCINGEST_", "AWS_"))}
-    env.update(DOCINGEST_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "ph"), **settings)
+    env.update(DOCINGEST_HOME=str(tmp_path / "home"), PREFECT_HOME=prefect_home(tmp_path / "ph"), **settings)
+    return env
+
+
+def start_service(tmp_path: Path, **settings: str) -> tuple[subprocess.Popen, str, dict[str, str], Path]:
+    """`docingest serve` on a free loopback port with :func:`service_env`, once it answers /health: (process, base
+    URL, environment, log file). The caller stops it."""
+    port = free_port()
+    env = service_env(tmp_path, **settings)
     log = tmp_path / "serve.log"
     exe = Path(sys.executable).with_name("docingest")
     with open(log, "w") as fh:

@@ -14,17 +14,35 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_bench_runs_every_phase_on_a_tiny_corpus(tmp_path):
+def test_bench_runs_every_phase_on_a_tiny_corpus(tmp_path, corpus):
+    """Every phase, on four generated documents and a PDF: docingest and the naive script count the same documents
+    and pages, and the table has pages/s."""
+    import shutil
+
+    import pypdfium2
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from make_corpus import generate
+
+    folder = tmp_path / "mini"
+    generate(folder, 4)
+    shutil.copy(corpus / "pdf/sources/multi_page.pdf", folder)
+    pages = len(pypdfium2.PdfDocument(folder / "multi_page.pdf"))
     out = tmp_path / "report.json"
-    proc = subprocess.run([sys.executable, "bench/run.py", "--corpus", "gen", "--docs", "5", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "bench/run.py", "--corpus", str(folder), "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert set(report["phases"]) == {"docingest_full", "naive", "raw_encode", "noop_resync", "changed_1pct_resync"}
-    assert report["phases"]["docingest_full"]["documents"] == 5 == report["phases"]["naive"]["documents"]
-    assert report["phases"]["raw_encode"]["chunks"] == report["phases"]["naive"]["chunks"] > 0
-    assert report["phases"]["noop_resync"]["chunks"] == 0  # nothing embedded
+    phases = report["phases"]
+    assert set(phases) == {"docingest_full", "naive", "raw_encode", "noop_resync", "changed_1pct_resync"}
+    assert phases["docingest_full"]["documents"] == 5 == phases["naive"]["documents"]
+    assert phases["raw_encode"]["chunks"] == phases["naive"]["chunks"] > 0
+    assert phases["noop_resync"]["chunks"] == 0  # nothing embedded
+    assert phases["changed_1pct_resync"]["chunks"] > 0  # the edited document, embedded again
     assert set(report["ratios"]) == set(report["targets"]) and report["failed_documents"] == 0
+    assert phases["docingest_full"]["pages"] == phases["naive"]["pages"] == pages > 1
+    assert phases["docingest_full"]["pages_per_s"] > 0 and phases["noop_resync"]["pages"] == 0
+    assert "pages/s" in proc.stderr
 
 
 def test_generated_corpus_is_deterministic(tmp_path):
@@ -35,24 +53,3 @@ def test_generated_corpus_is_deterministic(tmp_path):
     files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.*"))
     assert len(files_a) == 30 and any(p.suffix == ".html" for p in files_a)
     assert all((tmp_path / "a" / p).read_text() == (tmp_path / "b" / p).read_text() for p in files_a)
-
-
-def test_bench_reports_pages_per_second_for_paginated_documents(tmp_path, corpus):
-    """A corpus with PDFs: docingest and the naive script count the same pages, and the table has pages/s."""
-    import shutil
-
-    import pypdfium2
-
-    folder = tmp_path / "mini"
-    folder.mkdir()
-    for rel in ("pdf/sources/multi_page.pdf", "md/sources/duck.md"):
-        shutil.copy(corpus / rel, folder)
-    expected = len(pypdfium2.PdfDocument(folder / "multi_page.pdf"))
-    out = tmp_path / "report.json"
-    proc = subprocess.run([sys.executable, "bench/run.py", "--corpus", str(folder), "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    phases = json.loads(out.read_text())["phases"]
-    assert phases["docingest_full"]["pages"] == phases["naive"]["pages"] == expected > 1
-    assert phases["docingest_full"]["pages_per_s"] > 0 and phases["noop_resync"]["pages"] == 0
-    assert "pages/s" in proc.stderr

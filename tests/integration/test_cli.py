@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import prefect_home
 from typer.testing import CliRunner
 
 from docingest.cli import app
@@ -101,7 +102,7 @@ def test_console_script_on_embedded_defaults(tmp_path, handbook):
     """The installed `docingest` command in a fresh process: ephemeral Prefect, local Qdrant under .docingest/."""
     exe = Path(sys.executable).with_name("docingest")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "DOCINGEST_"))}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    env["PREFECT_HOME"] = prefect_home(tmp_path / "prefect-home")
     work = tmp_path / "work"
     work.mkdir()
     proc = subprocess.run([str(exe), "ingest", str(handbook), "-c", "handbook", "--json"], cwd=work, env=env,

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import free_port, wait_http
+from support import free_port, prefect_home, wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -26,7 +26,7 @@ class Stack:
         self.api = f"http://127.0.0.1:{self.port}/api"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DOCINGEST_"))}
         self.env.update(
-            PREFECT_HOME=str(tmp / "prefect-home"), PREFECT_API_URL=self.api, PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_HOME=prefect_home(tmp / "prefect-home"), PREFECT_API_URL=self.api, PREFECT_SERVER_ANALYTICS_ENABLED="false",
             PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(tmp / "results"), DOCINGEST_HOME=str(tmp / "docingest-home"),
             HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PREFECT_LOGGING_LEVEL="INFO",
             PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",

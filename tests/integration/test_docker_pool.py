@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import free_port, wait_http
+from support import free_port, prefect_home, wait_http
 
 # Cold, the build set-up (engine, base image, wheelhouse, image) takes minutes: more than the suite's 600 s default.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
@@ -169,7 +169,7 @@ class PrefectStack:
         self.tmp = tmp
         self.api = f"http://127.0.0.1:{free_port()}/api"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DOCINGEST_"))}
-        self.env.update(PREFECT_HOME=str(tmp / "prefect-home"), PREFECT_API_URL=self.api,
+        self.env.update(PREFECT_HOME=prefect_home(tmp / "prefect-home"), PREFECT_API_URL=self.api,
                         PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="INFO",
                         PREFECT_WORKER_QUERY_SECONDS="2",  # the worker picks the run up sooner (default 10 s)
                         PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")

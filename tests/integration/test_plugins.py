@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import prefect_home
 
 from conftest import REPO
 from docingest import plugins
@@ -105,7 +106,7 @@ def test_embedder_and_chunker_plugins_from_the_cli(tmp_path, example_plugin):
     docs = write_docs(tmp_path / "docs")
     (docs / "broken.note").unlink()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "DOCINGEST_"))}
-    env.update(PYTHONPATH=str(example_plugin), PREFECT_HOME=str(tmp_path / "prefect-home"))
+    env.update(PYTHONPATH=str(example_plugin), PREFECT_HOME=prefect_home(tmp_path / "prefect-home"))
     work = tmp_path / "work"
     work.mkdir()
 
@@ -140,7 +141,7 @@ def test_a_broken_plugin_is_named_not_a_traceback(tmp_path):
     docs.mkdir()
     (docs / "a.md").write_text("# A\n\nSome text.\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "DOCINGEST_"))}
-    env.update(PYTHONPATH=str(broken), PREFECT_HOME=str(tmp_path / "prefect-home"))
+    env.update(PYTHONPATH=str(broken), PREFECT_HOME=prefect_home(tmp_path / "prefect-home"))
 
     def cli(*args: str, **extra: str) -> subprocess.CompletedProcess:
         return subprocess.run([str(EXE), *args], cwd=tmp_path, env={**env, **extra}, capture_output=True, text=True,

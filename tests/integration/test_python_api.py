@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from support import prefect_home
 
 import docingest
 from conftest import REPO, copy_corpus_files
@@ -58,7 +59,7 @@ def test_example_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     from nbclient import NotebookClient
 
     monkeypatch.setenv("DOCINGEST_HOME", str(tmp_path / ".docingest"))
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    monkeypatch.setenv("PREFECT_HOME", prefect_home(tmp_path / "prefect-home"))
     for var in [v for v in __import__("os").environ if v.startswith("PREFECT_API")]:
         monkeypatch.delenv(var)  # the notebook's kernel uses its own ephemeral API, like a user's would
     notebook = nbformat.read(REPO / "examples" / "quickstart.ipynb", as_version=4)

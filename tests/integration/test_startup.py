@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
-from support import free_port, wait_http
+from support import free_port, prefect_home, wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -40,7 +40,7 @@ def processes_with(marker: str) -> list[int]:
 @pytest.fixture
 def env(tmp_path):
     e = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "DOCINGEST_"))}
-    e.update(DOCINGEST_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect-home-startup"),
+    e.update(DOCINGEST_HOME=str(tmp_path / "home"), PREFECT_HOME=prefect_home(tmp_path / "prefect-home-startup"),
              HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return e
 
@@ -133,6 +133,7 @@ def test_prepared_prefect_database_is_migrated_and_used_by_the_next_run(env, tmp
     registered and no write-ahead log; a run then uses it as it is (no second database, block registration skipped)."""
     import sqlite3
 
+    env = dict(env, PREFECT_HOME=str(tmp_path / "empty-prefect-home"))  # the first run on a machine
     done = subprocess.run([sys.executable, "-m", "docingest.ephemeral"], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

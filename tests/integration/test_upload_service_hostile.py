@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
-from support import reap, start_service
+from support import reap, service_env, start_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -137,34 +137,40 @@ def test_the_upload_source_and_a_cli_folder_share_a_collection_without_deleting_
     folder.mkdir()
     (folder / "policy.md").write_text("# Travel policy\n\nBook trains for trips under four hours.\n")
     (folder / "expenses.md").write_text("# Expenses\n\nReceipts are due within thirty days.\n")
-    proc, base, env, log = start_service(tmp_path, DOCINGEST_JWT_SECRET=SECRET)
-    stop(proc)
+    env = service_env(tmp_path, DOCINGEST_JWT_SECRET=SECRET)
     ingest = cli(env, tmp_path, "ingest", str(folder), "-c", "shared", "--json")
     assert ingest.returncode == 0, ingest.stderr
 
-    def upload(name: str, text: str) -> None:
-        proc, base, _, _ = start_service(tmp_path, DOCINGEST_JWT_SECRET=SECRET)
-        try:
-            client = httpx.Client(base_url=base, timeout=60)
-            made = post_document(client, auth("alice"), "shared", name, text.encode()).json()
-            assert wait_job(client, made["job_id"], auth("alice"))["state"] == "completed"
-        finally:
-            stop(proc)
+    def paths(client: httpx.Client) -> set[str]:
+        found = client.post("/api/v1/search", headers=auth("alice"),
+                            json={"collection": "shared", "query": "policy receipts trains badge", "limit": 20})
+        assert found.status_code == 200, found.text
+        return {hit["path"].rsplit("/", 1)[-1] for hit in found.json()["hits"]}
 
-    def paths() -> set[str]:
-        found = cli(env, tmp_path, "search", "policy receipts trains badge", "-c", "shared", "--json", "-k", "20")
-        assert found.returncode == 0, found.stderr
-        return {hit["path"].rsplit("/", 1)[-1] for hit in json.loads(found.stdout)["hits"]}
+    def upload(client: httpx.Client, name: str, text: str) -> None:
+        made = post_document(client, auth("alice"), "shared", name, text.encode()).json()
+        assert wait_job(client, made["job_id"], auth("alice"))["state"] == "completed"
 
-    upload("badges.md", "# Badges\n\nVisitors collect a badge at the north entrance.\n")
-    assert paths() == {"policy.md", "expenses.md", "badges.md"}
+    # The service and the CLI take turns: the embedded store is held by one process at a time.
+    proc, base, _, _ = start_service(tmp_path, DOCINGEST_JWT_SECRET=SECRET)
+    try:
+        with httpx.Client(base_url=base, timeout=60) as client:
+            upload(client, "badges.md", "# Badges\n\nVisitors collect a badge at the north entrance.\n")
+            assert paths(client) == {"policy.md", "expenses.md", "badges.md"}
+    finally:
+        stop(proc)
     (folder / "expenses.md").unlink()
     full = cli(env, tmp_path, "ingest", str(folder), "-c", "shared", "--mode", "full", "--force", "--json")
     assert full.returncode == 0, full.stderr
     assert json.loads(full.stdout)["documents"]["deleted"] == 1
-    assert paths() == {"policy.md", "badges.md"}  # the CLI's full sync leaves the uploads alone
-    upload("parking.md", "# Parking\n\nThe garage closes at ten; policy allows two badges per car.\n")
-    assert paths() == {"policy.md", "badges.md", "parking.md"}  # and an upload job leaves the folder's alone
+    proc, base, _, _ = start_service(tmp_path, DOCINGEST_JWT_SECRET=SECRET)
+    try:
+        with httpx.Client(base_url=base, timeout=60) as client:
+            assert paths(client) == {"policy.md", "badges.md"}  # the CLI's full sync leaves the uploads alone
+            upload(client, "parking.md", "# Parking\n\nThe garage closes at ten; policy allows two badges per car.\n")
+            assert paths(client) == {"policy.md", "badges.md", "parking.md"}  # and an upload job leaves the folder's
+    finally:
+        stop(proc)
 
 
 def test_soak_200_uploads_from_10_users_3_of_them_hostile(tmp_path):
