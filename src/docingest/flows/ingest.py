@@ -23,7 +23,7 @@ from docingest.datamodel import (
 )
 from docingest.exceptions import CircuitBreakerOpen, ConfigurationError
 from docingest.flows.artifacts import ProgressArtifact, publish_artifacts
-from docingest.flows.locks import scope_lock, server_limit
+from docingest.flows.locks import scope_lock, server_limit, stage_limits_apply
 from docingest.flows.planning import prefetch_model, record_planned
 from docingest.flows.run import Run
 from docingest.flows.runspec import RunInputs, resolve_spec
@@ -32,13 +32,7 @@ from docingest.flows.writer import Writer
 from docingest.options import IngestOptions, PdfMode, Preset
 from docingest.settings import get_settings
 from docingest.targets import QdrantTarget, resolve_result_storage
-from docingest.tasks.prepare import prepare_document_task, prepare_documents_task
-from docingest.tasks.store import (
-    delete_documents_task,
-    ensure_collection_task,
-    maintain_collection_task,
-    sparse_vectors_task,
-)
+from docingest.tasks.stages import Stages, stages_for_run
 
 
 def make_task_runner(kind: str | None = None, address: str | None = None, workers: int | None = None):
@@ -117,12 +111,9 @@ def ingest_documents(
                                   collection_block, preset))
     collection, location, src, model, profile, options = (spec.collection, spec.location, spec.source, spec.model,
                                                           spec.profile, spec.options)
-    storage = resolve_result_storage(result_storage)
-    prepare = prepare_document_task.with_options(result_storage=storage) if storage else prepare_document_task
-    prepare_batch = prepare_documents_task.with_options(result_storage=storage) if storage \
-        else prepare_documents_task
+    stages = stages_for_run(resolve_result_storage(result_storage), tagged=stage_limits_apply())
     # The alias is resolved once: a run that started before a model migration's switch finishes where it began.
-    physical = ensure_collection_task(location, collection, model.info.dimension,
+    physical = stages.ensure(location, collection, model.info.dimension,
                                       (SPARSE_VECTOR,) if profile.sparse_language else ())
     logger.info("ingesting %s into %r (%s) on %s (model %s, %d-token chunks, mode %s)", src.uri, collection, physical,
                 location.describe(), model.info.name, profile.max_tokens, options.mode.value)
@@ -141,9 +132,8 @@ def ingest_documents(
         filters = (options.source.include, options.source.exclude)
         with (scope_lock(collection, src.uri, settings, filters), server_limit(collection, src.uri, settings, filters),
               pools_in_use()):
-            profile, sparse_added = _sparse_vectors(location, physical, profile)
-            result = _sync(src, collection, options, location, model, profile, prepare, metrics, physical,
-                           prepare_batch)
+            profile, sparse_added = _sparse_vectors(location, physical, profile, stages)
+            result = _sync(src, collection, options, location, model, profile, stages, metrics, physical)
             result.chunks.sparse_added = sparse_added
         result.duration_s = time.monotonic() - started
     finally:
@@ -167,12 +157,13 @@ def ingest_documents(
     return result
 
 
-def _sparse_vectors(location: QdrantLocation, physical: str, profile: Profile) -> tuple[Profile, int]:
+def _sparse_vectors(location: QdrantLocation, physical: str, profile: Profile, stages: Stages
+                    ) -> tuple[Profile, int]:
     """A collection made before hybrid search (or with another BM25 language) gains its sparse vectors here, from the
     stored text: the dense model never runs for that. Where the Qdrant cannot add them, the run stays dense-only."""
     if not profile.sparse_language:
         return profile, 0
-    added = sparse_vectors_task(location, physical, profile.sparse_language)
+    added = stages.sparse(location, physical, profile.sparse_language)
     if added is None:
         get_run_logger().warning("%s cannot hold BM25 vectors on %s (this Qdrant cannot add a vector to an existing "
                                  "collection): it stays dense-only; `docingest migrate` rebuilds it with them",
@@ -185,8 +176,7 @@ def _sparse_vectors(location: QdrantLocation, physical: str, profile: Profile) -
 
 
 def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation, model, profile: Profile,
-          prepare=prepare_document_task, metrics: RunMetrics | None = None, physical: str | None = None,
-          prepare_batch=prepare_documents_task) -> IngestResult:
+          stages: Stages, metrics: RunMetrics | None = None, physical: str | None = None) -> IngestResult:
     from prefect.runtime import flow_run
 
     logger = get_run_logger()
@@ -208,7 +198,7 @@ def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation
                        "are ingested as part of %s", src.uri)
     # The writer embeds and stores in pools as Prefect task runs; leaving this block early cancels what has not
     # started and waits for what runs.
-    with Writer(run, location, physical, profile, options, model, known, metrics) as writer:
+    with Writer(run, location, physical, profile, options, model, known, metrics, stages) as writer:
         record_planned(plan, run, writer.add)  # unchanged, skipped, dead-lettered: known without parsing
 
         # 3. Parse+chunk new and changed documents in a bounded window; they are embedded and stored in pools
@@ -216,20 +206,21 @@ def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation
         work = plan.by_action(Action.PROCESS)
         if work and isinstance(model, LoadedModel) and not model.loaded:
             prefetch_model(model)  # the weights load while the first documents are parsed
-        prepare_in_window(work, src, profile, options, model, (prepare, prepare_batch), writer, run, metrics)
+        prepare_in_window(work, src, profile, options, model, (stages.prepare, stages.prepare_batch), writer, run,
+                          metrics)
         writer.finish()  # the last pool is written, or the first error of the writer's task runs is raised here
 
     # 4. Full sync: remove what vanished from this source's scope, only after a run that was not aborted.
     if plan.deleted and not run.result.aborted:
         started = time.perf_counter()
-        run.result.chunks.deleted += delete_documents_task(location, physical, quote(plan.deleted))
+        run.result.chunks.deleted += stages.delete(location, physical, quote(plan.deleted))
         metrics.observe_stage("delete", time.perf_counter() - started)
         run.result.documents.deleted = len(plan.deleted)
         run.result.deleted = [r.uri for r in plan.deleted]
 
     # 5. Upkeep: flush, and index the collection once it has grown enough to need it (reported, never per batch).
     if run.result.chunks.upserted or run.result.chunks.deleted:
-        upkeep = maintain_collection_task(location, physical)
+        upkeep = stages.maintain(location, physical)
         if upkeep.indexed:
             metrics.observe_stage("index", upkeep.seconds)
             logger.info("built the vector index of %s (%d points) in %.1fs", physical, upkeep.points, upkeep.seconds)

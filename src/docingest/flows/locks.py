@@ -25,6 +25,31 @@ def narrowed(scope: str, include: Sequence[str] = (), exclude: Sequence[str] = (
     return json.dumps([scope, sorted(include), sorted(exclude)])
 
 
+def stage_limits_apply() -> bool:
+    """Whether this run's stage tasks keep their tags, and with them Prefect's tag concurrency limits (``prefect
+    concurrency-limit create docingest-parse 2``): always with a Prefect server, where an operator may cap a stage at
+    any time; on a temporary API server only when its database holds a limit on one of the tags (read once, as the run
+    starts).
+
+    A tagged task run asks the API for its tags' slots as it starts, unless its process learnt in the last 5 s that
+    they have no limit; Prefect 3.8 writes to the database for that even when none exists. On the temporary server's
+    SQLite these writes collide with the run's other writes; each collision is a 503, and Prefect's client waits 2,
+    4, 8, 16 s before asking again while the task holds its place in the pipeline: measured on 1,000 documents, 10
+    such waits in one run, with both CPUs idle for up to 6 s at a time."""
+    from prefect.context import FlowRunContext
+
+    from docingest.ephemeral import temporary_api
+    from docingest.tasks.common import STAGE_TAGS
+
+    if not temporary_api():
+        return True
+    try:
+        limits = FlowRunContext.get().client.read_global_concurrency_limits(limit=200, offset=0)
+    except Exception:  # noqa: BLE001 - when in doubt, limits apply
+        return True
+    return any(limit.name in {f"tag:{tag}" for tag in STAGE_TAGS} for limit in limits)
+
+
 @contextmanager
 def server_limit(collection: str, scope: str, settings, filters: tuple[Sequence[str], Sequence[str]] = ((), ())):
     """A limit-1 Prefect global concurrency limit for (collection, scope and filters), when a Prefect server is

@@ -28,8 +28,7 @@ from docingest.datamodel import (
 from docingest.exceptions import ConfigurationError, DocingestError
 from docingest.flows.run import Run
 from docingest.options import IngestOptions
-from docingest.tasks.embed import embed_pool_task
-from docingest.tasks.store import finalize_documents_task, write_pool_task
+from docingest.tasks.stages import Stages
 
 
 def outcome_of(p: PreparedDocument, status: DocumentStatus | None = None, stage: Stage | None = None,
@@ -91,8 +90,9 @@ class Writer:
     MAX_IN_FLIGHT = 8  # pools submitted and not yet written
 
     def __init__(self, run: Run, location: QdrantLocation, collection: str, profile: Profile,
-                 options: IngestOptions, model, known: dict[str, ManifestRecord], metrics: RunMetrics) -> None:
-        self.metrics = metrics
+                 options: IngestOptions, model, known: dict[str, ManifestRecord], metrics: RunMetrics,
+                 stages: Stages | None = None) -> None:
+        self.metrics, self.stages = metrics, stages or Stages()
         self.run, self.location, self.collection = run, location, collection
         self.profile, self.options, self.model, self.known = profile, options, model, known
         self.pending: list[PreparedDocument] = []
@@ -166,16 +166,16 @@ class Writer:
         docs, self.pending, self.pending_chunks = self.pending, [], 0
         if docs:
             self._make_room()
-            embedded = self.encoder.submit(embed_pool_task, {
+            embedded = self.encoder.submit(self.stages.embed, {
                 "model": self.model, "docs": quote(docs), "batch_size": self.options.embed.batch_size})
             known = {d.document.path: self.known[d.document.path] for d in docs if d.document.path in self.known}
-            written = self.store.submit(write_pool_task, {
+            written = self.store.submit(self.stages.write, {
                 "location": self.location, "collection": self.collection, "pool": opaque(embedded),
                 "profile": self.profile, "known": quote(known), "batch_size": self.options.store.upsert_batch_size})
             self.pools.append(Pool(embedded=embedded, written=written))
         if self.records or self.replace:
             records, replace, self.records, self.replace = self.records, self.replace, [], []
-            self.pools.append(Pool(records=self.store.submit(finalize_documents_task, {
+            self.pools.append(Pool(records=self.store.submit(self.stages.finalize, {
                 "location": self.location, "collection": self.collection, "replace": quote(replace),
                 "records": quote(records)})))
 
