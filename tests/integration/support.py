@@ -33,7 +33,7 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path | None = None, timeout
 
 def prefect_home(path: Path) -> str:
     """A Prefect home for a test's processes at ``path``, holding a copy of a Prefect database created and migrated
-    once per pytest worker (a home that has a database already keeps it). A fresh home otherwise pays Prefect's
+    once per test session (a home that has a database already keeps it). A fresh home otherwise pays Prefect's
     migrations at its first run (~15 s on 2 CPUs), as a user's machine does once; the tests of that first run itself
     (test_startup's prepared database, crash-resume) keep an empty home."""
     import shutil
@@ -41,8 +41,11 @@ def prefect_home(path: Path) -> str:
     path.mkdir(parents=True, exist_ok=True)
     if (path / "prefect.db").exists():
         return str(path)
+    template = _prefect_template()
+    wal = template / "prefect.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0, "the template's write-ahead log was not folded into it"
     for name in ("prefect.db", "memo_store.toml"):
-        shutil.copy2(_prefect_template() / name, path / name)
+        shutil.copy2(template / name, path / name)
     return str(path)
 
 

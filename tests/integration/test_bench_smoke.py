@@ -15,8 +15,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_bench_runs_every_phase_on_a_tiny_corpus(tmp_path, corpus):
-    """Every phase, on four generated documents and a PDF: docingest and the naive script count the same documents
-    and pages, and the table has pages/s."""
+    """Every phase, on five generated documents (Markdown and HTML) and a PDF: docingest and the naive script count
+    the same documents and pages, and the table has pages/s."""
     import shutil
 
     import pypdfium2
@@ -25,7 +25,7 @@ def test_bench_runs_every_phase_on_a_tiny_corpus(tmp_path, corpus):
     from make_corpus import generate
 
     folder = tmp_path / "mini"
-    generate(folder, 4)
+    generate(folder, 5)
     shutil.copy(corpus / "pdf/sources/multi_page.pdf", folder)
     pages = len(pypdfium2.PdfDocument(folder / "multi_page.pdf"))
     out = tmp_path / "report.json"
@@ -35,7 +35,7 @@ def test_bench_runs_every_phase_on_a_tiny_corpus(tmp_path, corpus):
     report = json.loads(out.read_text())
     phases = report["phases"]
     assert set(phases) == {"docingest_full", "naive", "raw_encode", "noop_resync", "changed_1pct_resync"}
-    assert phases["docingest_full"]["documents"] == 5 == phases["naive"]["documents"]
+    assert phases["docingest_full"]["documents"] == 6 == phases["naive"]["documents"]
     assert phases["raw_encode"]["chunks"] == phases["naive"]["chunks"] > 0
     assert phases["noop_resync"]["chunks"] == 0  # nothing embedded
     assert phases["changed_1pct_resync"]["chunks"] > 0  # the edited document, embedded again

@@ -92,7 +92,7 @@ def test_noop_resync_skips_the_model_and_the_flow_run_and_leaves_no_server_behin
         tags = db.execute("select name, tags from task_run where flow_run_id = ?", (data["flow_run_id"],)).fetchall()
     # No limit on a stage tag in the temporary server's database: the task runs carry no tags, so none asks it for
     # concurrency slots (flows/locks.py: stage_limits_apply).
-    assert len(tags) >= 4 and all(json.loads(t) == [] for _, t in tags), tags
+    assert tags and all(json.loads(t) == [] for _, t in tags), tags  # (rows come from events the server recorded)
 
     (docs / "n2.md").unlink()  # a full sync with a document to delete is a flow run too
     fourth = subprocess.run([str(EXE), "ingest", str(docs), "-c", "notes", "--mode", "full", "--json"], env=env,

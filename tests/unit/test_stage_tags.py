@@ -19,8 +19,9 @@ def test_untagged_stages_keep_everything_but_their_tags():
     for name, task in vars(untagged).items():
         original = getattr(tagged, name)
         assert task.tags == set() and original.tags  # the module's tasks are left as they are
-        assert (task.name, task.fn, task.retries, task.cache_key_fn) == \
-            (original.name, original.fn, original.retries, original.cache_key_fn)
+        kept = ("name", "fn", "task_run_name", "retries", "retry_delay_seconds", "retry_condition_fn", "cache_key_fn",
+                "cache_policy", "cache_expiration", "persist_result", "result_storage")
+        assert {k: getattr(task, k) for k in kept} == {k: getattr(original, k) for k in kept}, name
     assert stages_for_run() == Stages()  # nothing to change: the module's own tasks
 
 

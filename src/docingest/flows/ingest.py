@@ -114,7 +114,7 @@ def ingest_documents(
     stages = stages_for_run(resolve_result_storage(result_storage), tagged=stage_limits_apply())
     # The alias is resolved once: a run that started before a model migration's switch finishes where it began.
     physical = stages.ensure(location, collection, model.info.dimension,
-                                      (SPARSE_VECTOR,) if profile.sparse_language else ())
+                             (SPARSE_VECTOR,) if profile.sparse_language else ())
     logger.info("ingesting %s into %r (%s) on %s (model %s, %d-token chunks, mode %s)", src.uri, collection, physical,
                 location.describe(), model.info.name, profile.max_tokens, options.mode.value)
     if options.parse.pdf_mode is PdfMode.AUTO:

@@ -1,5 +1,6 @@
-"""Runs of one collection and scope exclude each other: a lock file on this machine, and a Prefect global concurrency
-limit with a lease when a Prefect server is configured.
+"""Concurrency between runs. Runs of one collection and scope exclude each other: a lock file on this machine, and a
+Prefect global concurrency limit with a lease when a Prefect server is configured. Stage tasks keep their tags (and
+Prefect's tag limits across runs) wherever such a limit can apply (``stage_limits_apply``).
 
 A scope is a source, narrowed by the run's include/exclude filters when it has any (an upload's folder,
 ``--include "*.md"``): a narrowed run plans, writes and deletes only inside its filters. So runs narrowed by different

@@ -91,8 +91,8 @@ class Writer:
 
     def __init__(self, run: Run, location: QdrantLocation, collection: str, profile: Profile,
                  options: IngestOptions, model, known: dict[str, ManifestRecord], metrics: RunMetrics,
-                 stages: Stages | None = None) -> None:
-        self.metrics, self.stages = metrics, stages or Stages()
+                 stages: Stages) -> None:
+        self.metrics, self.stages = metrics, stages
         self.run, self.location, self.collection = run, location, collection
         self.profile, self.options, self.model, self.known = profile, options, model, known
         self.pending: list[PreparedDocument] = []

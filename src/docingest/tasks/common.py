@@ -30,7 +30,7 @@ TAG = "docingest"
 PARSE_TAGS = [TAG, "docingest-parse"]
 EMBED_TAGS = [TAG, "docingest-embed"]
 STORE_TAGS = [TAG, "docingest-store"]
-STAGE_TAGS = (TAG, "docingest-parse", "docingest-embed", "docingest-store")
+STAGE_TAGS = tuple(dict.fromkeys(PARSE_TAGS + EMBED_TAGS + STORE_TAGS))
 
 
 def run_name(template: Callable[[dict], str], fallback: str = "task") -> Callable[..., str]:
