@@ -48,7 +48,8 @@ def stage_limits_apply() -> bool:
         limits = FlowRunContext.get().client.read_global_concurrency_limits(limit=200, offset=0)
     except Exception:  # noqa: BLE001 - when in doubt, limits apply
         return True
-    return any(limit.name in {f"tag:{tag}" for tag in STAGE_TAGS} for limit in limits)
+    names = {f"tag:{tag}" for tag in STAGE_TAGS}
+    return any(limit.name in names for limit in limits)
 
 
 @contextmanager

@@ -94,7 +94,6 @@ def prefetch_model(model: LoadedModel) -> None:
     threading.Thread(target=load, name="docingest-model-load", daemon=True).start()
 
 
-
 def leaves_indexed_chunks(p: PlannedDocument) -> bool:
     """A document the listing now leaves out (a link out of the source, a FIFO) that an earlier run indexed: the
     writer must remove its chunks."""

@@ -20,6 +20,8 @@ from docingest.tasks.store import (
 
 @dataclass(frozen=True)
 class Stages:
+    """A run's task for each stage; the defaults are the module-level tasks themselves."""
+
     prepare: Any = prepare_document_task
     prepare_batch: Any = prepare_documents_task
     embed: Any = embed_pool_task
