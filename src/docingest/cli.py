@@ -611,16 +611,24 @@ def serve(
     import signal
 
     import uvicorn
+    from pydantic import ValidationError
 
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack (a stuck job, a hang)
 
+    from docingest.core.memory import limit_arenas
     from docingest.exceptions import DocingestError
     from docingest.service import tempdir
     from docingest.service.app import create_app
+    from docingest.settings import get_settings
 
     tempdir.use_private()
     try:
-        application = create_app()
+        settings = get_settings()
+        limit_arenas(settings.service_malloc_arenas)  # before the service's threads start
+        application = create_app(settings)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise _fail(f"invalid setting DOCINGEST_{str(first['loc'][-1]).upper()}: {first['msg']}") from None
     except DocingestError as exc:
         raise _fail(str(exc)) from None
     uvicorn.run(application, host=host, port=port, log_level="info" if verbose else "warning",

@@ -35,3 +35,24 @@ def test_interval_zero_starts_no_thread(monkeypatch):
     with memory.FreedMemoryReleaser(interval_s=0) as releaser:
         time.sleep(0.05)
     assert calls == [] and not releaser._thread.is_alive()
+
+
+def _limit_in_a_fresh_process(arenas: int, **env: str) -> str:
+    """limit_arenas in a process of its own (the cap stays for a process's life): its answer."""
+    import os
+    import subprocess
+    import sys
+
+    code = f"from docingest.core.memory import limit_arenas; print(limit_arenas({arenas}))"
+    clean = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    return subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_limit_arenas_caps_glibc_unless_told_otherwise():
+    import platform
+
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert _limit_in_a_fresh_process(2) == str(glibc)  # mallopt(M_ARENA_MAX) accepted it
+    assert _limit_in_a_fresh_process(0) == "False"  # 0: glibc's own default stays
+    assert _limit_in_a_fresh_process(2, MALLOC_ARENA_MAX="4") == "False"  # the operator's MALLOC_ARENA_MAX wins
