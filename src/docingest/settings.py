@@ -176,7 +176,7 @@ class DocingestSettings(BaseSettings):
     upload_max_unfinished: int = Field(default=100, ge=1, description="Unfinished uploads one user may hold.")
     service_malloc_arenas: int = Field(
         default=2, ge=0, description="glibc malloc arenas of `docingest serve` (0: glibc's default, eight per core). "
-        "Fewer arenas keep a long-running service's memory from creeping up; MALLOC_ARENA_MAX, where set, wins."
+        "Fewer arenas keep less freed memory in a long-running service; MALLOC_ARENA_MAX, where set, wins."
     )
     rate_limit_requests_per_min: int = Field(default=600, ge=1, description="Requests per user and minute.")
     rate_limit_uploads_per_min: int = Field(default=60, ge=1, description="New uploads per user and minute.")
