@@ -65,17 +65,14 @@ def _worker_main(conn, config: WorkerConfig, env: dict[str, str] | None = None) 
 
     logging.getLogger("docling").setLevel(logging.ERROR)  # outcomes go back to the flow, not to our stderr
     warnings.filterwarnings("ignore")
-    from docling_core.transforms.chunker.tokenizer.huggingface import HuggingFaceTokenizer
     from transformers import AutoTokenizer
 
     from docingest.core import faults
-    from docingest.core.chunk import build_chunker, chunk_document
+    from docingest.core.chunk import build_chunker, chunk_document, model_tokenizer
     from docingest.core.parse import parse_document
     from docingest.exceptions import ChunkError, ParseError, UnsupportedDocumentError
 
-    tokenizer = HuggingFaceTokenizer(
-        tokenizer=AutoTokenizer.from_pretrained(config.tokenizer_location), max_tokens=config.max_tokens
-    )
+    tokenizer = model_tokenizer(AutoTokenizer.from_pretrained(config.tokenizer_location), config.max_tokens)
     chunker = build_chunker(tokenizer, config.chunk)
     conn.send(("ready",))
     while True:
