@@ -1,6 +1,6 @@
-"""The raw embedding limit: the same chunk texts encoded in one call, same model and backend (after a warm-up).
+"""The raw embedding limit: the same chunk texts encoded in one call with the same model (torch fp32), after a warm-up.
 
-    python bench/raw_encode.py TEXTS_JSON [--batch-size 64] [--backend torch|onnx]
+    python bench/raw_encode.py TEXTS_JSON [--batch-size 64]
 """
 
 from __future__ import annotations
