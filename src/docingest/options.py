@@ -186,8 +186,8 @@ def preset_values(preset: Preset) -> dict[str, dict | object]:
         return {
             "workers": max(2, _cpus()),
             "window": 128,
-            # Batches of 64 (the default): int8 encodes 2,132 real chunks in 66 s at 64 and 76 s at 128 (the padded
-            # attention grows with the batch's longest text), 2,528 short abstracts in 72 s and 85 s.
+            # Batches of 64 (the default): int8 encoded 2,132 generated chunks in 65-66 s at 64 and 72-78 s at 128,
+            # 2,528 short abstracts in 67-72 s and 78-85 s (docs/performance.md, fourth round).
             "embed": {"backend": EmbedBackend.INT8},
             "store": {"upsert_batch_size": 1024},
             "parse": {"recycle_after": 500},
