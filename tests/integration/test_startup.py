@@ -164,3 +164,61 @@ def test_prepared_prefect_database_is_migrated_and_used_by_the_next_run(env, tmp
     with sqlite3.connect(database) as db:
         assert db.execute("select count(*) from flow_run").fetchone() == (1,)  # the run went into that database
         assert db.execute("select count(*) from block_type").fetchone()[0] == block_types
+
+
+DEFERRED_SKLEARN = """
+import json, sys
+import numpy as np
+from docingest.core.embed import load_model
+loaded = load_model("sentence-transformers/all-MiniLM-L6-v2")
+vectors = loaded.model.encode(["the archive keeps notes", "notes are kept"], normalize_embeddings=True)
+out = {"sklearn_after_load": sorted(m for m in sys.modules if m == "sklearn" or m.startswith("sklearn.")),
+       "dimension": int(vectors.shape[1])}
+from sentence_transformers.util import similarity
+a, b = np.array([[0.0, 0.0], [3.0, 4.0]]), np.array([[0.0, 0.0]])
+out["manhattan"] = similarity.pairwise_distances(a, b, metric="manhattan").ravel().tolist()  # the deferred name
+import sklearn.metrics
+out["real_module"] = type(sys.modules["sklearn.metrics"]).__name__ == "module" and hasattr(sklearn.metrics, "ndcg_score")
+print(json.dumps(out))
+"""
+
+
+def test_the_model_loads_without_importing_scikit_learn_which_still_works_when_asked_for(env):
+    """sentence-transformers imports scikit-learn at its top for a similarity function embedding never calls: the
+    model loads without it, the deferred function still computes, and a later import gets the real module."""
+    run = subprocess.run([sys.executable, "-c", DEFERRED_SKLEARN], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout.splitlines()[-1])
+    assert out["sklearn_after_load"] == []
+    assert out["dimension"] == 384
+    assert out["manhattan"] == [0.0, 7.0]
+    assert out["real_module"] is True
+
+
+def test_nothing_is_deferred_when_scikit_learn_is_already_imported(env):
+    code = ("import json, sklearn.metrics\n"
+            "from docingest.core.embed import sentence_transformer_class\n"
+            "sentence_transformer_class()\n"
+            "from sentence_transformers.util import similarity\n"
+            "print(json.dumps(similarity.pairwise_distances is sklearn.metrics.pairwise_distances))")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split()[-1] == "true"
+
+
+def test_while_deferred_another_thread_can_import_scikit_learn_metrics_and_its_submodules(env):
+    """The stand-in's window: a submodule imports through its real folder, any other name ends the deferral."""
+    code = ("import json, sys\n"
+            "from docingest.core import embed\n"
+            "stand_in = embed.sklearn_metrics_stand_in()\n"
+            "sys.modules['sklearn.metrics'] = stand_in\n"
+            "from sklearn.metrics.pairwise import euclidean_distances\n"
+            "sub = euclidean_distances([[0.0, 0.0]], [[3.0, 4.0]]).ravel().tolist()\n"
+            "from sklearn.metrics import ndcg_score\n"
+            "import sklearn.metrics\n"
+            "print(json.dumps({'sub': sub, 'ended': sys.modules['sklearn.metrics'] is not stand_in,\n"
+            "                  'real': sklearn.metrics.ndcg_score is ndcg_score and hasattr(sklearn.metrics, 'f1_score')}))")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout.splitlines()[-1]) == {"sub": [5.0], "ended": True, "real": True}

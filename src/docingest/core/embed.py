@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import json
+import sys
 import threading
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -168,9 +172,70 @@ def _load_checked(info: ModelInfo, device: str | None):
     return model
 
 
+class _DeferredSklearnMetrics(types.ModuleType):
+    """Stands in for ``sklearn.metrics`` while sentence-transformers is imported; see :func:`sentence_transformer_class`.
+
+    ``sentence_transformers.util.similarity`` imports ``pairwise_distances`` at its top for a similarity function
+    that embedding never calls, and importing scikit-learn costs ~2.6 s of CPU on the model's load path of every
+    process. The name it gets is :func:`_pairwise_distances`, which imports the real function when first called.
+    Should another thread ask for another name while the stand-in is in place, the deferral ends: the stand-in leaves
+    ``sys.modules`` and the name is read from the real module. Dunder names are absent, as on any module that lacks
+    them (``inspect`` reads ``__file__`` of every module in ``sys.modules``, and torch calls ``inspect`` while it
+    loads); ``__path__`` is the real package's folder, so a submodule imports as usual."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        if sys.modules.get(_DEFERRED) is self:
+            del sys.modules[_DEFERRED]
+        return getattr(importlib.import_module(_DEFERRED), name)
+
+
+def _pairwise_distances(*args, **kwargs):
+    from sklearn.metrics import pairwise_distances
+
+    return pairwise_distances(*args, **kwargs)
+
+
+_DEFERRED = "sklearn.metrics"
+_import_lock = threading.Lock()
+
+
+def sklearn_metrics_stand_in() -> _DeferredSklearnMetrics | None:
+    """The stand-in, or None when nothing should be deferred: scikit-learn's metrics or sentence-transformers are
+    already imported (a notebook, the eval tools), or scikit-learn is not where we can find it without importing it."""
+    if "sentence_transformers" in sys.modules or _DEFERRED in sys.modules:
+        return None
+    spec = importlib.util.find_spec("sklearn") if "sklearn" not in sys.modules else sys.modules["sklearn"].__spec__
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    stand_in = _DeferredSklearnMetrics(_DEFERRED)
+    stand_in.__path__ = [str(Path(location) / "metrics") for location in spec.submodule_search_locations]
+    stand_in.pairwise_distances = _pairwise_distances
+    return stand_in
+
+
+def sentence_transformer_class() -> type[SentenceTransformer]:
+    """``sentence_transformers.SentenceTransformer``, imported without importing scikit-learn.
+
+    For the duration of the import, ``sys.modules["sklearn.metrics"]`` is a :class:`_DeferredSklearnMetrics`; it is
+    removed afterwards, so a later ``import sklearn.metrics`` anywhere gets the real module."""
+    with _import_lock:
+        stand_in = sklearn_metrics_stand_in()
+        if stand_in is not None:
+            sys.modules[_DEFERRED] = stand_in
+            try:
+                import sentence_transformers  # noqa: F401
+            finally:
+                if sys.modules.get(_DEFERRED) is stand_in:
+                    del sys.modules[_DEFERRED]
+        from sentence_transformers import SentenceTransformer
+    return SentenceTransformer
+
+
 def _load_sentence_transformer(name: str, location: str, device: str | None, backend: str):
     try:
-        from sentence_transformers import SentenceTransformer
+        SentenceTransformer = sentence_transformer_class()  # noqa: N806 - the class, under its own name
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
