@@ -33,6 +33,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from docingest.core import memory
 from docingest.service.uploads import PRIORITIES, UploadError
 
 JOB_STATES = ("queued", "running", "completed", "failed")
@@ -115,6 +116,11 @@ class JobManager:
     def pending(self) -> int:
         with self._lock:
             return sum(j.state in ("queued", "running") for j in self.jobs.values())
+
+    def runs_in_progress(self) -> int:
+        """Embedded flow runs going on now (a job completes when its document does, before its run ends)."""
+        with self._lock:
+            return self._running
 
     def check_capacity(self) -> None:
         """Raise 503 when no job can be taken now (shutting down, or the queue is full)."""
@@ -276,7 +282,12 @@ class JobManager:
         finally:
             with self._wake:
                 self._running -= 1
+                idle = self._running == 0
                 self._wake.notify_all()
+            if idle:
+                # The runs' memory is free now, but glibc keeps most of it mapped: an idle service would hold
+                # ~80 MiB more after a burst of uploads than it uses (measured with the soak's uploads). Hand it back.
+                memory.release_freed_memory()
 
     def _run_batch(self, batch: list[Job]) -> None:
         from docingest.core import progress

@@ -24,6 +24,7 @@ class ServiceMetrics:
         self.md5 = Counter("docingest_upload_md5_rejects_total", "Parts rejected for a Content-MD5 mismatch.",
                            registry=r)
         self.jobs = Gauge("docingest_jobs", "Jobs by state.", ["state"], registry=r)
+        self.runs = Gauge("docingest_job_runs", "Embedded flow runs in progress (0 in deployment mode).", registry=r)
         self.requests = Counter("docingest_service_http_requests_total", "Requests by route template, method and "
                                 "status class.", ["handler", "method", "status"], registry=r)
         self.latency = Histogram("docingest_service_http_request_duration_seconds", "Request latency by route "

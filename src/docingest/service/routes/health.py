@@ -108,4 +108,5 @@ async def prometheus_metrics(_: User, service: ServiceDep):
 
     for state, count in service.jobs.counts().items():
         service.metrics.jobs.labels(state).set(count)
+    service.metrics.runs.set(service.jobs.runs_in_progress())
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
