@@ -247,6 +247,11 @@ def test_docker_work_pool_runs_the_docker_deployment(engine, image, tmp_path):
             (f"file:///data/docs/{name}", "success") for name in DOCS}, table
         # The worker ran it as a container (prefect-docker records "<engine URL>:<container id>").
         assert flow_run.infrastructure_pid and ":" in flow_run.infrastructure_pid, flow_run.infrastructure_pid
+        # Completed is reported before the flow-run process ends: it still sends its last logs and events, and holds
+        # the embedded store until it exits (a search right after it was refused on CI: "in use by process 8").
+        # Wait for the container, with the API still up to take what it sends.
+        subprocess.run([engine, "wait", flow_run.infrastructure_pid.rsplit(":", 1)[1]], capture_output=True,
+                       timeout=300)
     finally:
         stack.stop()
 
