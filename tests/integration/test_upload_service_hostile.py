@@ -60,10 +60,14 @@ def rss_kib(pid: int) -> int:
 
 
 def wait_idle(client: httpx.Client, headers: dict, timeout: float = 120) -> None:
-    """Until no job is queued or running and every run has ended, then 1 s more."""
+    """Until /metrics shows no job queued or running and no run in progress, then 1 s more."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and re.search(r'^(docingest_jobs\{state="(queued|running)"\}|docingest_job_runs) '
-                                                    r'[1-9]', client.get("/metrics", headers=headers).text, re.M):
+    while True:
+        metrics = client.get("/metrics", headers=headers).text
+        busy = re.search(r'^docingest_jobs\{state="(queued|running)"\} [1-9]', metrics, re.M)
+        if not busy and re.search(r"^docingest_job_runs 0\.0$", metrics, re.M):
+            break
+        assert time.monotonic() < deadline, f"the service is still busy after {timeout:g} s: {metrics[-1500:]}"
         time.sleep(0.5)
     time.sleep(1)
 
