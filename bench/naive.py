@@ -24,11 +24,6 @@ def main() -> None:
     parser.add_argument("--texts-out", type=Path)
     args = parser.parse_args()
     started = time.perf_counter()
-    from docling.datamodel.base_models import InputFormat
-    from docling.datamodel.pipeline_options import NativePdfPipelineOptions
-    from docling.document_converter import DocumentConverter, NativePdfFormatOption
-    from docling_core.transforms.chunker.hybrid_chunker import HybridChunker
-    from docling_core.transforms.chunker.tokenizer.huggingface import HuggingFaceTokenizer
     from qdrant_client import QdrantClient, models
     from sentence_transformers import SentenceTransformer
 
@@ -36,9 +31,7 @@ def main() -> None:
 
     location, _ = resolve_model_location("sentence-transformers/all-MiniLM-L6-v2")
     model = SentenceTransformer(location, device="cpu")
-    converter = DocumentConverter(format_options={
-        InputFormat.PDF: NativePdfFormatOption(pipeline_options=NativePdfPipelineOptions())})
-    chunker = HybridChunker(tokenizer=HuggingFaceTokenizer(tokenizer=model.tokenizer, max_tokens=256))
+    converter, chunker = converter_and_chunker(model.tokenizer)
     client = QdrantClient(path=str(args.qdrant))
     if not client.collection_exists("naive"):
         client.create_collection("naive", vectors_config=models.VectorParams(size=384, distance=models.Distance.COSINE))
@@ -47,7 +40,7 @@ def main() -> None:
     stages = {"parse": 0.0, "chunk": 0.0, "embed": 0.0, "upsert": 0.0}
     docs = failed = chunks_total = pages = 0
     all_texts: list[str] = []
-    for path in sorted(p for p in args.corpus.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES):
+    for path in corpus_files(args.corpus):
         t0 = time.perf_counter()
         try:
             doc = converter.convert(path).document
@@ -56,8 +49,7 @@ def main() -> None:
             stages["parse"] += time.perf_counter() - t0
             continue
         t1 = time.perf_counter()
-        texts = [chunker.contextualize(chunk=c) for c in chunker.chunk(dl_doc=doc)]
-        texts = [t for t in texts if t.strip()]
+        texts = chunk_texts(chunker, doc)
         t2 = time.perf_counter()
         vectors = model.encode(texts, batch_size=64) if texts else []
         t3 = time.perf_counter()
@@ -79,6 +71,30 @@ def main() -> None:
         args.texts_out.write_text(json.dumps(all_texts))
     print(json.dumps({"wall_s": time.perf_counter() - started, "setup_s": setup_s, "documents": docs,
                       "failed": failed, "chunks": chunks_total, "pages": pages, "stages": stages}))
+
+
+def corpus_files(corpus: Path) -> list[Path]:
+    """The files the naive script reads, in its order."""
+    return sorted(p for p in corpus.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+
+
+def converter_and_chunker(tokenizer):
+    """Docling's converter (the model-free PDF pipeline) and the HybridChunker on the model's tokenizer, 256 tokens."""
+    from docling.datamodel.base_models import InputFormat
+    from docling.datamodel.pipeline_options import NativePdfPipelineOptions
+    from docling.document_converter import DocumentConverter, NativePdfFormatOption
+    from docling_core.transforms.chunker.hybrid_chunker import HybridChunker
+    from docling_core.transforms.chunker.tokenizer.huggingface import HuggingFaceTokenizer
+
+    converter = DocumentConverter(format_options={
+        InputFormat.PDF: NativePdfFormatOption(pipeline_options=NativePdfPipelineOptions())})
+    return converter, HybridChunker(tokenizer=HuggingFaceTokenizer(tokenizer=tokenizer, max_tokens=256))
+
+
+def chunk_texts(chunker, doc) -> list[str]:
+    """The texts embedded for a converted document: each chunk contextualized (headings, then text), empty ones left out."""
+    texts = [chunker.contextualize(chunk=c) for c in chunker.chunk(dl_doc=doc)]
+    return [t for t in texts if t.strip()]
 
 
 if __name__ == "__main__":

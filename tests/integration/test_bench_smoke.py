@@ -53,3 +53,39 @@ def test_generated_corpus_is_deterministic(tmp_path):
     files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.*"))
     assert len(files_a) == 30 and any(p.suffix == ".html" for p in files_a)
     assert all((tmp_path / "a" / p).read_text() == (tmp_path / "b" / p).read_text() for p in files_a)
+
+
+def test_cuda_encode_prepares_what_the_device_needs_and_measures_it(tmp_path):
+    """bench/cuda_encode.py, on the CPU: `prepare` writes the chunk texts, the model with fp16 weights (what fits the
+    device machine's 64 MiB) and reference vectors; `measure` reads them back, and its vectors from the fp16 copy cast
+    to fp32 agree with the CPU's fp32 vectors."""
+    import os
+
+    from safetensors import safe_open
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from make_corpus import generate
+
+    generate(tmp_path / "mini", 6)
+    data, out = tmp_path / "data", tmp_path / "report.json"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO / "src"))
+    prepared = subprocess.run([sys.executable, "bench/cuda_encode.py", "prepare", "--out", str(data), "--corpora",
+                               str(tmp_path / "mini")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    manifest = json.loads((data / "manifest.json").read_text())
+    chunks = manifest["corpora"]["mini"]["chunks"]
+    assert chunks > 6 and manifest["corpora"]["mini"]["failed"] == 0
+    with safe_open(data / "model" / "model.safetensors", "pt") as weights:
+        assert {str(weights.get_tensor(k).dtype) for k in weights.keys()}  # noqa: SIM118 - safe_open is no dict <= {"torch.float16", "torch.int64"}
+    measured = subprocess.run([sys.executable, "bench/cuda_encode.py", "measure", "--data", str(data), "--device",
+                               "cpu", "--dtypes", "fp32", "--batch-sizes", "4,16", "--repeats", "1", "--out", str(out)],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert measured.returncode == 0, measured.stderr[-3000:]
+    row = json.loads(out.read_text())["corpora"]["mini"]
+    assert row["chunks"] == chunks and row["tokenize_s"] > 0
+    fp32 = row["fp32"]
+    assert set(fp32["raw_encode"]) == {"4", "16"} and all(r["chunks_per_s"] > 0 for r in fp32["raw_encode"].values())
+    assert fp32["saturating_batch_size"] in (4, 16) and fp32["best"]["batch_size"] in (4, 16)
+    assert str(fp32["best"]["batch_size"]) in fp32["docingest_pools"] and "64" in fp32["docingest_pools"]
+    assert fp32["min_cosine_to_cpu_fp32"] > 0.999
+    assert "mini" in measured.stdout and "fp32" in measured.stdout  # the table
