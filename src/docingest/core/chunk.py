@@ -75,9 +75,49 @@ def build_chunker(tokenizer, options: ChunkOptions):
         from docingest.plugins import get
 
         return PluginChunker(get("chunker", options.chunker), tokenizer)
-    from docling_core.transforms.chunker.hybrid_chunker import HybridChunker
+    return _hybrid_chunker_class()(tokenizer=tokenizer, merge_peers=options.merge_peers)
 
-    return HybridChunker(tokenizer=tokenizer, merge_peers=options.merge_peers)
+
+@functools.cache
+def _hybrid_chunker_class():
+    """Docling's HybridChunker, splitting oversized text with one semchunk chunker per token budget.
+
+    HybridChunker builds a new ``semchunk.chunkerify`` for every chunk it splits: each reads the tokenizer's whole
+    vocabulary (30,522 tokens for all-MiniLM-L6-v2) to find its longest token, ~40 ms, and registers a token-count
+    cache in a module-level dict of semchunk's that is never emptied, holding the split texts for the life of the
+    process. Here the longest token is found once per tokenizer, the token counts live in a bounded cache, and
+    semchunk memoizes nothing. Same counter (``encode`` without special tokens), same chunks. A chunk holding one
+    table keeps Docling's own path (header repetition)."""
+    from docling_core.transforms.chunker.hybrid_chunker import HybridChunker
+    from docling_core.types.doc import TableItem
+    from pydantic import PrivateAttr
+
+    class SegmentingHybridChunker(HybridChunker):
+        _counts: dict[str, int] = PrivateAttr(default_factory=dict)
+        _max_token_chars: int | None = PrivateAttr(default=None)
+
+        def segment(self, doc_chunk, available_length: int, doc_serializer) -> list[str]:
+            items = doc_chunk.meta.doc_items
+            tokenizer = self.tokenizer.get_tokenizer()
+            if len(items) == 1 and isinstance(items[0], TableItem) or not hasattr(tokenizer, "get_vocab"):
+                return super().segment(doc_chunk, available_length, doc_serializer)
+            import semchunk
+
+            if self._max_token_chars is None:
+                self._max_token_chars = max(len(token) for token in tokenizer.get_vocab())
+            chunker = semchunk.chunkerify(self._count, chunk_size=available_length,
+                                          max_token_chars=self._max_token_chars, memoize=False)
+            return list(chunker(doc_chunk.text))
+
+        def _count(self, text: str) -> int:
+            counts = self._counts
+            if (count := counts.get(text)) is None:
+                if len(counts) >= COUNT_CACHE_SIZE:
+                    counts.clear()
+                count = counts[text] = len(self.tokenizer.get_tokenizer().encode(text, add_special_tokens=False))
+            return count
+
+    return SegmentingHybridChunker
 
 
 class PluginChunker:
