@@ -82,7 +82,7 @@ def test_the_count_cache_is_bounded(monkeypatch, hf_tokenizer_location):
 
 
 def _table_document():
-    from docling_core.types.doc import DocItemLabel, DoclingDocument, TableCell, TableData
+    from docling_core.types.doc import DocItemLabel, TableCell, TableData
 
     doc = _document()
     cells = [TableCell(text=f"row {r} column {c} holds the rotation date of key {r * 4 + c}", start_row_offset_idx=r,
