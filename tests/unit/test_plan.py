@@ -113,3 +113,15 @@ def test_repeated_failures_are_dead_lettered_until_the_document_changes():
     changed = make_plan("file:///s", docs("a.md", h="bb"),
                         known(profile, "a.md", status=DocumentStatus.FAILURE, attempts=3), profile, o)
     assert changed.documents[0].action is Action.PROCESS
+
+
+def test_int8_collections_made_per_tensor_are_re_embedded(monkeypatch):
+    """int8 now quantizes weights per channel (other vectors): its fingerprint is not the per-tensor scheme's, while
+    torch's stays as it was (asserted above)."""
+    from docingest.core import embed
+
+    int8 = ModelInfo(name="m", location="/m", revision="r1", dimension=384, max_seq_length=256, backend="int8")
+    options = IngestOptions(parse=ParseOptions(pdf_mode="fast"))
+    per_channel = resolve_profile(options, int8).fingerprint
+    monkeypatch.setattr(embed, "BACKEND_FINGERPRINTS", {})  # the fingerprint part before: the backend's name
+    assert resolve_profile(options, int8).fingerprint != per_channel

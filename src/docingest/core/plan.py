@@ -8,7 +8,7 @@ from pathlib import PurePosixPath
 
 from docingest import __version_schema__, plugins
 from docingest.core.chunk import effective_max_tokens
-from docingest.core.embed import ModelInfo
+from docingest.core.embed import ModelInfo, backend_fingerprint
 from docingest.core.ids import fingerprint
 from docingest.core.parse import OCR_EXTENSIONS, check_supported, resolve_ocr, resolve_pdf_mode
 from docingest.datamodel import ChangeKind, DocumentStatus, ManifestRecord, SourceDocument
@@ -69,7 +69,7 @@ def resolve_profile(options: IngestOptions, model: ModelInfo) -> Profile:
         "model_revision": model.revision,
     }
     if model.backend != "torch":  # only then: existing collections keep their fingerprint
-        parts["model_backend"] = model.backend
+        parts["model_backend"] = backend_fingerprint(model.backend)
     # Plugins (only when used, so fingerprints without plugins stay as they were): name and version of each.
     if options.chunk.chunker:
         parts["chunker"] = plugins.get("chunker", options.chunk.chunker).fingerprint_part()
