@@ -77,7 +77,7 @@ def prepare(out: Path, corpora: list[str]) -> dict:
             chunk_s = time.perf_counter() - started
         with gzip.open(out / f"texts-{label}.json.gz", "wt", encoding="utf-8") as fh:
             json.dump(texts, fh)
-        sample = texts[:: max(1, len(texts) // SAMPLE)][:SAMPLE]
+        sample = spread_sample(texts, SAMPLE)
         np.save(out / f"reference-{label}.npy",
                 model.encode(sample, batch_size=DEFAULT_BATCH, normalize_embeddings=True).astype(np.float32))
         manifest["corpora"][label] = {"chunks": len(texts), "characters": sum(map(len, texts)), "failed": failed,
@@ -86,6 +86,11 @@ def prepare(out: Path, corpora: list[str]) -> dict:
     copy_model_fp16(Path(location), out / "model")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def spread_sample(texts: list[str], n: int) -> list[str]:
+    """``n`` texts spread over the corpus: the ones whose CPU vectors ``prepare`` keeps and ``measure`` checks."""
+    return texts[:: max(1, len(texts) // n)][:n]
 
 
 def corpus_spec(spec: str) -> tuple[str, int]:
@@ -133,7 +138,7 @@ def measure(data: Path, device: str, dtypes: list[str], batch_sizes: list[int], 
             row = report["corpora"].setdefault(label, {"chunks": len(texts)})
             row.setdefault("tokenize_s", tokenize_seconds(model, texts))
             reference = np.load(data / f"reference-{label}.npy")
-            sample = texts[:: max(1, len(texts) // manifest["sample"])][: len(reference)]
+            sample = spread_sample(texts, manifest["sample"])
             row[dtype] = measure_corpus(model, texts, device, batch_sizes, repeats)
             vectors = encode(model, sample, DEFAULT_BATCH, device)
             row[dtype]["min_cosine_to_cpu_fp32"] = round(float(np.min(np.sum(vectors * reference, axis=1))), 5)

@@ -29,6 +29,15 @@ def effective_max_tokens(options: ChunkOptions, model_max_seq_length: int) -> in
 COUNT_CACHE_SIZE = 4096  # texts whose token counts a chunker's tokenizer keeps (emptied when full)
 
 
+def _remembered_count(counts: dict[str, int], text: str, count_tokens) -> int:
+    """``count_tokens(text)``, remembered in ``counts``, which holds at most COUNT_CACHE_SIZE texts."""
+    if (count := counts.get(text)) is None:
+        if len(counts) >= COUNT_CACHE_SIZE:
+            counts.clear()
+        count = counts[text] = count_tokens(text)
+    return count
+
+
 @functools.cache
 def _counting_tokenizer_class():
     """Docling's HuggingFaceTokenizer, remembering the token counts it gave: HybridChunker counts the same texts
@@ -41,12 +50,7 @@ def _counting_tokenizer_class():
         _counts: dict[str, int] = PrivateAttr(default_factory=dict)
 
         def count_tokens(self, text: str) -> int:
-            counts = self._counts
-            if (count := counts.get(text)) is None:
-                if len(counts) >= COUNT_CACHE_SIZE:
-                    counts.clear()
-                count = counts[text] = super().count_tokens(text)
-            return count
+            return _remembered_count(self._counts, text, super().count_tokens)
 
     return CountCachingTokenizer
 
@@ -99,7 +103,7 @@ def _hybrid_chunker_class():
         def segment(self, doc_chunk, available_length: int, doc_serializer) -> list[str]:
             items = doc_chunk.meta.doc_items
             tokenizer = self.tokenizer.get_tokenizer()
-            if len(items) == 1 and isinstance(items[0], TableItem) or not hasattr(tokenizer, "get_vocab"):
+            if (len(items) == 1 and isinstance(items[0], TableItem)) or not hasattr(tokenizer, "get_vocab"):
                 return super().segment(doc_chunk, available_length, doc_serializer)
             import semchunk
 
@@ -109,13 +113,9 @@ def _hybrid_chunker_class():
                                           max_token_chars=self._max_token_chars, memoize=False)
             return list(chunker(doc_chunk.text))
 
-        def _count(self, text: str) -> int:
-            counts = self._counts
-            if (count := counts.get(text)) is None:
-                if len(counts) >= COUNT_CACHE_SIZE:
-                    counts.clear()
-                count = counts[text] = len(self.tokenizer.get_tokenizer().encode(text, add_special_tokens=False))
-            return count
+        def _count(self, text: str) -> int:  # semchunk's own counter for a transformers tokenizer
+            encode = self.tokenizer.get_tokenizer().encode
+            return _remembered_count(self._counts, text, lambda t: len(encode(t, add_special_tokens=False)))
 
     return SegmentingHybridChunker
 

@@ -253,7 +253,7 @@ def _load_sentence_transformer(name: str, location: str, device: str | None, bac
 
 # What a backend's vectors depend on beyond the weights, for the settings fingerprint: int8 quantizes each Linear
 # layer's weights per output channel. Per tensor (before 2026-12-02), the vectors' cosine to fp32 was 0.941 on average
-# over 500 dbpedia abstracts; per channel 0.982, for 9 % more encode time (docs/performance.md, sixth round).
+# over 5,000 dbpedia abstracts; per channel 0.982, for 9-21 % more encode time (docs/performance.md, sixth round).
 BACKEND_FINGERPRINTS = {"int8": "int8-per-channel"}
 
 
