@@ -54,8 +54,44 @@ class WorkerResult:
     ocr_pages: int = 0
 
 
-def _worker_main(conn, config: WorkerConfig, env: dict[str, str] | None = None) -> None:  # runs in the child
+def _end_with(owner: int) -> None:
+    """Make this worker end as soon as the process that owns it (the flow run's process) is gone, even while it is
+    parsing: a fork server's child is not the owner's child, and a run that crashed, was cancelled or killed must not
+    leave a parser running for the rest of a document (minutes on a hostile one). A daemon thread waits on a pidfd
+    (Linux 5.3+; elsewhere it polls every second) and then kills this process."""
+
+    def wait_and_end() -> None:
+        try:
+            fd = os.pidfd_open(owner)
+        except (AttributeError, OSError):
+            fd = None
+        if fd is not None:
+            import select
+
+            select.select([fd], [], [])  # readable once the owner has exited
+        else:
+            while True:
+                try:
+                    os.kill(owner, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:
+                    pass
+                time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    try:
+        os.kill(owner, 0)
+    except ProcessLookupError:
+        os._exit(1)  # already gone before we started
+    threading.Thread(target=wait_and_end, name="docingest-owner-watch", daemon=True).start()
+
+
+def _worker_main(conn, config: WorkerConfig, env: dict[str, str] | None = None,
+                 owner: int | None = None) -> None:  # runs in the child
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    if owner is not None:
+        _end_with(owner)
     if env is not None:  # a fork server's child: take the environment the parent has now, as a spawned one would
         os.environ.clear()
         os.environ.update(env)
@@ -173,6 +209,27 @@ def start_server() -> None:
         forkserver.ensure_running()
 
 
+def _runs_once() -> bool:
+    """Whether this process exists for one flow run: a deployment's flow-run process, started by a Prefect worker or
+    runner (which names the run in PREFECT__FLOW_RUN_ID). There the fork server is stopped as the run's last parse
+    worker is, before the run's final state is reported, so nothing of the run outlives it. A process that runs
+    several (the upload service, a notebook, the tests) keeps it, and Docling's imports with it, between runs; a CLI
+    command's ends with the command."""
+    return bool(os.environ.get("PREFECT__FLOW_RUN_ID"))
+
+
+def _stop_server() -> None:
+    """Stop the fork server, if one runs, and wait for it to exit (at once: its workers are stopped first, and it
+    skips the interpreter's teardown, see worker_preload). multiprocessing has no public call for this: its
+    ``ForkServer._stop`` (Python 3.9+) closes the server's alive pipe and reaps it."""
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    stop = getattr(server, "_stop", None)
+    if stop is not None and getattr(server, "_forkserver_pid", None) is not None:
+        stop()
+
+
 class ParseWorker:
     """One worker process; ``run`` parses one document under the time and memory limits."""
 
@@ -187,7 +244,8 @@ class ParseWorker:
         ctx = _context()
         parent, child = ctx.Pipe()
         env = dict(os.environ) if ctx.get_start_method() == "forkserver" else None
-        proc = ctx.Process(target=_worker_main, args=(child, self.config, env), daemon=True, name="docingest-parse")
+        proc = ctx.Process(target=_worker_main, args=(child, self.config, env, os.getpid()), daemon=True,
+                           name="docingest-parse")
         try:
             with _callers_script_hidden():
                 proc.start()
@@ -341,3 +399,5 @@ def _close_all() -> None:
     for pool in _pools.values():
         pool.close()
     _pools.clear()
+    if _runs_once() and _ctx is not None and _ctx.get_start_method() == "forkserver":
+        _stop_server()
