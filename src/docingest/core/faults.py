@@ -1,6 +1,7 @@
 """Fault injection for crash tests: ``DOCINGEST_FAULT=<point>:<n>`` SIGKILLs this process the n-th time the flow
-passes <point>. Unset (always, outside tests) it does nothing. Points: after-prepare, after-upsert, after-finalize,
-mid-delete; and inside parse workers segfault:<file name>, hog:<file name> and slow-ocr:<seconds per page>."""
+passes <point> (``hold:<point>:<n>`` blocks there instead). Unset (always, outside tests) it does nothing. Points:
+after-prepare, in-embed, after-upsert, after-finalize, mid-delete; and inside parse workers segfault:<file name>, hog:<file name>, stall:<file name> and
+slow-ocr:<seconds per page>."""
 
 from __future__ import annotations
 
@@ -13,26 +14,44 @@ _lock = threading.Lock()
 
 
 def checkpoint(point: str) -> None:
+    """``DOCINGEST_FAULT=<point>:<n>`` SIGKILLs this process the n-th time it passes ``point``;
+    ``hold:<point>:<n>`` blocks the thread there instead, forever (a run to cancel or kill while in that stage)."""
     spec = os.environ.get("DOCINGEST_FAULT")
     if not spec:
         return
-    name, _, n = spec.partition(":")
+    hold = spec.startswith("hold:")
+    name, _, n = spec.removeprefix("hold:").partition(":")
     if name != point:
         return
     with _lock:
         _counts[point] = _counts.get(point, 0) + 1
-        if _counts[point] >= int(n or 1):
-            os.kill(os.getpid(), signal.SIGKILL)
+        reached = _counts[point] >= int(n or 1)
+    if reached and hold:
+        _report()
+        threading.Event().wait()
+    if reached:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _report() -> None:
+    """Tell a waiting test that a held fault was reached: the pid in DOCINGEST_FAULT_REPORT's file, when set."""
+    if report := os.environ.get("DOCINGEST_FAULT_REPORT"):
+        with open(report, "w") as fh:
+            fh.write(str(os.getpid()))
 
 
 def in_parser(name: str) -> None:
-    """Inside a parse worker: ``DOCINGEST_FAULT=segfault:<file>`` crashes it, ``hog:<file>`` eats memory."""
+    """Inside a parse worker: ``DOCINGEST_FAULT=segfault:<file>`` crashes it, ``hog:<file>`` eats memory,
+    ``stall:<file>`` never returns (a parser stuck on a hostile document)."""
     spec = os.environ.get("DOCINGEST_FAULT", "")
     kind, _, target = spec.partition(":")
     if target != name:
         return
     if kind == "segfault":
         os.kill(os.getpid(), signal.SIGSEGV)
+    if kind == "stall":
+        _report()
+        threading.Event().wait()
     if kind == "hog":
         import time
 

@@ -47,6 +47,7 @@ def embed_pool(model: LoadedModel, docs: list[PreparedDocument], batch_size: int
     the call fails, each document is encoded alone, so the one that breaks it is set apart with its reason; with
     ``isolate=False`` the error is raised instead (the caller retries the pool first: the error may go away). A
     model that cannot be used at all (ConfigurationError) is the run's problem and is raised."""
+    faults.checkpoint("in-embed")
     started = time.perf_counter()
     pool = EmbeddedPool()
     try:
