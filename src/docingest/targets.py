@@ -70,6 +70,9 @@ def resolve_result_storage(name: str | None):
     (local files, PREFECT_RESULTS_LOCAL_STORAGE_PATH)."""
     name = name or get_settings().result_storage
     if not name:
+        from docingest.folders import check_writable, parse_cache_folder
+
+        check_writable(parse_cache_folder())
         return None
     from docingest.blocks.loading import load_block  # a named block: Prefect is imported from here on
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from docingest import plugins
+from docingest.folders import check_writable, home_folder, store_folder
 from docingest.core.embed import LoadedModel, load_model
 from docingest.core.plan import Profile, resolve_profile
 from docingest.core.sources import Source, open_source
@@ -72,11 +73,12 @@ def resolve_spec(inputs: RunInputs) -> RunSpec:
     plugins.check(options)  # misspelt plugin names fail first, before any store or model is opened
     collection, location = resolve_target(inputs.collection, inputs.qdrant, inputs.qdrant_block,
                                           inputs.collection_block)
+    settings = get_settings()
+    check_writable(home_folder(settings), *([store_folder(location.path, settings)] if location.path else []))
     store = QdrantStore(location)
     physical = store.resolve(collection) if store.collection_exists(collection) else None
     if physical is not None:
         options = adopt_collection_model(inputs, options, store, physical)
-    settings = get_settings()
     name, device = settings.embed_model, settings.embed_device
     if inputs.embedder_block:  # block over settings; an explicit options.embed.model over both
         from docingest.blocks.embedder import EmbedderSettings

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from docingest.folders import check_writable, home_folder, store_folder, upload_folder
 from docingest.service import tempdir
 from docingest.service.auth import Authenticator
 from docingest.service.bodies import BodyLimit, validation_error
@@ -40,6 +41,8 @@ def create_app(settings: DocingestSettings | None = None) -> FastAPI:
     import docingest.targets  # noqa: F401
 
     auth = Authenticator(settings)  # a configuration error before anything is created
+    check_writable(home_folder(settings), upload_folder(settings),
+                   *([] if settings.qdrant_url else [store_folder(settings.resolved_qdrant_path(), settings)]))
     store = make_store(settings, set(settings.upload_allowed_types or DEFAULT_ALLOWED))
     root = settings.upload_dir or settings.home / "uploads"
     service = Service(settings, store, JobManager(root / "jobs", store, deployment=settings.upload_deployment,

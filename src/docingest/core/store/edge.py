@@ -114,7 +114,12 @@ class EdgeBackend:
         self.index_threads = location.index_threads
         self._mutex = threading.RLock()
         self._shards: dict[str, Any] = {}
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a read-only mount, a full disk, a wrong owner: one line, not a traceback
+            raise ConfigurationError(f"cannot create the embedded store folder {self.root}: "
+                                     f"{exc.strerror or type(exc).__name__} (chosen by --qdrant-path, "
+                                     f"DOCINGEST_QDRANT_PATH or DOCINGEST_HOME)") from None
         marked = (self.root / MARKER).is_file()
         if not marked and is_local_mode_folder(self.root) and not converting:
             raise ConfigurationError(
