@@ -96,3 +96,61 @@ def s3_env(s3_endpoint, monkeypatch, home):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
     get_settings.cache_clear()
     return Minio(s3_endpoint.removeprefix("http://"), access_key="testing", secret_key="testing-secret", secure=False)
+
+
+_PDF_PAD = bytes.fromhex("28BF4E5E4E758A4164004E56FFFA01082E2E00B6D0683E802F0CA9FE6453697A")
+
+
+def _rc4(key: bytes, data: bytes) -> bytes:
+    s, j = list(range(256)), 0
+    for i in range(256):
+        j = (j + s[i] + key[i % len(key)]) % 256
+        s[i], s[j] = s[j], s[i]
+    out, i, j = bytearray(), 0, 0
+    for byte in data:
+        i = (i + 1) % 256
+        j = (j + s[i]) % 256
+        s[i], s[j] = s[j], s[i]
+        out.append(byte ^ s[(s[i] + s[j]) % 256])
+    return bytes(out)
+
+
+def write_encrypted_pdf(path: Path, text: str, password: str = "s3cret") -> Path:
+    """A one-page PDF whose content is encrypted with a user password (PDF standard security handler, revision 2,
+    RC4 40-bit): no reader opens it without the password. No PDF library here writes encrypted files."""
+    import hashlib
+
+    pw = (password.encode() + _PDF_PAD)[:32]
+    owner = _rc4(hashlib.md5(pw).digest()[:5], pw)  # owner password = user password
+    permissions = (-4).to_bytes(4, "little", signed=True)
+    file_id = hashlib.md5(text.encode()).digest()
+    key = hashlib.md5(pw + owner + permissions + file_id).digest()[:5]
+    content = _rc4(hashlib.md5(key + (4).to_bytes(3, "little") + b"\0\0").digest()[:10],
+                   f"BT /F1 18 Tf 72 720 Td ({text}) Tj ET".encode())
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        b"<< /Filter /Standard /V 1 /R 2 /O <%s> /U <%s> /P -4 >>" % (owner.hex().encode(),
+                                                                     _rc4(key, _PDF_PAD).hex().encode()),
+    ]
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for n, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % n + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += (b"trailer\n<< /Size %d /Root 1 0 R /Encrypt 6 0 R /ID [<%s> <%s>] >>\nstartxref\n%d\n%%%%EOF\n"
+            % (len(objects) + 1, file_id.hex().encode(), file_id.hex().encode(), xref))
+    path.write_bytes(bytes(out))
+    return path
+
+
+@pytest.fixture
+def encrypted_pdf(tmp_path) -> Path:
+    """A password-protected one-page PDF (password ``s3cret``) in the test's folder."""
+    return write_encrypted_pdf(tmp_path / "salaries.pdf", "Quarterly salaries are confidential")

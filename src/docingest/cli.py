@@ -56,11 +56,27 @@ def _quiet_environment(verbose: bool) -> None:
         import warnings
 
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-        # Per-document problems are in the summary; a flow's own error is printed by us as one line.
-        os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "CRITICAL")
-        os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL", "CRITICAL")
+        # The run's own logs go to the Prefect API at INFO (its Logs tab in the UI, one WARNING per skipped or failed
+        # document), not to the terminal: per-document problems are in the summary, and a flow's own error is printed
+        # by us as one line. The loggers stay at INFO; _run_logs_to_api_only() keeps them off the console.
+        os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "INFO")
+        os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL", "INFO")
         logging.getLogger("docling").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", module=r"docling(_core)?\..*")
+
+
+RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+
+
+def _run_logs_to_api_only(verbose: bool) -> None:
+    """Flow-run and task-run records reach Prefect's API handler (their own) but not the console on the root logger.
+    Called once Prefect has configured logging (importing it does): a later, incremental set-up keeps this."""
+    if verbose:
+        return
+    import prefect  # noqa: F401 - its import configures logging (non-incrementally, which would undo this)
+
+    for name in RUN_LOGGERS:
+        logging.getLogger(name).propagate = False
 
 
 def _fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:
@@ -269,6 +285,7 @@ def ingest(
         _finish_unchanged(unchanged, time.monotonic() - started, as_json)
     from docingest.flows.ingest import ingest_documents, make_task_runner
 
+    _run_logs_to_api_only(verbose)
     ephemeral.adopt(early)
     try:
         flow = ingest_documents
@@ -573,6 +590,7 @@ def migrate(
     from docingest.migrate import migrate_collection
 
     _qdrant_target(qdrant_path, qdrant_url)
+    _run_logs_to_api_only(verbose)
     options = IngestOptions(parse=ParseOptions(**({"pdf_mode": pdf_mode} if pdf_mode else {})),
                             embed=EmbedOptions(**({"backend": embed_backend} if embed_backend else {})),
                             **({"preset": preset} if preset else {}))
@@ -626,6 +644,7 @@ def serve(
         settings = get_settings()
         limit_arenas(settings.service_malloc_arenas)  # before the service's threads start
         application = create_app(settings)
+        _run_logs_to_api_only(verbose)  # the embedded jobs' flow runs log to the API, not to the service's stderr
     except ValidationError as exc:
         first = exc.errors()[0]
         raise _fail(f"invalid setting DOCINGEST_{str(first['loc'][-1]).upper()}: {first['msg']}") from None

@@ -101,8 +101,20 @@ def test_corrupt_files_raise_parse_error_naming_the_problem(tmp_path):
         parse_document(bad_docx, ParseOptions(), PdfMode.FAST)
     bad_pdf = tmp_path / "bad.pdf"
     bad_pdf.write_bytes(b"%PDF-1.7\n garbage")
-    with pytest.raises(ParseError):
+    with pytest.raises(ParseError) as raised:
         parse_document(bad_pdf, ParseOptions(), PdfMode.FAST)
+    assert str(raised.value).startswith("damaged PDF") and str(tmp_path) not in str(raised.value)
+
+
+def test_an_encrypted_pdf_says_a_password_is_needed_without_naming_the_temporary_copy(encrypted_pdf):
+    import pypdfium2 as pdfium
+
+    opened = pdfium.PdfDocument(str(encrypted_pdf), password="s3cret")  # a real encrypted PDF: readable with it
+    assert "Quarterly salaries" in opened[0].get_textpage().get_text_range()
+    opened.close()
+    with pytest.raises(ParseError) as raised:
+        parse_document(encrypted_pdf, ParseOptions(), PdfMode.FAST)
+    assert str(raised.value) == "encrypted PDF: a password is needed to open it"
 
 
 def test_images_are_read_with_tesseract_when_installed(corpus):

@@ -182,6 +182,27 @@ def check_supported(path: str | Path, options: ParseOptions) -> None:
     raise UnsupportedDocumentError(f"unsupported file type: {('.' + ext) if ext else 'no extension'}")
 
 
+def _readable(message: str, path: Path, ext: str) -> str:
+    """A conversion error as a user can act on it: a PDF that cannot be opened says why (encrypted: a password is
+    needed; damaged), and no message names the temporary copy the document was parsed from."""
+    if ext == "pdf" and (why := pdf_unopenable(path)):
+        return why
+    return message.replace(str(path), path.name).replace(str(path.parent) + os.sep, "")
+
+
+def pdf_unopenable(path: Path) -> str | None:
+    """Why PDFium cannot open this PDF (None when it can): encrypted with a password, or damaged."""
+    import pypdfium2 as pdfium
+
+    try:
+        pdfium.PdfDocument(str(path)).close()
+    except pdfium.PdfiumError as exc:
+        if "password" in str(exc).lower():
+            return "encrypted PDF: a password is needed to open it"
+        return f"damaged PDF: {str(exc).replace(str(path), path.name)}"
+    return None
+
+
 def parse_document(path: Path, options: ParseOptions, pdf_mode: PdfMode | None = None,
                    on_page: ocr.PageCallback | None = None) -> ParsedDocument:
     """Convert one file. Raises UnsupportedDocumentError (skip) or ParseError (failure), never returns partial.
@@ -210,11 +231,11 @@ def parse_document(path: Path, options: ParseOptions, pdf_mode: PdfMode | None =
     try:
         result = converter.convert(source, raises_on_error=False)
     except Exception as exc:  # noqa: BLE001 - Docling raises many types for bad input
-        raise ParseError(f"{type(exc).__name__}: {exc}".strip()) from exc
+        raise ParseError(_readable(f"{type(exc).__name__}: {exc}".strip(), path, ext)) from exc
     status = result.status.value
     if status not in ("success", "partial_success") or result.document is None:
         reasons = "; ".join(e.error_message for e in result.errors) or f"conversion {status}"
-        raise ParseError(f"Docling could not convert the file: {reasons}")
+        raise ParseError(_readable(f"Docling could not convert the file: {reasons}", path, ext))
     parser = f"docling-{mode.value}" if ext == "pdf" else "docling"
     if ext == "pdf" and mode is PdfMode.FAST and ocr_on:
         return _ocr_pdf(result.document, path, options, parser, on_page)
