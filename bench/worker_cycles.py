@@ -1,6 +1,7 @@
 """Does a Prefect process worker stop when told, and does each flow run leave nothing behind?
 
-    python bench/worker_cycles.py [--cycles 20] [--runs 30] [--work DIR] [--out FILE.json] [--keep]
+    python bench/worker_cycles.py [--cycles 20] [--runs 30] [--sigint-ignored] [--term-after-s S]
+                                  [--work DIR] [--out FILE.json] [--keep]
 
 In a work folder of its own it starts a real `prefect server start` on a loopback port, creates the pools
 (deployments/setup_pools.py) and the `local` deployment of prefect.yaml, then runs ``--cycles`` worker lifetimes:
@@ -16,6 +17,11 @@ The flow run's tree is every process in the worker's session but the worker itse
 command) and whether it holds one of the pipes the worker reads the flow run's output from (a process worker reads
 them to their end before it counts the run as finished, so such a holder keeps the worker's --limit slot and its
 shutdown waiting).
+
+A worker that has not exited 60 s after SIGTERM is reported hung, with every process of its tree and each one's
+Python stacks (py-spy, a test extra), and killed. ``--sigint-ignored`` starts the workers with SIGINT ignored, as a
+background job of a non-interactive shell inherits it: Prefect 3.8.8's worker then never stops on SIGTERM (it sends
+itself a SIGINT, which is discarded; docs/operations.md, "Signals").
 
 Targets (docs/operations.md): every tree gone <= 5 s after its final state; the worker exits <= 10 s after SIGTERM in
 every cycle. Reported, never asserted. Prints a table and one JSON line (also written to --out).
@@ -277,6 +283,9 @@ def stop_worker(worker: subprocess.Popen) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sigint-ignored", action="store_true",
+                        help="start the workers with SIGINT ignored, as a background job of a non-interactive shell "
+                        "(`cmd &`) or some CI runners and supervisors leave it; default: SIGINT at its default")
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--work", type=Path, default=None)
@@ -286,6 +295,8 @@ def main() -> int:
                         help="send SIGTERM up to this many seconds (random) after the last run's final state, "
                         "as a caller polling every few seconds would (run_deployment polls every 5 s)")
     args = parser.parse_args()
+    # Workers inherit this process's SIGINT disposition when it is "ignored" (exec keeps SIG_IGN, resets handlers).
+    signal.signal(signal.SIGINT, signal.SIG_IGN if args.sigint_ignored else signal.default_int_handler)
     work = args.work or Path(tempfile.mkdtemp(prefix="docingest-worker-cycles-"))
     work.mkdir(parents=True, exist_ok=True)
     docs = work / "docs"
@@ -316,6 +327,7 @@ def main() -> int:
     exits = [c["worker_exit_s"] for c in cycles if c.get("worker_exit_s") is not None]
     summary = {
         "bench": "worker_cycles", "machine": platform.machine(), "cpus": os.cpu_count(),
+        "sigint_ignored": args.sigint_ignored,
         "runs": len(runs), "runs_by_state": {s: sum(r.get("state") == s for r in runs)
                                              for s in sorted({str(r.get("state")) for r in runs})},
         "tree_gone_s": {"max": max(trees, default=None), "p50": statistics.median(trees) if trees else None,

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
 import pytest
+
+# A test run started in the background (`bash .ci/run &`, a CI runner, nohup) inherits SIGINT ignored, and exec'd
+# children keep an ignored signal: every `prefect worker start` a test starts would then never stop on SIGTERM (Prefect
+# turns SIGTERM into a SIGINT to itself, which an ignored SIGINT swallows; docs/operations.md, "Signals"). Children
+# get the default disposition from here on; test_worker_that_ignores_sigint_... shows the bug itself.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Offline and quiet, before anything imports Prefect, transformers or Docling.
 os.environ["HF_HUB_OFFLINE"] = "1"

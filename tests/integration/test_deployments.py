@@ -5,6 +5,7 @@ queues from deployments/setup_pools.py, `prefect deploy` from prefect.yaml, a pr
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -53,8 +54,6 @@ class Stack:
         return path.read_text()[-3000:] if path.exists() else ""
 
     def stop(self) -> None:
-        import signal
-
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -386,3 +385,36 @@ def _snapshot(store, collection: str) -> dict:
     manifest = {r.path: (r.version, r.status.value, r.chunks)
                 for r in store.manifest(store.resolve(collection), scope).values()}
     return {"points": points, "manifest": manifest}
+
+
+def _wait_for_line(stack: Stack, name: str, text: str, proc: subprocess.Popen, limit_s: float = 120) -> None:
+    deadline = time.monotonic() + limit_s
+    while text not in stack.log(name):
+        assert proc.poll() is None and time.monotonic() < deadline, stack.log(name)
+        time.sleep(0.2)
+
+
+def test_a_worker_started_with_sigint_ignored_does_not_stop_on_sigterm(stack):
+    """The cause of the worker that did not stop (Prefect 3.8.8, prefect/utilities/processutils: the SIGTERM handling
+    from PrefectHQ/prefect#9530): on SIGTERM a worker sends itself SIGINT, and on that SIGINT it restores the SIGINT
+    disposition it found at start and sends itself SIGINT again. A worker started with SIGINT ignored (a background
+    job of a non-interactive shell, `bash .ci/run &`, some CI runners and supervisors) found "ignored": the second
+    SIGINT is discarded and the worker polls on, forever, until a second SIGTERM, which Prefect turns into SIGKILL.
+    Started with SIGINT at its default, the same worker stops at once. When this test fails, Prefect has fixed it and
+    the workaround (tests/conftest.py, bench/worker_cycles.py, docs/operations.md "Signals") can go."""
+    assert stack.run(sys.executable, "deployments/setup_pools.py", "local-pool").returncode == 0
+    prefect = str(BIN / "prefect")
+    ignoring = stack.start("ignoring", sys.executable, "-c", "import os, signal, sys; "
+                           "signal.signal(signal.SIGINT, signal.SIG_IGN); os.execv(sys.argv[1], sys.argv[1:])",
+                           prefect, "worker", "start", "--pool", "local-pool")
+    default = stack.start("default", prefect, "worker", "start", "--pool", "local-pool")
+    for name, proc in (("ignoring", ignoring), ("default", default)):
+        _wait_for_line(stack, name, "started!", proc)
+    ignoring.terminate()
+    default.terminate()
+    assert default.wait(60) == 0, stack.log("default")  # measured: 0.7-1.6 s (bench/worker_cycles.py)
+    time.sleep(15)  # 10x the time the default worker took: the ignoring one is still polling
+    assert ignoring.poll() is None, stack.log("ignoring")
+    assert "Received SIGINT. Sending SIGINT" in stack.log("ignoring") and "stopped" not in stack.log("ignoring")
+    ignoring.terminate()  # the second SIGTERM: Prefect's escalation
+    assert ignoring.wait(60) == -signal.SIGKILL
