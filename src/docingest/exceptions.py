@@ -62,3 +62,7 @@ class CircuitBreakerOpen(DocingestError):
     def __init__(self, message: str, result=None) -> None:
         super().__init__(message)
         self.result = result
+
+
+class CrashRetriesExhausted(DocingestError):
+    """A deployment run that crashed more often than DOCINGEST_CRASH_RETRIES is not started again."""

@@ -119,6 +119,12 @@ class DocingestSettings(BaseSettings):
     lock_timeout_s: float | None = Field(
         default=None, description="Give up waiting for another run on the same collection and scope after this long."
     )
+    crash_retries: int = Field(
+        default=2, ge=0,
+        description="A deployment run that crashed (its heartbeats stopped: worker, process or machine gone) is "
+        "scheduled again by the automation deployments/setup_pools.py creates; past this many such retries the "
+        "flow ends it as Failed instead of starting it again.",
+    )
 
     # -- the upload service (docingest serve) --------------------------------------------------------------------------
     jwt_secret: SecretStr | None = Field(

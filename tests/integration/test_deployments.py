@@ -34,9 +34,9 @@ class Stack:
         )
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, name: str, *args: str) -> subprocess.Popen:
+    def start(self, name: str, *args: str, **env: str) -> subprocess.Popen:
         log = (self.tmp / f"{name}.log").open("w")
-        proc = subprocess.Popen(list(args), cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(list(args), cwd=REPO, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         self.procs.append(proc)
         return proc
@@ -347,6 +347,7 @@ def test_cancelling_a_run_in_its_parse_or_embed_stage_stops_it_and_the_next_run_
             time.sleep(0.2)
         tree = _tree(worker.pid)
         assert tree, "the flow run's processes were not found"
+        cancelled_at = time.monotonic()
         cancel = stack.run(str(BIN / "prefect"), "flow-run", "cancel", str(held.id))
         assert cancel.returncode == 0, cancel.output
         # Measured here: Cancelled and the whole tree gone 2-8 s after the cancel; 120 s leaves room for a loaded
@@ -355,6 +356,8 @@ def test_cancelling_a_run_in_its_parse_or_embed_stage_stops_it_and_the_next_run_
         while not (state(held.id).is_cancelled() and not any(_running(p) for p in tree)):
             assert time.monotonic() < deadline, (stage, state(held.id), process_report(worker.pid), stack.log("worker"))
             time.sleep(0.2)
+        print(f"cancel in the {stage} stage: Cancelled and its tree gone {time.monotonic() - cancelled_at:.1f} s "
+              "after `prefect flow-run cancel` was started")
         resumed = run(f"c-{stage}")  # would wait on a lock the cancelled run still held
         assert resumed.state.is_completed(), (stage, resumed.state, stack.log("worker"))
     assert run("clean").state.is_completed(), stack.log("worker")
@@ -418,3 +421,72 @@ def test_a_worker_started_with_sigint_ignored_does_not_stop_on_sigterm(stack):
     assert "Received SIGINT. Sending SIGINT" in stack.log("ignoring") and "stopped" not in stack.log("ignoring")
     ignoring.terminate()  # the second SIGTERM: Prefect's escalation
     assert ignoring.wait(60) == -signal.SIGKILL
+
+
+def test_a_run_whose_worker_and_process_die_together_is_marked_crashed_and_retried_by_another_worker(stack, tmp_path):
+    """The worker's machine gone, as Prefect sees it: the worker and its flow-run process SIGKILLed together while the
+    run embeds (two pools written). The run's heartbeats stop, the automation of deployments/setup_pools.py marks it
+    Crashed, the other one schedules it again, a new worker picks it up and resumes, and the collection ends equal to a
+    clean run's (points and manifest)."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for n in range(6):
+        (docs / f"d{n}.md").write_text(f"# Desk {n}\n\nDesk {n} is cleaned every {n + 2} days by the night crew.\n")
+    pools = stack.run(sys.executable, "deployments/setup_pools.py", "local-pool")
+    assert pools.returncode == 0 and "automation" in pools.output, pools.output
+    deploy = stack.run(str(BIN / "prefect"), "--no-prompt", "deploy", "--name", "local")
+    assert deploy.returncode == 0, deploy.output
+    report = tmp_path / "reached"
+    doomed = stack.start("doomed", str(BIN / "prefect"), "worker", "start", "--pool", "local-pool",
+                         DOCINGEST_FAULT="hold:in-embed:3", DOCINGEST_FAULT_REPORT=str(report))
+    options = {"embed": {"pool_size": 1}}  # one chunk a pool: two are written before the third is held
+
+    def client():
+        return get_client(sync_client=True)
+
+    with temporary_settings({PREFECT_API_URL: stack.api}):
+        run = run_deployment("ingest-documents/local", timeout=0,
+                             parameters={"source": str(docs), "collection": "crash", "options": options})
+        deadline = time.monotonic() + 300  # the worker starts, picks the run up and reaches the fault (~30 s here)
+        while not report.exists():
+            assert time.monotonic() < deadline and doomed.poll() is None, stack.log("doomed")
+            time.sleep(0.2)
+        tree = _tree(doomed.pid)
+        for pid in [doomed.pid, *tree]:  # the machine goes: worker and flow-run processes at once
+            os.kill(pid, signal.SIGKILL)
+        doomed.wait()
+        killed_at = time.monotonic()
+        stack.start("replacement", str(BIN / "prefect"), "worker", "start", "--pool", "local-pool")
+        # The last heartbeat is at most 30 s old; the run is Crashed 90 s after it, then scheduled again and picked
+        # up within a worker poll (10 s). Measured here: Completed ~2.5 min after the kill; 8 min is the margin.
+        deadline = time.monotonic() + 480
+        while True:
+            with client() as c:
+                current = c.read_flow_run(run.id)
+            if current.state.is_final() and not current.state.is_crashed():
+                break
+            assert time.monotonic() < deadline, (current.state, stack.log("replacement"))
+            time.sleep(2)
+        with client() as c:
+            history = [(st.type.value, st.name, st.message) for st in c.read_flow_run_states(run.id)]
+    print(f"crash: final state {time.monotonic() - killed_at:.0f} s after the kill; states {history}")
+    assert current.state.is_completed(), (current.state, history, stack.log("replacement"))
+    assert current.run_count == 2, history
+    crashed = [h for h in history if h[0] == "CRASHED"]
+    assert crashed and "no heartbeat" in crashed[0][2], history
+    assert any(h[1] == "AwaitingRetry" for h in history), history
+    with temporary_settings({PREFECT_API_URL: stack.api}):
+        clean = run_deployment("ingest-documents/local", timeout=400,
+                               parameters={"source": str(docs), "collection": "clean", "options": options})
+    assert clean.state.is_completed(), stack.log("replacement")
+
+    from docingest.core.store import QdrantLocation, QdrantStore
+
+    stack.stop()
+    store = QdrantStore(QdrantLocation(path=tmp_path / "docingest-home" / "qdrant"))
+    expected = _snapshot(store, "clean")
+    assert len(expected["points"]) == 6 and _snapshot(store, "crash") == expected

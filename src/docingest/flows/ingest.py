@@ -21,7 +21,7 @@ from docingest.datamodel import (
     IngestResult,
     Stage,
 )
-from docingest.exceptions import CircuitBreakerOpen, ConfigurationError
+from docingest.exceptions import CircuitBreakerOpen, ConfigurationError, CrashRetriesExhausted
 from docingest.flows.artifacts import ProgressArtifact, publish_artifacts
 from docingest.flows.locks import scope_lock, server_limit, stage_limits_apply
 from docingest.flows.planning import prefetch_model, record_planned
@@ -105,6 +105,7 @@ def ingest_documents(
     logger = get_run_logger()
     started = time.monotonic()
     settings = get_settings()
+    _check_crash_retries(settings.crash_retries)
 
     # 1. The run, resolved once: where it writes, what it reads, the model, the profile (settings fingerprint).
     spec = resolve_spec(RunInputs(source, collection, options, qdrant, qdrant_block, source_block, embedder_block,
@@ -155,6 +156,20 @@ def ingest_documents(
     if result.aborted:
         raise CircuitBreakerOpen(result.aborted, result)
     return result
+
+
+def _check_crash_retries(allowed: int) -> None:
+    """A run scheduled again after a crash (the automation of deployments/setup_pools.py) says so; past ``allowed``
+    such retries it fails instead, so a run that crashes its machine is not started forever."""
+    from prefect.runtime import flow_run
+
+    attempt = flow_run.run_count or 1
+    if attempt > allowed + 1:
+        raise CrashRetriesExhausted(f"this run crashed {attempt - 1} times; not started again "
+                                    f"(DOCINGEST_CRASH_RETRIES={allowed})")
+    if attempt > 1:
+        get_run_logger().warning("attempt %d of this run: the last one crashed; resuming (documents written by it "
+                                 "are unchanged now and not parsed again)", attempt)
 
 
 def _sparse_vectors(location: QdrantLocation, physical: str, profile: Profile, stages: Stages
