@@ -5,7 +5,6 @@ as finished and before it exits on SIGTERM (docs/operations.md, "Signals")."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time

@@ -1,7 +1,7 @@
 """Fault injection for crash tests: ``DOCINGEST_FAULT=<point>:<n>`` SIGKILLs this process the n-th time the flow
 passes <point> (``hold:<point>:<n>`` blocks there instead). Unset (always, outside tests) it does nothing. Points:
-after-prepare, in-embed, after-upsert, after-finalize, mid-delete; and inside parse workers segfault:<file name>, hog:<file name>, stall:<file name> and
-slow-ocr:<seconds per page>."""
+after-prepare, in-embed, after-upsert, after-finalize, mid-delete; and inside parse workers segfault:<file name>,
+hog:<file name>, stall:<file name> and slow-ocr:<seconds per page>."""
 
 from __future__ import annotations
 

@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from docingest import plugins
-from docingest.folders import check_writable, home_folder, store_folder
 from docingest.core.embed import LoadedModel, load_model
 from docingest.core.plan import Profile, resolve_profile
 from docingest.core.sources import Source, open_source
 from docingest.core.store import QdrantLocation, QdrantStore
 from docingest.exceptions import ConfigurationError
+from docingest.folders import check_writable, home_folder, store_folder
 from docingest.options import IngestOptions, Preset
 from docingest.settings import get_settings
 from docingest.targets import QdrantTarget, resolve_target
