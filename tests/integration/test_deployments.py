@@ -147,7 +147,8 @@ def test_upload_service_hands_jobs_to_a_deployment_on_the_priority_queue(stack, 
     assert "running" in [m["state"] for m in messages]
 
 
-def test_cli_run_against_a_server_ships_its_logs_to_the_run_and_keeps_the_terminal_quiet(stack, tmp_path):
+def test_cli_run_against_a_server_ships_its_logs_to_the_run_and_keeps_the_terminal_quiet(stack, tmp_path,
+                                                                                         make_encrypted_pdf):
     """The run's Logs tab in the UI: the flow's and tasks' INFO lines and one WARNING per failed or skipped document,
     read back through the server's logs API; the terminal shows the summary table only, as without a server."""
     import json
@@ -156,13 +157,12 @@ def test_cli_run_against_a_server_ships_its_logs_to_the_run_and_keeps_the_termin
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from conftest import write_encrypted_pdf
 
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "keys.md").write_text("# Keys\n\nRotate the signing keys every ninety days with the vault CLI.\n")
     (docs / "empty.md").write_text("")
-    write_encrypted_pdf(docs / "salaries.pdf", "Quarterly salaries are confidential")
+    make_encrypted_pdf(docs / "salaries.pdf", "Quarterly salaries are confidential")
     done = stack.run(str(BIN / "docingest"), "ingest", str(docs), "-c", "logs", "--json")
     assert done.returncode == 1, done.output  # one document failed
     lines = done.output.strip().splitlines()
