@@ -70,6 +70,7 @@ def stop_temporary_servers() -> None:
     if not proc.is_dir():
         return
     me = str(os.getpid())
+    orphans: list[int] = []
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
@@ -81,6 +82,24 @@ def stop_temporary_servers() -> None:
         if ppid == me and b"prefect.server.api.server" in cmdline:
             with contextlib.suppress(OSError):
                 os.kill(int(entry.name), signal.SIGTERM)
+                orphans.append(int(entry.name))
+    _reap(orphans)
+
+
+def _reap(pids: list[int], grace_s: float = 5) -> None:
+    """Wait until our SIGTERMed children are gone (uvicorn drains within a second), SIGKILL what is left after
+    ``grace_s``: a command that returns leaves no server behind, not even for a moment."""
+    deadline = time.monotonic() + grace_s
+    for pid in pids:
+        try:
+            while not os.waitpid(pid, os.WNOHANG)[0]:
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    break
+                time.sleep(0.05)
+        except ChildProcessError:  # reaped already (by its Popen object)
+            continue
 
 
 def start_early() -> EarlyServer | None:
@@ -174,6 +193,7 @@ def _stop(early: EarlyServer) -> None:
             early.process.wait(5)
         except subprocess.TimeoutExpired:
             early.process.kill()
+            early.process.wait()
 
 
 def discard(early: EarlyServer | None) -> None:

@@ -122,7 +122,7 @@ def test_freed_memory_goes_back_when_the_last_run_ends(jobs, monkeypatch):
     from docingest.core import memory
 
     trims = []
-    monkeypatch.setattr(memory, "release_freed_memory", lambda: trims.append(jobs._running))
+    monkeypatch.setattr(memory, "release_freed_memory", lambda: trims.append(jobs.runs_in_progress()))
     ran = []
     monkeypatch.setattr(jobs, "_run_batch", lambda batch: ran.append(batch))
     submit(jobs, "alice", "a")
@@ -131,4 +131,5 @@ def test_freed_memory_goes_back_when_the_last_run_ends(jobs, monkeypatch):
     jobs._run_embedded(first)
     assert ran == [first] and trims == []  # b's run still goes on
     jobs._run_embedded(second)
-    assert trims == [0]  # once, with nothing running
+    assert trims == [1]  # once, by the last run, before it counts as ended: who sees 0 runs sees the memory back
+    assert jobs.runs_in_progress() == 0

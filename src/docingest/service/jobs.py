@@ -281,13 +281,15 @@ class JobManager:
             self._run_batch(batch)
         finally:
             with self._wake:
-                self._running -= 1
-                idle = self._running == 0
-                self._wake.notify_all()
-            if idle:
+                last = self._running == 1
+            if last:
                 # The runs' memory is free now, but glibc keeps most of it mapped: an idle service would hold
-                # ~80 MiB more after a burst of uploads than it uses (measured with the soak's uploads). Hand it back.
+                # ~80 MiB more after a burst of uploads than it uses (measured with the soak's uploads). Hand it back,
+                # before the count of runs (docingest_job_runs) reaches 0: whoever sees the service idle sees it trimmed.
                 memory.release_freed_memory()
+            with self._wake:
+                self._running -= 1
+                self._wake.notify_all()
 
     def _run_batch(self, batch: list[Job]) -> None:
         from docingest.core import progress
