@@ -52,6 +52,7 @@ def prefect_server():
     from prefect.logging.configuration import setup_logging
     from prefect.testing.utilities import prefect_test_harness
 
+    # A fresh database: 13 s until healthy on an idle 2-core machine, 23 s in a loaded suite run; 120 s is over 5x.
     with prefect_test_harness(server_startup_timeout=120):
         # Bind Prefect's console handler to the session's stderr now, not to the short-lived stream of the first
         # CliRunner invocation (which closes it and breaks logging for every later test).
@@ -318,7 +319,7 @@ def stack(tmp_path):
 
     s = Stack(tmp_path)
     server = s.start("server", str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(s.port))
-    wait_http(f"{s.api}/health", server, s.tmp / "server.log", timeout=120)
+    wait_http(f"{s.api}/health", server, s.tmp / "server.log", timeout=120)  # fresh database: 13 s idle, 23 s loaded
     try:
         yield s
     finally:

@@ -212,7 +212,7 @@ def start_service(tmp_path: Path, **settings: str) -> tuple[subprocess.Popen, st
                                 env=env, stdout=fh, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{base}/health", proc, log, timeout=180)
+        wait_http(f"{base}/health", proc, log, timeout=180)  # measured 1.7 s idle: the probes start nothing
     except RuntimeError:
         proc.kill()
         reap(tmp_path / "ph")

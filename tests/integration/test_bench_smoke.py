@@ -82,7 +82,7 @@ def test_cuda_encode_prepares_what_the_device_needs_and_measures_it(tmp_path):
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert measured.returncode == 0, measured.stderr[-3000:]
     row = json.loads(out.read_text())["corpora"]["mini"]
-    assert row["chunks"] == chunks and row["tokenize_s"] > 0
+    assert row["chunks"] == chunks and row["tokenize_s"] >= 0  # (rounded to ms: 0 on a fast machine)
     fp32 = row["fp32"]
     assert set(fp32["raw_encode"]) == {"4", "16"} and all(r["chunks_per_s"] > 0 for r in fp32["raw_encode"].values())
     assert fp32["saturating_batch_size"] in (4, 16) and fp32["best"]["batch_size"] in (4, 16)

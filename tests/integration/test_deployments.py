@@ -34,7 +34,9 @@ def test_deploy_worker_and_runs_from_cli_python_and_a_priority_queue(stack, tmp_
     assert deploy.returncode == 0, deploy.output
     worker = stack.start("worker", str(BIN / "prefect"), "worker", "start", "--pool", "local-pool", "--limit", "1")
 
-    # 1. The CLI way, watched to the end.
+    # 1. The CLI way, watched to the end. (Time bounds in this module: a two-document deployment run takes ~15-25 s
+    #    here from its submission, a worker starts in ~5 s; the whole first test took 98 s in a full suite run. The
+    #    400 s and 300 s bounds are over 10x a run, the 60 s for the service to create a run over 10x its ~2 s.)
     run = stack.run(str(BIN / "prefect"), "deployment", "run", "ingest-documents/local", "--param",
                     f"source={docs}", "--param", "collection=e2e", "--watch", timeout=400)
     assert run.returncode == 0, run.output + stack.log("worker")

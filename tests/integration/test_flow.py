@@ -231,7 +231,7 @@ def test_failed_update_leaves_the_old_version_searchable(prefect_server, home, t
     # Parsed once: the retry reuses the persisted parse-and-chunk result (same content, settings and code).
     assert task_states(fixed.flow_run_id, "parse-and-chunk") == ["Cached"]
     assert "parse" not in fixed.stage_seconds and "read" not in fixed.stage_seconds  # no parse work done this run
-    assert result.stage_seconds["parse"] > 0
+    assert "parse" in result.stage_seconds  # the first run timed its parse work
     texts = [p["text"] for p in all_points(store_for(home), "safe").values()]
     assert texts and all("portal" in t for t in texts)
 

@@ -4,6 +4,7 @@ pushes, Prometheus scrapes the gateway, and the series are read back through Pro
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import time
@@ -65,12 +66,13 @@ def query(prometheus: str, promql: str) -> list[dict]:
 
 
 def wait_for(prometheus: str, promql: str, predicate=lambda r: bool(r), timeout: float = 30) -> list[dict]:
+    """Until Prometheus has what a push sent: it scrapes the gateway every second here, so a push shows within ~2 s;
+    30 s is 15x that."""
     deadline = time.monotonic() + timeout
-    while True:
-        result = query(prometheus, promql)
-        if predicate(result) or time.monotonic() > deadline:
-            return result
+    while not predicate(result := query(prometheus, promql)):
+        assert time.monotonic() < deadline, (promql, result)
         time.sleep(0.5)
+    return result
 
 
 def by(result: list[dict], label: str) -> dict[str, float]:
@@ -109,7 +111,7 @@ def test_a_run_pushes_its_metrics_and_prometheus_has_them(prefect_server, home, 
     assert stages["parse"] >= 3 and stages["embed"] >= 1 and stages["upsert"] >= 1
     p95 = query(prometheus, "histogram_quantile(0.95, sum by (le) "
                             f"(docingest_stage_duration_seconds_bucket{{{sel},stage=\"parse\"}}))")
-    assert 0 < float(p95[0]["value"][1]) < 300
+    assert math.isfinite(float(p95[0]["value"][1]))  # the histogram answers a quantile (not NaN: it has samples)
     assert float(query(prometheus, f"docingest_embed_chunks_per_second{{{sel}}}")[0]["value"][1]) > 0
     assert float(query(prometheus, f"docingest_documents_in_flight{{{sel}}}")[0]["value"][1]) == 0
 

@@ -322,7 +322,8 @@ def test_shared_result_storage_on_s3(prefect_server, s3, s3_endpoint, home, monk
 
 def test_s3_endpoint_stopped_mid_run_and_restarted_loses_nothing(prefect_server, home, monkeypatch):
     """The S3 server goes down at the first download and comes back 0.8 s later, inside the retry window (the minio
-    client's connection retries, then ours: 3 attempts with backoff): every document is ingested, none failed."""
+    client's connection retries, then ours: DOCINGEST_S3_ATTEMPTS, 5 by default, 0 + 1 + 2 + 4 s apart, a 7 s window,
+    over 8x the outage): every document is ingested, none failed."""
     import threading
 
     from minio import Minio
@@ -337,6 +338,7 @@ def test_s3_endpoint_stopped_mid_run_and_restarted_loses_nothing(prefect_server,
     monkeypatch.setenv("DOCINGEST_S3_ENDPOINT", endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
+    monkeypatch.setenv("DOCINGEST_S3_ATTEMPTS", "5")  # the 7 s window, whatever the default becomes
     get_settings.cache_clear()
     client = Minio(f"127.0.0.1:{port}", access_key="testing", secret_key="testing-secret", secure=False)
     client.make_bucket("outage")

@@ -60,7 +60,9 @@ def rss_kib(pid: int) -> int:
 
 
 def wait_idle(client: httpx.Client, headers: dict, timeout: float = 120) -> None:
-    """Until /metrics shows no job queued or running and no run in progress, then 1 s more."""
+    """Until /metrics shows no job queued or running and no run in progress (the last run's memory handed back to the
+    system before the count of runs reaches 0). 120 s: the jobs left when this is called are the poison uploads'
+    (their parse ends at its 15 s limit) or none."""
     deadline = time.monotonic() + timeout
     while True:
         metrics = client.get("/metrics", headers=headers).text
@@ -69,7 +71,6 @@ def wait_idle(client: httpx.Client, headers: dict, timeout: float = 120) -> None
             break
         assert time.monotonic() < deadline, f"the service is still busy after {timeout:g} s: {metrics[-1500:]}"
         time.sleep(0.5)
-    time.sleep(1)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -99,7 +100,9 @@ def test_a_poison_upload_holds_no_one_else_and_search_answers_over_http(tmp_path
         poison = post_document(client, alice, "team-a", "deep.html", DEEP_HTML)
         assert poison.status_code == 201, poison.text
         wait_job(client, poison.json()["job_id"], alice, until=("running",))
-        time.sleep(2)  # its parse is under way
+        # Not a bound: the asserts below check an order (the small uploads complete while the poison's job still
+        # runs), which a slow machine cannot break; the pause only lets its run hand the file to a parse worker.
+        time.sleep(2)
 
         def small_upload(headers: dict, collection: str, name: str, text: bytes) -> float:
             """Seconds until another user's small upload completes, while the poison still parses: what is asserted
@@ -227,9 +230,9 @@ def test_soak_200_uploads_from_10_users_3_of_them_hostile(tmp_path):
         warm_up = [threading.Thread(target=good_user, args=(n, 3, "W")) for n in range(7)]
         for t in warm_up:
             t.start()
-        for t in warm_up:
+        for t in warm_up:  # 21 small uploads (the whole soak took 58 s here, on a loaded 2-core machine)
             t.join(timeout=300)
-        assert not errors, errors[:5]
+        assert not any(t.is_alive() for t in warm_up) and not errors, errors[:5]
         for job_id, (_, headers, _) in list(good.items()):
             job = wait_job(client, job_id, headers)
             assert job["state"] == "completed", job
@@ -290,12 +293,12 @@ def test_soak_200_uploads_from_10_users_3_of_them_hostile(tmp_path):
         threads += [threading.Thread(target=f) for f in (slow_client, name_and_burst_client, poison_client)]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join(timeout=600)
-        assert not errors, errors[:5]
+        for t in threads:  # the soak: 58 s here in all; the test's limit is 600 s (pyproject.toml)
+            t.join(timeout=300)
+        assert not any(t.is_alive() for t in threads) and not errors, errors[:5]
         assert len(good) == 7 * 3 + 7 * 25 + 4
         for job_id, (_, headers, _) in good.items():
-            job = wait_job(client, job_id, headers, timeout=600)
+            job = wait_job(client, job_id, headers, timeout=300)
             assert job["state"] == "completed", job
         elapsed = time.monotonic() - started
         for code, headers, collection in good.values():

@@ -102,9 +102,9 @@ def test_a_killed_owner_leaves_no_parser_running_and_its_output_pipe_ends(tmp_pa
 @pytest.mark.skipif(sys.platform != "linux", reason="the fork server is Linux's")
 def test_an_owner_that_exits_normally_leaves_nothing_and_its_output_pipe_ends(tmp_path):
     owner, pids = _start_owner(tmp_path, "exit")
-    assert owner.wait(120) == 0
+    assert owner.wait(120) == 0  # it is past its start (ready) and only closes its workers: seconds
     assert _read_to_eof(owner, 30), "a descendant still holds the owner's stdout/stderr"  # measured ~0.1 s
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 30  # the same ~0.3 s as above
     while any(_running(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [p for p in pids if _running(p)]

@@ -55,7 +55,7 @@ def test_a_whole_source_run_waits_for_narrowed_runs_in_other_threads(settings):
 
     def narrowed_run(filters):
         with scope_lock("kb", SCOPE, settings, filters):
-            entered.wait(5)  # both narrowed runs hold their locks at once
+            entered.wait(5)  # both narrowed runs hold their locks at once (thread starts: milliseconds)
             time.sleep(0.5)  # a window for a whole-source lock that did not wait to get in first (no condition to
             # wait for: what is tested is that nothing happens); a loaded machine can only make the test miss a bug
             order.append("narrowed")
@@ -77,7 +77,7 @@ def test_a_lock_held_by_another_process_is_waited_for_and_freed_when_it_dies(set
          "from docingest.flows.locks import scope_lock;"
          f"s = SimpleNamespace(home=Path({str(tmp_path)!r}), lock_timeout_s=None);"
          f"l = scope_lock('kb', {SCOPE!r}, s, ({A[0]!r}, [])); l.__enter__(); print('held', flush=True);"
-         "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+         "import threading; threading.Event().wait()"], stdout=subprocess.PIPE, text=True)  # held until killed
     try:
         assert holder.stdout.readline().strip() == "held"
         with waits(), scope_lock("kb", SCOPE, settings):
