@@ -161,7 +161,8 @@ class DocingestSettings(BaseSettings):
     upload_part_size: int = Field(default=8 * 1024 * 1024, ge=1024, description="Bytes per upload part.")
     upload_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1, description="Largest accepted upload.")
     upload_allowed_types: list[str] | None = Field(
-        default=None, description="Accepted file extensions (JSON list). Default: the formats docingest ingests."
+        default=None, description="Accepted file extensions (JSON list). Default: every format docingest ingests "
+        "except macro-enabled and legacy binary Office files and RTF, which uploads never accept (core/formats.py)."
     )
     upload_expiry_s: float = Field(
         default=24 * 3600, gt=0, description="Unfinished uploads are removed after this (with their parts); finished "

@@ -173,3 +173,50 @@ def test_resumable_upload_to_search_with_progress_isolation_and_checks(service, 
     assert hits.returncode == 0, hits.stderr[-2000:]
     top = json.loads(hits.stdout)["hits"][0]
     assert top["path"] == f"{uid}/key-rotation.md" and "ninety days" in top["text"]
+
+
+def test_every_format_ingest_reads_uploads_and_is_indexed(tmp_path, corpus):
+    """The smallest file of each format of the shared corpus: what `ingest` reads (core/formats.py), an upload
+    accepts and indexes, with the content checks passing; the one legacy .doc is refused as the named subset."""
+    from docingest.core.formats import NOT_UPLOADABLE, UPLOADABLE, extension
+    from docingest.core.parse import check_supported
+    from docingest.exceptions import UnsupportedDocumentError
+    from docingest.options import ParseOptions
+
+    smallest: dict[str, Path] = {}
+    for path in sorted((p for p in corpus.rglob("*.*") if p.is_file()), key=lambda p: (p.stat().st_size, str(p))):
+        smallest.setdefault(extension(path), path)
+    readable = {}
+    for ext, path in smallest.items():
+        try:
+            check_supported(path, ParseOptions())
+        except UnsupportedDocumentError:  # images without Tesseract, .doc without LibreOffice: ingest skips them too
+            continue
+        readable[ext] = path
+    assert {"pdf", "docx", "pptx", "xlsx", "odt", "html", "md", "csv", "asciidoc", "xml", "nxml", "tex", "vtt"} <= set(
+        readable)
+    assert set(readable) - NOT_UPLOADABLE <= UPLOADABLE
+
+    proc, base, env, log = start_service(tmp_path, DOCINGEST_JWT_SECRET=SECRET)
+    try:
+        client = httpx.Client(base_url=base, timeout=60)
+        jobs = {}
+        for ext, path in readable.items():
+            if ext in NOT_UPLOADABLE:
+                continue
+            made = client.post("/api/v1/documents", headers=auth("alice"), data={"collection": "formats"},
+                               files={"file": (path.name, path.read_bytes(), "application/octet-stream")})
+            assert made.status_code == 201, (ext, made.text)
+            jobs[ext] = made.json()["job_id"]
+        doc = corpus / "doc/sources/legacy_sample.doc"
+        refused = client.post("/api/v1/documents", headers=auth("alice"), data={"collection": "formats"},
+                              files={"file": (doc.name, doc.read_bytes(), "application/msword")})
+        assert refused.status_code == 415 and ".doc" in refused.json()["detail"], refused.text
+        for ext, job_id in jobs.items():
+            job = wait_job(client, job_id, "alice")
+            assert job["state"] == "completed" and not job["failures"], (ext, job, log.read_text()[-2000:])
+            assert job["counts"].get("new") == 1, (ext, job)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        reap(tmp_path / "ph")

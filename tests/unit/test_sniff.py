@@ -124,7 +124,8 @@ def test_latin1_and_binaries_fail_as_text(tmp_path):
     latin1 = "caf\u00e9 cr\u00e8me".encode("latin-1")
     assert check(tmp_path, "latin.txt", latin1) == "the content is not UTF-8 .txt text"
     assert check(tmp_path, "exe.md", minimal_pe()) == "the content is binary, not .md text"
-    assert check(tmp_path, "elf.json", ELF) == "the content is binary, not .json text"
+    assert check(tmp_path, "elf.vtt", ELF) == "the content is binary, not .vtt text"
+    assert check(tmp_path, "macro.docm", b"PK\x03\x04") == "file type .docm is not accepted"  # never uploadable
 
 
 # --- images

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from docingest.core import ocr
+from docingest.core.formats import BY_EXTENSION, IMAGE_EXTENSIONS, Reader, extension
 from docingest.exceptions import ConfigurationError, ParseError, UnsupportedDocumentError
 from docingest.options import OcrMode, ParseOptions, PdfMode
 
@@ -25,24 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Extensions Docling converts here without ML models (the format is confirmed by Docling on open).
-OFFLINE_EXTENSIONS: dict[str, str] = {
-    **dict.fromkeys(["docx", "dotx", "docm", "dotm"], "docx"),
-    **dict.fromkeys(["pptx", "potx", "ppsx", "pptm", "potm", "ppsm"], "pptx"),
-    **dict.fromkeys(["xlsx", "xlsm"], "xlsx"),
-    **dict.fromkeys(["html", "htm", "xhtml"], "html"),
-    **dict.fromkeys(["md", "markdown"], "md"),
-    **dict.fromkeys(["adoc", "asciidoc", "asc"], "asciidoc"),
-    "csv": "csv",
-    **dict.fromkeys(["xml", "nxml"], "xml"),
-    **dict.fromkeys(["tex", "latex"], "latex"),
-    "vtt": "vtt",
-    **dict.fromkeys(["odt", "ods", "odp"], "odf"),
-    "txt": "txt",
-    "pdf": "pdf",
-}
-IMAGE_EXTENSIONS = {"png", "jpg", "jpeg", "tif", "tiff", "webp", "bmp"}
-LEGACY_OFFICE_EXTENSIONS = {"doc", "ppt", "xls", "rtf"}
 
 
 @dataclass(frozen=True)
@@ -54,10 +37,6 @@ class ParsedDocument:
     pages: int
     ocr_pages: int = 0
     warning: str | None = None  # pages that could not be read, when others could
-
-
-def extension(path: str | Path) -> str:
-    return Path(path).suffix.lower().lstrip(".")
 
 
 def tesseract_available() -> bool:
@@ -125,7 +104,6 @@ def resolve_ocr(mode: OcrMode, lang: str = "eng") -> bool:
     return True
 
 
-OCR_EXTENSIONS = IMAGE_EXTENSIONS | {"pdf"}  # the kinds of document OCR can touch (their fingerprint counts it)
 
 
 _local = threading.local()
@@ -167,15 +145,16 @@ def check_supported(path: str | Path, options: ParseOptions) -> None:
     from docingest.plugins import parser_for
 
     ext = extension(path)
-    if ext in OFFLINE_EXTENSIONS or parser_for(ext) is not None:
+    known = BY_EXTENSION.get(ext)
+    if (known is not None and known.reader is Reader.DOCLING) or parser_for(ext) is not None:
         return
-    if ext in IMAGE_EXTENSIONS:
+    if known is not None and known.reader is Reader.OCR:
         if options.ocr is OcrMode.OFF:
             raise UnsupportedDocumentError("image skipped: OCR is off (--ocr off)")
         if not tesseract_available():
             raise UnsupportedDocumentError("image skipped: no OCR engine (install Debian's tesseract-ocr)")
         return
-    if ext in LEGACY_OFFICE_EXTENSIONS:
+    if known is not None and known.reader is Reader.LIBREOFFICE:
         if libreoffice_available():
             return
         raise UnsupportedDocumentError(f"legacy .{ext} skipped: converting it needs LibreOffice (soffice)")

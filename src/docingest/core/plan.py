@@ -9,8 +9,9 @@ from pathlib import PurePosixPath
 from docingest import __version_schema__, plugins
 from docingest.core.chunk import effective_max_tokens
 from docingest.core.embed import ModelInfo, backend_fingerprint
+from docingest.core.formats import OCR_EXTENSIONS
 from docingest.core.ids import fingerprint
-from docingest.core.parse import OCR_EXTENSIONS, check_supported, resolve_ocr, resolve_pdf_mode
+from docingest.core.parse import check_supported, resolve_ocr, resolve_pdf_mode
 from docingest.datamodel import ChangeKind, DocumentStatus, ManifestRecord, SourceDocument
 from docingest.exceptions import DeleteGuardError, UnsupportedDocumentError
 from docingest.options import IngestOptions, PdfMode, SyncMode

@@ -15,6 +15,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from docingest.core.formats import NOT_UPLOADABLE, UPLOADABLE
+from docingest.exceptions import ConfigurationError
 from docingest.folders import check_writable, home_folder, store_folder, upload_folder
 from docingest.service import tempdir
 from docingest.service.auth import Authenticator
@@ -26,9 +28,6 @@ from docingest.service.routes import health, jobs, search, uploads
 from docingest.service.state import Service
 from docingest.service.uploads import PRIORITIES, UploadError, make_store
 from docingest.settings import DocingestSettings, get_settings
-
-DEFAULT_ALLOWED = ("pdf", "docx", "pptx", "xlsx", "odt", "md", "markdown", "txt", "html", "htm", "csv", "adoc",
-                   "asciidoc", "xml", "png", "jpg", "jpeg", "tif", "tiff")
 
 
 def create_app(settings: DocingestSettings | None = None) -> FastAPI:
@@ -43,7 +42,7 @@ def create_app(settings: DocingestSettings | None = None) -> FastAPI:
     auth = Authenticator(settings)  # a configuration error before anything is created
     check_writable(home_folder(settings), upload_folder(settings),
                    *([] if settings.qdrant_url else [store_folder(settings.resolved_qdrant_path(), settings)]))
-    store = make_store(settings, set(settings.upload_allowed_types or DEFAULT_ALLOWED))
+    store = make_store(settings, allowed_upload_types(settings))
     root = settings.upload_dir or settings.home / "uploads"
     service = Service(settings, store, JobManager(root / "jobs", store, deployment=settings.upload_deployment,
                                                    concurrency=settings.upload_job_concurrency,
@@ -60,6 +59,19 @@ def create_app(settings: DocingestSettings | None = None) -> FastAPI:
     for module in (health, uploads, jobs, search):
         app.include_router(module.router)
     return app
+
+
+def allowed_upload_types(settings: DocingestSettings) -> set[str]:
+    """The extensions uploads accept: DOCINGEST_UPLOAD_ALLOWED_TYPES, or by default every format ingest reads whose
+    content the uploads can check (core/formats.py names and explains the others)."""
+    if not settings.upload_allowed_types:
+        return set(UPLOADABLE)
+    chosen = {t.lower().lstrip(".") for t in settings.upload_allowed_types}
+    if refused := sorted(chosen - UPLOADABLE):
+        why = ("macro-enabled or legacy Office files are never uploadable" if set(refused) <= NOT_UPLOADABLE
+               else "uploads accept only formats docingest reads and can check")
+        raise ConfigurationError(f"DOCINGEST_UPLOAD_ALLOWED_TYPES lists {', '.join('.' + e for e in refused)}: {why}")
+    return chosen
 
 
 @asynccontextmanager

@@ -15,18 +15,7 @@ import threading
 import zipfile
 from pathlib import Path
 
-# Extensions docingest ingests (the same sets as the upload store's).
-TEXT_FORMATS = {"md", "markdown", "txt", "html", "htm", "xhtml", "csv", "adoc", "asciidoc", "xml", "nxml", "tex",
-                "vtt", "json"}
-IMAGE_MIMES = {"png": {"image/png", "image/apng"}, "jpg": {"image/jpeg"}, "jpeg": {"image/jpeg"},
-               "tif": {"image/tiff"}, "tiff": {"image/tiff"}}
-OOXML_PARTS = {"docx": ("[Content_Types].xml", "word/document.xml"),
-               "pptx": ("[Content_Types].xml", "ppt/presentation.xml"),
-               "xlsx": ("[Content_Types].xml", "xl/workbook.xml")}
-ODF_MIMETYPES = {"odt": "application/vnd.oasis.opendocument.text",
-                 "ods": "application/vnd.oasis.opendocument.spreadsheet",
-                 "odp": "application/vnd.oasis.opendocument.presentation"}
-ZIP_FORMATS = set(OOXML_PARTS) | set(ODF_MIMETYPES)
+from docingest.core.formats import BY_EXTENSION, Check
 
 # Executables: member names (in containers) and magic numbers.
 EXECUTABLE_EXTENSIONS = (".exe", ".dll", ".com", ".scr", ".msi", ".bat", ".cmd", ".ps1", ".vbs", ".js", ".jar", ".sh",
@@ -50,19 +39,22 @@ except ImportError:  # pragma: no cover - Docling is a dependency
 
 
 def sniff_file(path: Path, extension: str) -> str | None:
-    """Why the file's content does not match the extension (None when it does)."""
-    if extension in TEXT_FORMATS:
+    """Why the file's content does not match the extension (None when it does); the check is the format's in
+    core/formats.py."""
+    known = BY_EXTENSION.get(extension)
+    check = known.check if known is not None else Check.NONE
+    if check is Check.NONE:
+        return f"file type .{extension} is not accepted"
+    if check is Check.TEXT:
         return _sniff_text(path, extension)  # an executable is binary: refused as such
     with open(path, "rb") as fh:
         if is_executable(fh.read(4096)):
             return "the file is an executable, whatever its name"
-    if extension in IMAGE_MIMES:
-        return _sniff_image(path, extension)
-    if extension == "pdf":
+    if check is Check.IMAGE:
+        return _sniff_image(path, extension, known.image_types)
+    if check is Check.PDF:
         return _sniff_pdf(path)
-    if extension in ZIP_FORMATS:
-        return _sniff_zip(path, extension)
-    return f"file type .{extension} is not accepted"
+    return _sniff_zip(path, extension)
 
 
 def is_executable(head: bytes) -> bool:
@@ -101,12 +93,12 @@ def _sniff_text(path: Path, extension: str) -> str | None:
     return None
 
 
-def _sniff_image(path: Path, extension: str) -> str | None:
+def _sniff_image(path: Path, extension: str, image_types: tuple[str, ...]) -> str | None:
     """The format ``filetype`` recognizes from the signature must be the extension's."""
     import filetype
 
     kind = filetype.guess(path)
-    if kind is None or kind.mime not in IMAGE_MIMES[extension]:
+    if kind is None or kind.mime not in image_types:
         return f"the content is not a .{extension} file"
     return None
 
@@ -213,15 +205,15 @@ def _sniff_zip(path: Path, extension: str) -> str | None:
 
 def _zip_structure(archive: zipfile.ZipFile, extension: str) -> str | None:
     """Why the archive lacks the structure of the extension's format (None when it has it)."""
-    names = set(archive.namelist())
-    if extension in OOXML_PARTS:
-        if not all(part in names for part in OOXML_PARTS[extension]):
+    names, known = set(archive.namelist()), BY_EXTENSION[extension]
+    if known.check is Check.OOXML:
+        if not all(part in names for part in known.parts):
             return f"the content is not a .{extension} document"
         return None
     if "mimetype" not in names:
         return f"the content is not a .{extension} document"
     with archive.open("mimetype") as member:
         mimetype = member.read(200).strip()
-    if mimetype != ODF_MIMETYPES[extension].encode():
+    if mimetype != known.mimetype.encode():
         return f"the content is not a .{extension} document"
     return None
