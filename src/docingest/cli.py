@@ -283,7 +283,8 @@ def ingest(
         if bar is not None:
             bar.stop()
         _finish_unchanged(unchanged, time.monotonic() - started, as_json)
-    from docingest.flows.ingest import ingest_documents, make_task_runner
+    from docingest.flows.ingest import ingest_documents
+    from docingest.flows.runners import make_task_runner
 
     _run_logs_to_api_only(verbose)
     ephemeral.adopt(early)

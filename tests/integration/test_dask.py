@@ -7,7 +7,8 @@ from support import task_states
 
 from conftest import copy_corpus_files
 from docingest.core.store import QdrantLocation, QdrantStore
-from docingest.flows.ingest import ingest_documents, make_task_runner
+from docingest.flows.ingest import ingest_documents
+from docingest.flows.runners import make_task_runner
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

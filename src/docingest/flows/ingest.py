@@ -6,7 +6,6 @@ import dataclasses
 import time
 
 from prefect import flow, get_run_logger
-from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 from docingest.core.embed import LoadedModel
@@ -21,11 +20,12 @@ from docingest.datamodel import (
     IngestResult,
     Stage,
 )
-from docingest.exceptions import CircuitBreakerOpen, ConfigurationError, CrashRetriesExhausted
+from docingest.exceptions import CircuitBreakerOpen, CrashRetriesExhausted
 from docingest.flows.artifacts import ProgressArtifact, publish_artifacts
 from docingest.flows.locks import scope_lock, server_limit, stage_limits_apply
 from docingest.flows.planning import prefetch_model, record_planned
 from docingest.flows.run import Run
+from docingest.flows.runners import SettingsTaskRunner
 from docingest.flows.runspec import RunInputs, resolve_spec
 from docingest.flows.window import prepare_in_window
 from docingest.flows.writer import Writer
@@ -35,32 +35,9 @@ from docingest.targets import QdrantTarget, resolve_result_storage
 from docingest.tasks.stages import Stages, stages_for_run
 
 
-def make_task_runner(kind: str | None = None, address: str | None = None, workers: int | None = None):
-    """The task runner for parse-and-chunk tasks: threads (default) or Dask (DOCINGEST_TASK_RUNNER=dask, an existing
-    cluster at DOCINGEST_DASK_ADDRESS or a local cluster of DOCINGEST_DASK_WORKERS processes)."""
-    settings = get_settings()
-    kind = kind or settings.task_runner
-    if kind == "threads":
-        return ThreadPoolTaskRunner(max_workers=2)
-    if kind != "dask":
-        raise ConfigurationError(f"unknown task runner {kind!r}: use threads or dask")
-    try:
-        import dask
-        from prefect_dask import DaskTaskRunner
-    except ImportError:
-        raise ConfigurationError("the dask task runner needs prefect-dask: pip install 'docingest[dask]'") from None
-    address = address or settings.dask_address
-    if address:
-        return DaskTaskRunner(address=address)
-    # Parse workers are child processes of the Dask worker: Dask's workers must not be daemonic for that.
-    dask.config.set({"distributed.worker.daemon": False})
-    return DaskTaskRunner(cluster_kwargs={"n_workers": workers or settings.dask_workers, "processes": True,
-                                          "threads_per_worker": 1, "dashboard_address": None})
-
-
 @flow(
     name="ingest-documents",
-    task_runner=make_task_runner(),
+    task_runner=SettingsTaskRunner(),  # the runner DOCINGEST_TASK_RUNNER names, chosen as each run starts
     validate_parameters=True,
     log_prints=True,
     persist_result=True,  # the IngestResult, read back by whoever started the run (the upload service's jobs)
