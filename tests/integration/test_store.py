@@ -105,7 +105,7 @@ def test_a_second_process_is_refused_with_the_holder_named(tmp_path):
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
-    assert str(tmp_path / "q") in lines[0] and f"process {os.getpid()}" in lines[0] and "--qdrant-url" in lines[0]
+    assert str(tmp_path / "q") in lines[0] and f"process {os.getpid()}" in lines[0] and "DOCINGEST_QDRANT_URL" in lines[0]
     close_backends()  # released: the next process opens it (the kernel also releases it when a holder dies)
     proc = run_cli("export", "-c", "docs", "--qdrant-path", str(tmp_path / "q"))
     assert proc.returncode == 0, proc.stderr

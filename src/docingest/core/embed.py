@@ -341,7 +341,8 @@ def _load_plugin(name: str, backend: str) -> LoadedModel:
     from docingest import plugins
 
     if backend != "torch":
-        raise ConfigurationError(f"--embed-backend {backend} applies to sentence-transformers models, not to {name}")
+        raise ConfigurationError(f"embed backend {backend} (option embed.backend) applies to sentence-transformers models, "
+                                 f"not to {name}")
     plugin = plugins.get("embedder", name[len(PLUGIN_PREFIX):])
     tokenizer = getattr(plugin.obj, "tokenizer", None) or resolve_model_location("all-minilm-l6-v2")[0]
     try:

@@ -81,7 +81,7 @@ def check_languages(lang: str) -> None:
     if not lang.strip("+") or missing:
         have = ", ".join(code for code in installed if code != "osd") or "none"
         raise ConfigurationError(
-            f"unknown OCR language {'+'.join(missing) or lang!r} for --ocr-lang (installed: {have}; add one with "
+            f"unknown OCR language {'+'.join(missing) or lang!r} (option parse.ocr_lang; installed: {have}; add one with "
             f"apt install tesseract-ocr-<code>, e.g. tesseract-ocr-deu)")
 
 

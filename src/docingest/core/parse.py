@@ -86,7 +86,7 @@ def resolve_pdf_mode(mode: PdfMode) -> PdfMode:
         _log_auto_once(resolved, why)
         return resolved
     if mode is PdfMode.ACCURATE and not available:
-        raise ConfigurationError(f"--pdf-mode accurate needs Docling's PDF models: {why}")
+        raise ConfigurationError(f"pdf_mode accurate needs Docling's PDF models: {why}")
     return mode
 
 
@@ -150,7 +150,7 @@ def check_supported(path: str | Path, options: ParseOptions) -> None:
         return
     if known is not None and known.reader is Reader.OCR:
         if options.ocr is OcrMode.OFF:
-            raise UnsupportedDocumentError("image skipped: OCR is off (--ocr off)")
+            raise UnsupportedDocumentError("image skipped: OCR is off (option parse.ocr)")
         if not tesseract_available():
             raise UnsupportedDocumentError("image skipped: no OCR engine (install Debian's tesseract-ocr)")
         return

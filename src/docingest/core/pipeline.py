@@ -70,7 +70,7 @@ def _finish(outcome, parser: str | None, chunks: list, timings: dict[str, float]
         if parser == "docling-fast":
             reason += ("; the PDF has no text layer (scanned?): install Tesseract (apt install tesseract-ocr) so its "
                        "pages are read with OCR" if options.parse.ocr is not OcrMode.OFF else
-                       "; the PDF has no text layer (scanned?) and OCR is off (--ocr off)")
+                       "; the PDF has no text layer (scanned?) and OCR is off (option parse.ocr)")
         elif warning:
             reason += f"; {warning}"
         return outcome(DocumentStatus.SKIPPED, Stage.CHUNK, reason, parser=parser, timings=timings)

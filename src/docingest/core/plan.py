@@ -205,6 +205,6 @@ def make_plan(
         if plan.deleted and ratio > options.max_delete_ratio and not options.force:
             raise DeleteGuardError(
                 f"refusing to delete {len(plan.deleted)} of {len(in_scope)} documents ({ratio:.0%}) in scope {scope}: "
-                f"more than --max-delete-ratio {options.max_delete_ratio:g}; check the source, or pass --force"
+                f"more than max_delete_ratio {options.max_delete_ratio:g}; check the source, or run it with force"
             )
     return plan

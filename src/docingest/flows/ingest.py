@@ -186,7 +186,7 @@ def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation
     metrics = metrics or RunMetrics(collection, src.uri)
 
     if options.source.follow_symlinks:
-        logger.warning("following symbolic links out of the source root (--follow-symlinks): files they lead to "
+        logger.warning("following symbolic links out of the source root (option source.follow_symlinks): files they lead to "
                        "are ingested as part of %s", src.uri)
     # The writer embeds and stores in pools as Prefect task runs; leaving this block early cancels what has not
     # started and waits for what runs.

@@ -36,7 +36,7 @@ class Run:
         n, failed = self.taken, self.taken_failed + self.late_failed
         if n >= options.breaker_min_docs and failed / n > options.max_failure_ratio:
             return (f"circuit breaker: {failed} of {n} processed documents failed "
-                    f"({failed / n:.0%} > --max-failure-ratio {options.max_failure_ratio:g}); "
+                    f"({failed / n:.0%} > max_failure_ratio {options.max_failure_ratio:g}); "
                     "stopped submitting new documents")
         return None
 

@@ -40,7 +40,7 @@ def open_client(location: QdrantLocation) -> QdrantClient:
     except RuntimeError as exc:
         if "already accessed" in str(exc):
             raise ConfigurationError(f"Qdrant local storage {location.path} is in use by another process; "
-                                     "wait for it, or use a Qdrant server (--qdrant-url)") from exc
+                                     "wait for it, or use a Qdrant server (DOCINGEST_QDRANT_URL)") from exc
         raise
 
 

@@ -86,8 +86,8 @@ class RootLock:
             self._lock.acquire()
         except Timeout:
             raise StoreBusyError(f"embedded Qdrant store {root} is in use by {self.holder()}: one process at a "
-                                     "time opens it; wait for it to finish, or run a Qdrant server and use "
-                                     "--qdrant-url") from None
+                                     "time opens it; wait for it to finish, or run a Qdrant server "
+                                     "(DOCINGEST_QDRANT_URL)") from None
         write_atomic(root / HOLDER, {"pid": os.getpid(), "command": " ".join(sys.argv)[:300],
                                      "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
@@ -118,7 +118,7 @@ class EdgeBackend:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a read-only mount, a full disk, a wrong owner: one line, not a traceback
             raise ConfigurationError(f"cannot create the embedded store folder {self.root}: "
-                                     f"{exc.strerror or type(exc).__name__} (chosen by --qdrant-path, "
+                                     f"{exc.strerror or type(exc).__name__} (chosen by the run's Qdrant path, "
                                      f"DOCINGEST_QDRANT_PATH or DOCINGEST_HOME)") from None
         marked = (self.root / MARKER).is_file()
         if not marked and is_local_mode_folder(self.root) and not converting:
