@@ -129,13 +129,12 @@ def ingest(
     """
     from docingest.exceptions import CircuitBreakerOpen
     from docingest.flows.ingest import ingest_documents
-    from docingest.targets import QdrantTarget
 
     opts = build_options(options, **option_values)
     if progress is None:
         progress = _in_notebook() or sys.stderr.isatty()
     kwargs = dict(source=source, collection=collection, options=opts,
-                  qdrant=QdrantTarget(url=qdrant_url, path=qdrant_path) if (qdrant_url or qdrant_path) else None,
+                  qdrant=_target(qdrant_path, qdrant_url),
                   source_block=source_block, collection_block=collection_block, qdrant_block=qdrant_block,
                   embedder_block=embedder_block, result_storage=result_storage)
     bar = _Bar(f"ingest {collection or collection_block}") if progress else None
@@ -158,5 +157,20 @@ def search(query: str, collection: str, limit: int = 5, *, qdrant_path: str | No
     so). ``results.mode`` is the mode used."""
     from docingest.retrieval import search as run_search
 
-    return _call(run_search, query, collection, limit=limit, qdrant_url=qdrant_url, qdrant_path=qdrant_path,
-                 model=model, mode=mode, fusion=fusion)
+    return _call(run_search, query, collection, limit=limit, qdrant=_target(qdrant_path, qdrant_url), model=model,
+                 mode=mode, fusion=fusion)
+
+
+def _target(qdrant_path: str | None, qdrant_url: str | None):
+    """The call's QdrantTarget (None: the settings'); both given: ConfigurationError, in these arguments' words."""
+    from pydantic import ValidationError
+
+    from docingest.exceptions import ConfigurationError
+    from docingest.targets import QdrantTarget
+
+    if not (qdrant_path or qdrant_url):
+        return None
+    try:
+        return QdrantTarget(url=qdrant_url, path=str(qdrant_path) if qdrant_path else None)
+    except ValidationError:
+        raise ConfigurationError("give either qdrant_path or qdrant_url, not both") from None

@@ -98,11 +98,17 @@ def _field(model, name: str, *flags: str, more: str = ""):
 
 
 def _qdrant_target(qdrant_path: Path | None, qdrant_url: str | None):
+    """The command's QdrantTarget (None: the settings'); the target refuses both, in the flags' words here."""
+    from pydantic import ValidationError
+
     from docingest.targets import QdrantTarget
 
-    if qdrant_path and qdrant_url:
-        raise _fail("give either --qdrant-path or --qdrant-url, not both")
-    return QdrantTarget(url=qdrant_url, path=str(qdrant_path) if qdrant_path else None)
+    if not (qdrant_path or qdrant_url):
+        return None
+    try:
+        return QdrantTarget(url=qdrant_url, path=str(qdrant_path) if qdrant_path else None)
+    except ValidationError:
+        raise _fail("give either --qdrant-path or --qdrant-url, not both") from None
 
 
 QdrantPathOpt = Annotated[
@@ -399,10 +405,9 @@ def search(
     from docingest.exceptions import DocingestError
     from docingest.retrieval import search as run_search
 
-    _qdrant_target(qdrant_path, qdrant_url)
+    target = _qdrant_target(qdrant_path, qdrant_url)
     try:
-        hits = run_search(query, collection, limit=limit, qdrant_url=qdrant_url,
-                          qdrant_path=str(qdrant_path) if qdrant_path else None, mode=mode, fusion=fusion)
+        hits = run_search(query, collection, limit=limit, qdrant=target, mode=mode, fusion=fusion)
     except DocingestError as exc:
         raise _fail(str(exc)) from None
     if hits.note:
@@ -438,15 +443,14 @@ def export(
     from docingest.exceptions import DocingestError
     from docingest.export import export_collection
 
-    _qdrant_target(qdrant_path, qdrant_url)
-    path = str(qdrant_path) if qdrant_path else None
+    target = _qdrant_target(qdrant_path, qdrant_url)
     try:
         if output is None:
-            written = export_collection(collection, sys.stdout, vectors, qdrant_url, path)
+            written = export_collection(collection, sys.stdout, vectors, target)
         else:
             tmp = output.with_name(f".{output.name}.partial")
             with open(tmp, "w", encoding="utf-8") as fh:
-                written = export_collection(collection, fh, vectors, qdrant_url, path)
+                written = export_collection(collection, fh, vectors, target)
             tmp.replace(output)  # a failed export leaves no file that looks complete
     except DocingestError as exc:
         raise _fail(str(exc)) from None
@@ -505,7 +509,7 @@ def doctor(
 
     warnings.filterwarnings("ignore", module=r"qdrant_client\..*")
 
-    data = report(run_checks(source, source_block, qdrant_url, str(qdrant_path) if qdrant_path else None))
+    data = report(run_checks(source, source_block, _qdrant_target(qdrant_path, qdrant_url)))
     if as_json:
         sys.stdout.write(json.dumps(data) + "\n")
     else:
@@ -546,10 +550,9 @@ def eval_command(
     from docingest.evaluate import evaluate, load_qrels, load_queries, render
     from docingest.exceptions import DocingestError
 
-    _qdrant_target(qdrant_path, qdrant_url)
+    target = _qdrant_target(qdrant_path, qdrant_url)
     try:
-        report = evaluate(collection, load_queries(queries), load_qrels(qrels), k=k, match=match,
-                          qdrant_url=qdrant_url, qdrant_path=str(qdrant_path) if qdrant_path else None,
+        report = evaluate(collection, load_queries(queries), load_qrels(qrels), k=k, match=match, qdrant=target,
                           candidates=candidates, mode=mode, fusion=fusion)
     except DocingestError as exc:
         raise _fail(str(exc)) from None
@@ -590,15 +593,14 @@ def migrate(
     from docingest.exceptions import DocingestError
     from docingest.migrate import migrate_collection
 
-    _qdrant_target(qdrant_path, qdrant_url)
+    target = _qdrant_target(qdrant_path, qdrant_url)
     _run_logs_to_api_only(verbose)
     options = IngestOptions(parse=ParseOptions(**({"pdf_mode": pdf_mode} if pdf_mode else {})),
                             embed=EmbedOptions(**({"backend": embed_backend} if embed_backend else {})),
                             **({"preset": preset} if preset else {}))
     try:
         result = migrate_collection(collection, model, sources=sources or None, source_block=source_block,
-                                    options=options, qdrant_url=qdrant_url,
-                                    qdrant_path=str(qdrant_path) if qdrant_path else None, keep_old=keep_old,
+                                    options=options, qdrant=target, keep_old=keep_old,
                                     allow_failures=allow_failures)
     except DocingestError as exc:
         raise _fail(str(exc)) from None

@@ -6,6 +6,10 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from docingest.targets import QdrantTarget
 
 
 @dataclass
@@ -40,11 +44,11 @@ def _prefect_api() -> str:
     return f"{url} answers"
 
 
-def _qdrant(qdrant_url: str | None, qdrant_path: str | None) -> str:
+def _qdrant(qdrant: QdrantTarget | None) -> str:
     from docingest.core.store import QdrantStore
-    from docingest.targets import QdrantTarget, resolve_location
+    from docingest.targets import resolve_location
 
-    location = resolve_location(QdrantTarget(url=qdrant_url, path=qdrant_path))
+    location = resolve_location(qdrant)
     try:
         collections = QdrantStore(location).list_collections()
     except Exception as exc:  # noqa: BLE001
@@ -120,15 +124,15 @@ def _result_storage() -> str:
     return f"{name}: {type(block).__name__} ready"
 
 
-def run_checks(source: str | None = None, source_block: str | None = None, qdrant_url: str | None = None,
-               qdrant_path: str | None = None) -> list[Check]:
+def run_checks(source: str | None = None, source_block: str | None = None,
+               qdrant: QdrantTarget | None = None) -> list[Check]:
     """Every check, in the order a run meets them; optional capabilities (PDF models, OCR) never fail the report."""
     from docingest.settings import get_settings
 
     settings = get_settings()
     checks = [
         _run("prefect api", _prefect_api),
-        _run("qdrant", lambda: _qdrant(qdrant_url, qdrant_path)),
+        _run("qdrant", lambda: _qdrant(qdrant)),
         _run("embedding model", _model),
         _run("pdf models (accurate mode)", _pdf_models, required=False),
         _run("ocr engine", _ocr, required=False),

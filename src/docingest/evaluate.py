@@ -20,6 +20,8 @@ from docingest.exceptions import ConfigurationError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from docingest.targets import QdrantTarget
+
 QRELS_HEADER_NAMES = {"query-id", "query_id", "queryid", "qid"}
 
 
@@ -252,8 +254,7 @@ def evaluate(
     qrels: dict[str, dict[str, int]],
     k: int = 10,
     match: str = "stem",
-    qdrant_url: str | None = None,
-    qdrant_path: str | None = None,
+    qdrant: QdrantTarget | None = None,
     candidates: int | None = None,
     mode: str | None = None,
     fusion: str = "rrf",
@@ -272,12 +273,11 @@ def evaluate(
         raise ConfigurationError(f"candidates ({candidates}) must be at least k ({k})")
 
     from docingest.core.embed import embed_texts, load_model
-    from docingest.core.store import QdrantStore
     from docingest.retrieval import choose_mode, make_search
     from docingest.settings import get_settings
-    from docingest.targets import QdrantTarget, resolve_location
+    from docingest.targets import open_store
 
-    store = QdrantStore(resolve_location(QdrantTarget(url=qdrant_url, path=qdrant_path)))
+    store = open_store(qdrant)
     store.require_collection(collection)
     physical = store.resolve(collection)
     used, language, _ = choose_mode(store, physical, mode, fusion)

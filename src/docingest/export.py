@@ -6,21 +6,20 @@ from __future__ import annotations
 import json
 from typing import TextIO
 
-from docingest.core.store import MANIFEST_SUFFIX, QdrantStore
+from docingest.core.store import MANIFEST_SUFFIX
 from docingest.exceptions import ConfigurationError
-from docingest.targets import QdrantTarget, resolve_location
+from docingest.targets import QdrantTarget, open_store
 
 DENSE_NAME = "dense"  # the unnamed dense vector's name in an export
 
 
-def export_collection(collection: str, out: TextIO, vectors: bool = False, qdrant_url: str | None = None,
-                      qdrant_path: str | None = None) -> int:
+def export_collection(collection: str, out: TextIO, vectors: bool = False, qdrant: QdrantTarget | None = None) -> int:
     """Write one line per point of ``collection`` (an alias is followed), ``{"id", "payload"}`` and with
     ``vectors`` also ``"vector": {"dense": [...], <sparse name>: {"indices", "values"}}``; manifests are not
     exported. Returns how many points were written."""
     if collection.endswith(MANIFEST_SUFFIX):
         raise ConfigurationError(f"{collection!r} is a manifest: export the collection it belongs to")
-    store = QdrantStore(resolve_location(QdrantTarget(url=qdrant_url, path=qdrant_path)))
+    store = open_store(qdrant)
     store.require_collection(collection)
     written = 0
     for point in store.points(store.resolve(collection), with_vectors=vectors, page=256):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
@@ -17,6 +18,9 @@ from docingest.core.sparse import SPARSE_VECTOR
 from docingest.core.store import QdrantStore
 from docingest.exceptions import ConfigurationError
 from docingest.options import IngestOptions
+
+if TYPE_CHECKING:
+    from docingest.targets import QdrantTarget
 
 
 class MigrationResult(BaseModel):
@@ -51,8 +55,7 @@ def migrate_collection(
     sources: list[str] | None = None,
     source_block: str | None = None,
     options: IngestOptions | None = None,
-    qdrant_url: str | None = None,
-    qdrant_path: str | None = None,
+    qdrant: QdrantTarget | None = None,
     keep_old: bool = False,
     allow_failures: bool = False,
 ) -> MigrationResult:
@@ -63,11 +66,10 @@ def migrate_collection(
     from docingest.flows.ingest import ingest_documents
     from docingest.flows.runspec import with_preset
     from docingest.settings import get_settings
-    from docingest.targets import QdrantTarget, resolve_location
+    from docingest.targets import open_store
 
     started = time.monotonic()
-    target = QdrantTarget(url=qdrant_url, path=qdrant_path)
-    store = QdrantStore(resolve_location(target))
+    store = open_store(qdrant)
     store.require_collection(collection)
     old = store.resolve(collection)
     legacy = old == collection  # a plain collection (made before aliases): it must go before the alias can exist
@@ -85,7 +87,7 @@ def migrate_collection(
                              sources=list(sources or [f"block:{source_block}"]))
     runs = [dict(source=s) for s in sources] if sources else [dict(source_block=source_block)]
     for run in runs:
-        done = ingest_documents(collection=new, options=options, qdrant=target, **run)
+        done = ingest_documents(collection=new, options=options, qdrant=qdrant, **run)
         result.documents += done.documents.new + done.documents.changed + done.documents.unchanged
         result.chunks += done.chunks.upserted
         result.failed += done.documents.failed

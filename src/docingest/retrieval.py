@@ -3,12 +3,17 @@ fused by the engine), the same on both store backends."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from docingest.core.embed import embed_texts, load_model
 from docingest.core.sparse import SPARSE_VECTOR, encoder
 from docingest.core.store import QdrantStore, Search
 from docingest.datamodel import SearchResults
 from docingest.exceptions import ConfigurationError, StoreError
 from docingest.settings import get_settings
+
+if TYPE_CHECKING:
+    from docingest.targets import QdrantTarget
 
 MODES = ("dense", "bm25", "hybrid")
 FUSIONS = ("rrf", "dbsf")
@@ -50,16 +55,15 @@ def search(
     query: str,
     collection: str,
     limit: int = 5,
-    qdrant_url: str | None = None,
-    qdrant_path: str | None = None,
+    qdrant: QdrantTarget | None = None,
     model: str | None = None,
     mode: str | None = None,
     fusion: str = "rrf",
 ) -> SearchResults:
     """Return the ``limit`` best chunks for ``query``. Raises ConfigurationError for an unknown collection."""
-    from docingest.targets import QdrantTarget, resolve_location
+    from docingest.targets import open_store
 
-    store = QdrantStore(resolve_location(QdrantTarget(url=qdrant_url, path=qdrant_path)))
+    store = open_store(qdrant)
     store.require_collection(collection)
     for attempt in range(2):
         # The alias is resolved once, so the model read and the query address the same collection even while a

@@ -5,18 +5,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from docingest.core.store import QdrantLocation
+from docingest.core.store import QdrantLocation, QdrantStore
 from docingest.exceptions import ConfigurationError
 from docingest.settings import get_settings
 
 
 class QdrantTarget(BaseModel):
-    """Override where Qdrant lives for one run (no secrets here: API keys come from settings or a block)."""
+    """Where Qdrant lives, overriding the settings for one call: a server URL or an embedded store's folder, at most
+    one (no secrets here: API keys come from settings or a block). Every public function and command takes one of
+    these; ``open_store`` opens it."""
+
+    model_config = ConfigDict(frozen=True)
 
     url: str | None = Field(default=None, description="Qdrant server URL.")
     path: str | None = Field(default=None, description="Folder of the embedded store.")
+
+    @model_validator(mode="after")
+    def _one_location(self) -> QdrantTarget:
+        if self.url and self.path:
+            raise ValueError(f"a Qdrant target is a server URL or an embedded store folder, not both (url {self.url!r}, "
+                             f"path {self.path!r})")
+        return self
+
+
+def open_store(qdrant: QdrantTarget | None = None, qdrant_block: str | None = None) -> QdrantStore:
+    """The store at ``qdrant`` (else the block's, else the settings')."""
+    return QdrantStore(resolve_location(qdrant, qdrant_block))
 
 
 def resolve_location(qdrant: QdrantTarget | None = None, qdrant_block: str | None = None) -> QdrantLocation:

@@ -55,7 +55,7 @@ def test_query_set_is_consistent_with_the_corpus(corpus):
 def test_evaluation_on_the_corpus_query_set(indexed):
     queries, qrels = load_queries(EVAL_DATA / "queries.jsonl"), load_qrels(EVAL_DATA / "qrels.tsv")
 
-    report = evaluate(COLLECTION, queries, qrels, k=10, qdrant_path=indexed)
+    report = evaluate(COLLECTION, queries, qrels, k=10, qdrant=QdrantTarget(path=indexed))
 
     assert report.queries == len(queries) == 22 and report.skipped_queries == []
     # Measured with the bundled all-MiniLM-L6-v2 (CPU, 215 chunks): nDCG@10 0.977, recall@10 1.000, MRR@10 0.977;
@@ -72,7 +72,7 @@ def test_evaluation_on_the_corpus_query_set(indexed):
     assert data["collection"] == COLLECTION and data["k"] == 10 and len(data["per_query"]) == 22
 
     # With 14 documents recall@10 is nearly free; the top 3 is the sharper test (measured: recall@3 1.000, nDCG@3 0.977).
-    top3 = evaluate(COLLECTION, queries, qrels, k=3, qdrant_path=indexed)
+    top3 = evaluate(COLLECTION, queries, qrels, k=3, qdrant=QdrantTarget(path=indexed))
     assert top3.recall >= 0.85 and top3.ndcg >= 0.8, top3.to_json_dict()["worst"]
     assert all(0 < len(r.ranked) <= 3 for r in top3.per_query)
 
@@ -82,7 +82,7 @@ def test_qrels_pointing_at_missing_documents_score_zero(indexed):
                "orphan": "a query without qrels"}
     qrels = {"q06": {"wiki_duck": 2}, "q18": {"no_such_patent": 2, "absent": 1}, "ghost": {"duck": 2}}
 
-    report = evaluate(COLLECTION, queries, qrels, k=5, qdrant_path=indexed)
+    report = evaluate(COLLECTION, queries, qrels, k=5, qdrant=QdrantTarget(path=indexed))
 
     by_id = {r.query_id: r for r in report.per_query}
     assert set(by_id) == {"q06", "q18"} and report.queries == 2

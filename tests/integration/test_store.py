@@ -16,6 +16,7 @@ import pytest
 from docingest.core.store import QdrantLocation, QdrantStore, close_backends
 from docingest.datamodel import ManifestRecord
 from docingest.exceptions import ConfigurationError, StoreError
+from docingest.targets import QdrantTarget
 
 pytestmark = pytest.mark.integration
 
@@ -142,7 +143,7 @@ def test_export_reads_a_server_backend_too(tmp_path, monkeypatch):
         fill(QdrantStore(QdrantLocation(path=tmp_path / "q", engine="qdrant-client")))
         out = tmp_path / "out.jsonl"
         with out.open("w") as fh:
-            assert export_collection("docs", fh, vectors=True, qdrant_path=str(tmp_path / "q")) == 9
+            assert export_collection("docs", fh, vectors=True, qdrant=QdrantTarget(path=str(tmp_path / "q"))) == 9
         assert all(len(json.loads(x)["vector"]["dense"]) == 4 for x in out.read_text().splitlines())
     finally:
         get_settings.cache_clear()
