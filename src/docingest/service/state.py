@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials
@@ -18,6 +18,9 @@ from docingest.service.ratelimit import RateLimits
 from docingest.service.uploads import UploadStore
 from docingest.settings import DocingestSettings
 
+if TYPE_CHECKING:
+    from docingest.targets import QdrantTarget
+
 
 @dataclass
 class Service:
@@ -28,6 +31,13 @@ class Service:
     limits: RateLimits
     metrics: ServiceMetrics
     probes: dict = field(default_factory=dict)  # health check -> its running probe (concurrent calls share one)
+
+    @property
+    def qdrant(self) -> QdrantTarget | None:
+        """Where search reads: the service's Qdrant server when its settings name one, else the settings' store."""
+        from docingest.targets import QdrantTarget
+
+        return QdrantTarget(url=self.settings.qdrant_url) if self.settings.qdrant_url else None
 
     async def caller(self, token: str | None) -> Caller:
         """The token's holder; a check that may fetch an identity provider's keys runs off the event loop."""

@@ -44,7 +44,7 @@ async def search(body: SearchRequest, who: User, service: ServiceDep):
         raise HTTPException(503, "search over HTTP needs a Qdrant server in deployment mode (DOCINGEST_QDRANT_URL)")
     try:
         hits = await asyncio.to_thread(run_search, body.query, body.collection, body.limit,
-                                       qdrant_url=service.settings.qdrant_url, mode=body.mode, fusion=body.fusion)
+                                       qdrant=service.qdrant, mode=body.mode, fusion=body.fusion)
     except StoreBusyError:
         raise HTTPException(503, "the embedded store is held by another process; give the service and the "
                                  "workers a Qdrant server (DOCINGEST_QDRANT_URL)") from None
