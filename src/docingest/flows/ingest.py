@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
+from collections.abc import Iterator
 
 from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
@@ -11,28 +13,25 @@ from prefect.utilities.annotations import quote
 from docingest.core.embed import LoadedModel
 from docingest.core.metrics import Pusher, RunMetrics
 from docingest.core.parse import accurate_models_status
-from docingest.core.plan import Action, Profile, make_plan
+from docingest.core.plan import Action, Plan, make_plan
 from docingest.core.sparse import SPARSE_VECTOR
-from docingest.core.store import QdrantLocation, QdrantStore
+from docingest.core.store import QdrantStore
 from docingest.core.worker import pools_in_use
-from docingest.datamodel import (
-    DocumentStatus,
-    IngestResult,
-    Stage,
-)
+from docingest.datamodel import DocumentStatus, IngestResult, ManifestRecord, Stage
 from docingest.exceptions import CircuitBreakerOpen, CrashRetriesExhausted
 from docingest.flows.artifacts import ProgressArtifact, publish_artifacts
+from docingest.flows.context import RunContext
 from docingest.flows.locks import scope_lock, server_limit, stage_limits_apply
 from docingest.flows.planning import prefetch_model, record_planned
 from docingest.flows.run import Run
 from docingest.flows.runners import SettingsTaskRunner
-from docingest.flows.runspec import RunInputs, resolve_spec
+from docingest.flows.runspec import RunInputs, RunSpec, resolve_spec
 from docingest.flows.window import prepare_in_window
 from docingest.flows.writer import Writer
 from docingest.options import IngestOptions, PdfMode, Preset
 from docingest.settings import get_settings
 from docingest.targets import QdrantTarget, resolve_result_storage
-from docingest.tasks.stages import Stages, stages_for_run
+from docingest.tasks.stages import stages_for_run
 
 
 @flow(
@@ -79,57 +78,34 @@ def ingest_documents(
         preset: default, high-throughput or memory-efficient: workers, window, batch sizes and embedding backend
             set together (same as ``options.preset``); options set explicitly win.
     """
-    logger = get_run_logger()
     started = time.monotonic()
     settings = get_settings()
     _check_crash_retries(settings.crash_retries)
 
-    # 1. The run, resolved once: where it writes, what it reads, the model, the profile (settings fingerprint).
-    spec = resolve_spec(RunInputs(source, collection, options, qdrant, qdrant_block, source_block, embedder_block,
-                                  collection_block, preset))
-    collection, location, src, model, profile, options = (spec.collection, spec.location, spec.source, spec.model,
-                                                          spec.profile, spec.options)
-    stages = stages_for_run(resolve_result_storage(result_storage), tagged=stage_limits_apply())
-    # The alias is resolved once: a run that started before a model migration's switch finishes where it began.
-    physical = stages.ensure(location, collection, model.info.dimension,
-                             (SPARSE_VECTOR,) if profile.sparse_language else ())
-    logger.info("ingesting %s into %r (%s) on %s (model %s, %d-token chunks, mode %s)", src.uri, collection, physical,
-                location.describe(), model.info.name, profile.max_tokens, options.mode.value)
-    if options.parse.pdf_mode is PdfMode.AUTO:
-        logger.info("pdf-mode auto: PDFs use %s conversion (%s)", profile.pdf_mode.value, accurate_models_status()[1])
+    # 1. The run, resolved once: where it writes, what it reads, the model, the profile (settings fingerprint); its
+    #    stage tasks, its collection (made if new) and its metrics: the context every later step takes.
+    spec = resolve_spec(RunInputs(source=source, collection=collection, options=options, qdrant=qdrant,
+                                  qdrant_block=qdrant_block, source_block=source_block, embedder_block=embedder_block,
+                                  collection_block=collection_block, preset=preset))
+    ctx = _begin(spec, result_storage)
 
-    # One run at a time per collection and scope (the source, narrowed by the run's filters): an OS file lock on this
-    # machine (freed by the kernel if the process dies), and with a Prefect server also a global concurrency limit
-    # with a lease (freed by the server's repossessor when a crashed run's lease expires), which serializes runs on
-    # different machines. Runs narrowed by different filters (two uploads) go at once; a whole-source run waits.
-    metrics = RunMetrics(collection, src.uri)
-    pusher = Pusher(metrics, settings.pushgateway_url)  # no-op without DOCINGEST_PUSHGATEWAY_URL
+    pusher = Pusher(ctx.metrics, settings.pushgateway_url)  # no-op without DOCINGEST_PUSHGATEWAY_URL
     result = None
     try:
         # The parse workers are shared by the runs of this process, and stopped when the last of them ends.
-        filters = (options.source.include, options.source.exclude)
-        with (scope_lock(collection, src.uri, settings, filters), server_limit(collection, src.uri, settings, filters),
-              pools_in_use()):
-            profile, sparse_added = _sparse_vectors(location, physical, profile, stages)
-            result = _sync(src, collection, options, location, model, profile, stages, metrics, physical)
+        with _exclusive(ctx), pools_in_use():
+            ctx, sparse_added = _sparse_vectors(ctx)
+            result = _sync(ctx)
             result.chunks.sparse_added = sparse_added
         result.duration_s = time.monotonic() - started
     finally:
         if result is not None:
-            result.stage_seconds = dict(metrics.stage_totals)
-            metrics.finish(result, succeeded=result.ok and not result.aborted)
+            result.stage_seconds = dict(ctx.metrics.stage_totals)
+            ctx.metrics.finish(result, succeeded=result.ok and not result.aborted)
         else:  # the run itself broke (e.g. Qdrant went away): recorded as a failed run
-            metrics.status.labels(collection, src.uri).set(0)
+            ctx.metrics.status.labels(ctx.collection, ctx.source.uri).set(0)
         pusher.close()
-    publish_artifacts(collection, result)
-    d = result.documents
-    logger.info("done in %.1fs: %d seen, %d new, %d changed, %d unchanged, %d deleted, %d skipped, %d failed; "
-                "%d chunks upserted, %d deleted", result.duration_s, d.seen, d.new, d.changed, d.unchanged, d.deleted,
-                d.skipped, d.failed, result.chunks.upserted, result.chunks.deleted)
-    if late := sum(o.status is DocumentStatus.SKIPPED and o.stage is not Stage.DISCOVER for o in result.outcomes):
-        logger.info("%d of the documents the plan counted as new or changed %s skipped after reading (empty, or "
-                    "content this installation cannot read): the plan cannot know that before parsing", late,
-                    "was" if late == 1 else "were")
+    _report(ctx, result)
     if result.aborted:
         raise CircuitBreakerOpen(result.aborted, result)
     return result
@@ -149,71 +125,127 @@ def _check_crash_retries(allowed: int) -> None:
                                  "are unchanged now and not parsed again)", attempt)
 
 
-def _sparse_vectors(location: QdrantLocation, physical: str, profile: Profile, stages: Stages
-                    ) -> tuple[Profile, int]:
+def _begin(spec: RunSpec, result_storage: str | None) -> RunContext:
+    """The run's context: its stage tasks, its collection (made if new; the alias is resolved once, so a run that
+    started before a model migration's switch finishes where it began) and its metrics."""
+    logger = get_run_logger()
+    stages = stages_for_run(resolve_result_storage(result_storage), tagged=stage_limits_apply())
+    profile = spec.profile
+    physical = stages.ensure(spec.location, spec.collection, spec.model.info.dimension,
+                             (SPARSE_VECTOR,) if profile.sparse_language else ())
+    logger.info("ingesting %s into %r (%s) on %s (model %s, %d-token chunks, mode %s)", spec.source.uri,
+                spec.collection, physical, spec.location.describe(), spec.model.info.name, profile.max_tokens,
+                spec.options.mode.value)
+    if spec.options.parse.pdf_mode is PdfMode.AUTO:
+        logger.info("pdf-mode auto: PDFs use %s conversion (%s)", profile.pdf_mode.value, accurate_models_status()[1])
+    return RunContext(spec=spec, stages=stages, metrics=RunMetrics(spec.collection, spec.source.uri),
+                      physical=physical)
+
+
+@contextlib.contextmanager
+def _exclusive(ctx: RunContext) -> Iterator[None]:
+    """One run at a time per collection and scope (the source, narrowed by the run's filters): an OS file lock on this
+    machine (freed by the kernel if the process dies), and with a Prefect server also a global concurrency limit with
+    a lease (freed by the server's repossessor when a crashed run's lease expires), which serializes runs on different
+    machines. Runs narrowed by different filters (two uploads) go at once; a whole-source run waits."""
+    settings, uri = get_settings(), ctx.source.uri
+    filters = (ctx.options.source.include, ctx.options.source.exclude)
+    with scope_lock(ctx.collection, uri, settings, filters), server_limit(ctx.collection, uri, settings, filters):
+        yield
+
+
+def _report(ctx: RunContext, result: IngestResult) -> None:
+    """The run's artifacts (summary and per-document table) and its closing log lines."""
+    logger = get_run_logger()
+    publish_artifacts(ctx.collection, result)
+    d = result.documents
+    logger.info("done in %.1fs: %d seen, %d new, %d changed, %d unchanged, %d deleted, %d skipped, %d failed; "
+                "%d chunks upserted, %d deleted", result.duration_s, d.seen, d.new, d.changed, d.unchanged, d.deleted,
+                d.skipped, d.failed, result.chunks.upserted, result.chunks.deleted)
+    if late := sum(o.status is DocumentStatus.SKIPPED and o.stage is not Stage.DISCOVER for o in result.outcomes):
+        logger.info("%d of the documents the plan counted as new or changed %s skipped after reading (empty, or "
+                    "content this installation cannot read): the plan cannot know that before parsing", late,
+                    "was" if late == 1 else "were")
+
+
+def _sparse_vectors(ctx: RunContext) -> tuple[RunContext, int]:
     """A collection made before hybrid search (or with another BM25 language) gains its sparse vectors here, from the
     stored text: the dense model never runs for that. Where the Qdrant cannot add them, the run stays dense-only."""
-    if not profile.sparse_language:
-        return profile, 0
-    added = stages.sparse(location, physical, profile.sparse_language)
+    language = ctx.profile.sparse_language
+    if not language:
+        return ctx, 0
+    added = ctx.stages.sparse(ctx.location, ctx.physical, language)
     if added is None:
         get_run_logger().warning("%s cannot hold BM25 vectors on %s (this Qdrant cannot add a vector to an existing "
                                  "collection): it stays dense-only; `docingest migrate` rebuilds it with them",
-                                 physical, location.describe())
-        return dataclasses.replace(profile, sparse_language=None), 0
+                                 ctx.physical, ctx.location.describe())
+        return ctx.with_profile(dataclasses.replace(ctx.profile, sparse_language=None)), 0
     if added:
-        get_run_logger().info("BM25 vectors (%s) added to %d stored chunks of %s, without re-embedding",
-                              profile.sparse_language, added, physical)
-    return profile, added
+        get_run_logger().info("BM25 vectors (%s) added to %d stored chunks of %s, without re-embedding", language,
+                              added, ctx.physical)
+    return ctx, added
 
 
-def _sync(src, collection: str, options: IngestOptions, location: QdrantLocation, model, profile: Profile,
-          stages: Stages, metrics: RunMetrics | None = None, physical: str | None = None) -> IngestResult:
+def _sync(ctx: RunContext) -> IngestResult:
+    """The run's steps, in order: plan, prepare and write, delete what vanished, upkeep."""
+    plan, known, run = _plan(ctx)
+    # The writer embeds and stores in pools as Prefect task runs; leaving this block early cancels what has not
+    # started and waits for what runs.
+    with Writer(ctx, run, known) as writer:
+        record_planned(plan, run, writer.add)  # unchanged, skipped, dead-lettered: known without parsing
+        _prepare(ctx, plan, writer, run)
+        writer.finish()  # the last pool is written, or the first error of the writer's task runs is raised here
+    _delete_vanished(ctx, plan, run)
+    _upkeep(ctx, run)
+    return run.result
+
+
+def _plan(ctx: RunContext) -> tuple[Plan, dict[str, ManifestRecord], Run]:
+    """2. Plan every document before any work: hash each file, compare with the manifest; full mode lists deletions
+    (and refuses past the delete guard before anything is written). Returns the plan, the manifest it was made
+    against and the run's accumulator."""
     from prefect.runtime import flow_run
 
     logger = get_run_logger()
-    # 2. Plan every document before any work: hash each file, compare with the manifest; full mode lists deletions
-    #    (and refuses past the delete guard before anything is written).
-    physical = physical or QdrantStore(location).resolve(collection)  # points and manifest live there
-    known = QdrantStore(location).manifest(physical, src.uri)
-    plan = make_plan(src.uri, list(src.iter_documents()), known, profile, options)
-    counts = plan.counts()
-    logger.info("plan: %s", ", ".join(f"{v} {k}" for k, v in counts.items()))
-    run = Run(collection, src.uri, len(plan.documents), logger)
-    run.artifact = ProgressArtifact(collection, len(plan.documents), str(flow_run.get_id() or ""))
-    run.result.mode = options.mode.value
+    known = QdrantStore(ctx.location).manifest(ctx.physical, ctx.source.uri)
+    plan = make_plan(ctx.source.uri, list(ctx.source.iter_documents()), known, ctx.profile, ctx.options)
+    logger.info("plan: %s", ", ".join(f"{v} {k}" for k, v in plan.counts().items()))
+    run = Run(ctx.collection, ctx.source.uri, len(plan.documents), logger)
+    run.artifact = ProgressArtifact(ctx.collection, len(plan.documents), str(flow_run.get_id() or ""))
+    run.result.mode = ctx.options.mode.value
     run.result.flow_run_id = str(flow_run.get_id() or "")
-    metrics = metrics or RunMetrics(collection, src.uri)
+    if ctx.options.source.follow_symlinks:
+        logger.warning("following symbolic links out of the source root (option source.follow_symlinks): files "
+                       "they lead to are ingested as part of %s", ctx.source.uri)
+    return plan, known, run
 
-    if options.source.follow_symlinks:
-        logger.warning("following symbolic links out of the source root (option source.follow_symlinks): files they lead to "
-                       "are ingested as part of %s", src.uri)
-    # The writer embeds and stores in pools as Prefect task runs; leaving this block early cancels what has not
-    # started and waits for what runs.
-    with Writer(run, location, physical, profile, options, model, known, metrics, stages) as writer:
-        record_planned(plan, run, writer.add)  # unchanged, skipped, dead-lettered: known without parsing
 
-        # 3. Parse+chunk new and changed documents in a bounded window; they are embedded and stored in pools
-        #    as they finish (the writer's task runs), while the next ones are parsed.
-        work = plan.by_action(Action.PROCESS)
-        if work and isinstance(model, LoadedModel) and not model.loaded:
-            prefetch_model(model)  # the weights load while the first documents are parsed
-        prepare_in_window(work, src, profile, options, model, (stages.prepare, stages.prepare_batch), writer, run,
-                          metrics)
-        writer.finish()  # the last pool is written, or the first error of the writer's task runs is raised here
+def _prepare(ctx: RunContext, plan: Plan, writer: Writer, run: Run) -> None:
+    """3. Parse+chunk new and changed documents in a bounded window; they are embedded and stored in pools as they
+    finish (the writer's task runs), while the next ones are parsed."""
+    work = plan.by_action(Action.PROCESS)
+    if work and isinstance(ctx.model, LoadedModel) and not ctx.model.loaded:
+        prefetch_model(ctx.model)  # the weights load while the first documents are parsed
+    prepare_in_window(ctx, work, writer, run)
 
-    # 4. Full sync: remove what vanished from this source's scope, only after a run that was not aborted.
-    if plan.deleted and not run.result.aborted:
-        started = time.perf_counter()
-        run.result.chunks.deleted += stages.delete(location, physical, quote(plan.deleted))
-        metrics.observe_stage("delete", time.perf_counter() - started)
-        run.result.documents.deleted = len(plan.deleted)
-        run.result.deleted = [r.uri for r in plan.deleted]
 
-    # 5. Upkeep: flush, and index the collection once it has grown enough to need it (reported, never per batch).
-    if run.result.chunks.upserted or run.result.chunks.deleted:
-        upkeep = stages.maintain(location, physical)
-        if upkeep.indexed:
-            metrics.observe_stage("index", upkeep.seconds)
-            logger.info("built the vector index of %s (%d points) in %.1fs", physical, upkeep.points, upkeep.seconds)
-    return run.result
+def _delete_vanished(ctx: RunContext, plan: Plan, run: Run) -> None:
+    """4. Full sync: remove what vanished from this source's scope, only after a run that was not aborted."""
+    if not plan.deleted or run.result.aborted:
+        return
+    started = time.perf_counter()
+    run.result.chunks.deleted += ctx.stages.delete(ctx.location, ctx.physical, quote(plan.deleted))
+    ctx.metrics.observe_stage("delete", time.perf_counter() - started)
+    run.result.documents.deleted = len(plan.deleted)
+    run.result.deleted = [r.uri for r in plan.deleted]
+
+
+def _upkeep(ctx: RunContext, run: Run) -> None:
+    """5. Upkeep: flush, and index the collection once it has grown enough to need it (reported, never per batch)."""
+    if not (run.result.chunks.upserted or run.result.chunks.deleted):
+        return
+    upkeep = ctx.stages.maintain(ctx.location, ctx.physical)
+    if upkeep.indexed:
+        ctx.metrics.observe_stage("index", upkeep.seconds)
+        get_run_logger().info("built the vector index of %s (%d points) in %.1fs", ctx.physical, upkeep.points,
+                              upkeep.seconds)

@@ -6,18 +6,21 @@ the circuit breaker is checked as they arrive."""
 from __future__ import annotations
 
 from collections import deque
+from typing import TYPE_CHECKING
 
 from prefect import get_run_logger
 from prefect.futures import PrefectFuture
 
 from docingest.core import faults
-from docingest.core.metrics import RunMetrics
-from docingest.core.plan import PlannedDocument, Profile
+from docingest.core.plan import PlannedDocument
 from docingest.datamodel import DocumentStatus, Stage
 from docingest.flows.run import Run
 from docingest.flows.writer import Writer, finished
 from docingest.options import IngestOptions
 from docingest.tasks.prepare import PrepareFailed
+
+if TYPE_CHECKING:
+    from docingest.flows.context import RunContext
 
 BATCH_FROM = 64  # documents to parse from which parse-and-chunk task runs take several documents each
 DOCS_PER_TASK = 8  # per-document task runs cost ~18 s of a 115 s run on 1k generated documents (2 CPUs)
@@ -32,11 +35,11 @@ def docs_per_task(options: IngestOptions, documents: int) -> int:
     return 1 if documents < BATCH_FROM else min(DOCS_PER_TASK, max(1, options.window // 4))
 
 
-def prepare_in_window(work: list[PlannedDocument], src, profile: Profile, options: IngestOptions, model, tasks,
-                      writer: Writer, run: Run, metrics: RunMetrics) -> None:
-    """Submit the parse-and-chunk task runs of ``work`` (``tasks``: the per-document and the batch task) and hand
-    what they prepare to ``writer``, until all are taken or the circuit breaker trips."""
-    prepare, prepare_batch = tasks
+def prepare_in_window(ctx: RunContext, work: list[PlannedDocument], writer: Writer, run: Run) -> None:
+    """Submit the parse-and-chunk task runs of ``work`` (the run's per-document or batch task) and hand what they
+    prepare to ``writer``, until all are taken or the circuit breaker trips."""
+    src, profile, options, model, metrics = ctx.source, ctx.profile, ctx.options, ctx.model, ctx.metrics
+    prepare, prepare_batch = ctx.stages.prepare, ctx.stages.prepare_batch
     per_task = docs_per_task(options, len(work))
     window: deque[tuple[PrefectFuture, int]] = deque()  # (future, its documents)
     in_flight = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prefect import get_run_logger
 from prefect.futures import PrefectFuture
@@ -13,10 +14,7 @@ from prefect.utilities.annotations import opaque, quote
 
 from docingest.core.ids import document_id
 from docingest.core.memory import FreedMemoryReleaser
-from docingest.core.metrics import RunMetrics
 from docingest.core.pipeline import manifest_record
-from docingest.core.plan import Profile
-from docingest.core.store import QdrantLocation
 from docingest.core.write import EmbeddedPool, WrittenPool
 from docingest.datamodel import (
     DocumentOutcome,
@@ -27,8 +25,9 @@ from docingest.datamodel import (
 )
 from docingest.exceptions import ConfigurationError, DocingestError
 from docingest.flows.run import Run
-from docingest.options import IngestOptions
-from docingest.tasks.stages import Stages
+
+if TYPE_CHECKING:
+    from docingest.flows.context import RunContext
 
 
 def outcome_of(p: PreparedDocument, status: DocumentStatus | None = None, stage: Stage | None = None,
@@ -89,12 +88,11 @@ class Writer:
     MAX_ENCODING = 4  # pools submitted and not yet encoded (the one being encoded and those queued behind it)
     MAX_IN_FLIGHT = 8  # pools submitted and not yet written
 
-    def __init__(self, run: Run, location: QdrantLocation, collection: str, profile: Profile,
-                 options: IngestOptions, model, known: dict[str, ManifestRecord], metrics: RunMetrics,
-                 stages: Stages) -> None:
-        self.metrics, self.stages = metrics, stages
-        self.run, self.location, self.collection = run, location, collection
-        self.profile, self.options, self.model, self.known = profile, options, model, known
+    def __init__(self, ctx: RunContext, run: Run, known: dict[str, ManifestRecord]) -> None:
+        """``known``: the manifest the run was planned against (a document's previous version)."""
+        self.metrics, self.stages = ctx.metrics, ctx.stages
+        self.run, self.location, self.collection = run, ctx.location, ctx.physical
+        self.profile, self.options, self.model, self.known = ctx.profile, ctx.options, ctx.model, known
         self.pending: list[PreparedDocument] = []
         self.pending_chunks = 0
         self.records: list[ManifestRecord] = []
