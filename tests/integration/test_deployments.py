@@ -181,3 +181,6 @@ def test_cli_run_against_a_server_ships_its_logs_to_the_run_and_keeps_the_termin
     assert [w for w in warnings if "salaries.pdf" in w][0].endswith("encrypted PDF: a password is needed to open it")
     assert len([w for w in warnings if "empty.md" in w]) == 1, warnings
     assert not [w for w in warnings if "/tmp/" in w or "docingest-local" in w], warnings
+    # A failed document's task run is Failed, with its reason in one line: no traceback through Prefect's engine.
+    failed = [message for level, message in messages if level == 40 and "salaries.pdf" in message]
+    assert failed and not [m for m in failed if "Traceback" in m], failed

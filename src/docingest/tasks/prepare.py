@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -66,6 +67,21 @@ class PrepareFailed(Exception):  # noqa: N818 - a task outcome, not an error of 
 
     def __reduce__(self):  # travels back from a Dask worker with its documents
         return type(self), (self.prepared,)
+
+
+class _DocumentFailuresWithoutTraceback(logging.Filter):
+    """Prefect's task engine logs a task's exception with its traceback. A failed document is an outcome, not a bug:
+    its task run still ends Failed and the line still names the document, stage and reason (the flow adds one
+    WARNING per failed document too), but a traceback through Prefect's engine would tell the reader of the run's
+    Logs tab nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], PrepareFailed):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+logging.getLogger("prefect.task_runs").addFilter(_DocumentFailuresWithoutTraceback())
 
 
 @task(
