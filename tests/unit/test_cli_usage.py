@@ -40,3 +40,15 @@ def test_missing_collection_is_a_usage_error(tmp_path):
 def test_bad_pdf_mode_is_a_usage_error(tmp_path):
     result = runner.invoke(app, ["ingest", str(tmp_path), "-c", "x", "--pdf-mode", "magic"])
     assert result.exit_code == 2
+
+
+@pytest.mark.parametrize("command", ["ingest", "search", "export", "convert-store", "doctor", "eval", "migrate",
+                                     "serve", "plugins"])
+def test_help_texts_say_what_an_option_does_not_what_it_measured(command):
+    """Benchmark figures live in docs/performance.md: a help text that quotes one goes stale silently."""
+    import re
+
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert not re.search(r"measured|\d+(\.\d+)? ?% (faster|slower)|\d+(\.\d+)? ?[x×] (faster|slower)", text), text
