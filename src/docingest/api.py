@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import sys
-from typing import Any
+from typing import Any, cast
+
+from pydantic import BaseModel
 
 from docingest.datamodel import IngestResult, SearchResults
 from docingest.exceptions import ConfigurationError
@@ -20,9 +22,10 @@ _SECTIONS = ("source", "parse", "chunk", "embed", "store")
 
 def _flat_fields() -> dict[str, str | None]:
     """Option name -> its section (None: top level). Names that occur in two sections are left out."""
-    pairs = [(name, None) for name in IngestOptions.model_fields if name not in _SECTIONS]
+    pairs: list[tuple[str, str | None]] = [(name, None) for name in IngestOptions.model_fields if name not in _SECTIONS]
     for section in _SECTIONS:
-        pairs += [(name, section) for name in IngestOptions.model_fields[section].annotation.model_fields]
+        model = cast("type[BaseModel]", IngestOptions.model_fields[section].annotation)  # a section is a model
+        pairs += [(name, section) for name in model.model_fields]
     names = [name for name, _ in pairs]
     return {name: section for name, section in pairs if names.count(name) == 1}
 

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, cast
 
 import typer
 from rich.console import Console
@@ -219,7 +219,8 @@ def ingest(
         raise _fail("give either SOURCE or --source-block")
     if not collection and not collection_block:
         raise _fail("give --collection or --collection-block")
-    blocks = dict(qdrant_block=qdrant_block, source_block=source_block, collection_block=collection_block)
+    blocks: dict[str, Any] = dict(qdrant_block=qdrant_block, source_block=source_block,
+                                  collection_block=collection_block)
 
     def settings_follow_symlinks() -> bool:
         return get_settings().follow_symlinks
@@ -297,7 +298,8 @@ def ingest(
     try:
         flow = ingest_documents
         if task_runner or dask_address:
-            flow = ingest_documents.with_options(task_runner=make_task_runner(task_runner or "dask", dask_address))
+            flow = ingest_documents.with_options(
+                task_runner=cast(Any, make_task_runner(task_runner or "dask", dask_address)))
         with ephemeral.run_settings(early), pinned(inputs, spec):
             result = flow(source=source, collection=collection, options=options, qdrant=target,
                           embedder_block=embedder_block, result_storage=result_storage, **blocks)
@@ -595,9 +597,9 @@ def migrate(
 
     target = _qdrant_target(qdrant_path, qdrant_url)
     _run_logs_to_api_only(verbose)
-    options = IngestOptions(parse=ParseOptions(**({"pdf_mode": pdf_mode} if pdf_mode else {})),
-                            embed=EmbedOptions(**({"backend": embed_backend} if embed_backend else {})),
-                            **({"preset": preset} if preset else {}))
+    options = IngestOptions.model_validate({"parse": {"pdf_mode": pdf_mode} if pdf_mode else {},
+                                            "embed": {"backend": embed_backend} if embed_backend else {},
+                                            **({"preset": preset} if preset else {})})
     try:
         result = migrate_collection(collection, model, sources=sources or None, source_block=source_block,
                                     options=options, qdrant=target, keep_old=keep_old,

@@ -143,8 +143,8 @@ def run_checks(source: str | None = None, source_block: str | None = None,
         checks.append(_run("s3 credentials", _s3_endpoint))
     if settings.git_token:
         checks.append(Check("git token", True, "DOCINGEST_GIT_TOKEN is set (checked when a git source is fetched)"))
-    if settings.pushgateway_url:
-        checks.append(_run("pushgateway", lambda: _pushgateway(settings.pushgateway_url)))
+    if (pushgateway := settings.pushgateway_url) is not None:
+        checks.append(_run("pushgateway", lambda: _pushgateway(pushgateway)))
     if settings.result_storage:
         checks.append(_run("result storage", _result_storage))
     return checks

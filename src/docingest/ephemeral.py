@@ -296,8 +296,8 @@ def prepare_database() -> str:
         server = SubprocessASGIServer()
         server.start()
         server.stop()
-    url = get_current_settings().server.database.connection_url
-    url = url.get_secret_value() if url is not None else ""
+    secret = get_current_settings().server.database.connection_url
+    url = secret.get_secret_value() if secret is not None else ""
     prefix = "sqlite+aiosqlite:///"
     if not url.startswith(prefix):  # another database (PostgreSQL): migrated by the start above, nothing to fold
         return url.rpartition("@")[2]

@@ -59,7 +59,7 @@ def store_folder(path: Path, settings) -> Folder:
     return Folder(Path(path), "embedded store", setting)
 
 
-def parse_cache_folder() -> Folder | None:
+def parse_cache_folder() -> Folder:
     """Prefect's local result storage, where parse results are cached when no result-storage block is set."""
     from prefect.settings import get_current_settings
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from pydantic import BaseModel, Field
 
 from docingest.core.sparse import SPARSE_VECTOR
 from docingest.core.store import QdrantStore
+from docingest.datamodel import IngestResult
 from docingest.exceptions import ConfigurationError
 from docingest.options import IngestOptions
 
@@ -87,7 +88,7 @@ def migrate_collection(
                              sources=list(sources or [f"block:{source_block}"]))
     runs = [dict(source=s) for s in sources] if sources else [dict(source_block=source_block)]
     for run in runs:
-        done = ingest_documents(collection=new, options=options, qdrant=qdrant, **run)
+        done = cast(IngestResult, ingest_documents(collection=new, options=options, qdrant=qdrant, **run))
         result.documents += done.documents.new + done.documents.changed + done.documents.unchanged
         result.chunks += done.chunks.upserted
         result.failed += done.documents.failed

@@ -95,7 +95,7 @@ def resolve_result_storage(name: str | None):
     if "/" in name:
         from prefect.filesystems import WritableFileSystem
 
-        block = load_block(name, WritableFileSystem)
+        block = load_block(name, WritableFileSystem)  # type: ignore[type-abstract]  # any concrete subclass
     else:
         from docingest.blocks.results import S3ResultStorage
 

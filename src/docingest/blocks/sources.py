@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
@@ -118,7 +120,7 @@ def open_source_block(name: str, options: SourceOptions | None = None):
         return block.open(options)
     for kind in (S3BucketSource, GitRepositorySource):
         try:
-            block = kind.load(name)
+            block = cast(Any, kind.load(name))  # from sync code: the block, not a coroutine
         except ValueError:
             continue
         return block.open(options)

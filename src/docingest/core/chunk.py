@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from docingest.core.embed import LoadedModel
 from docingest.datamodel import Chunk
@@ -111,7 +111,7 @@ def _hybrid_chunker_class():
                 self._max_token_chars = max(len(token) for token in tokenizer.get_vocab())
             chunker = semchunk.chunkerify(self._count, chunk_size=available_length,
                                           max_token_chars=self._max_token_chars, memoize=False)
-            return list(chunker(doc_chunk.text))
+            return cast("list[str]", chunker(doc_chunk.text))  # one text in: its chunks' texts
 
         def _count(self, text: str) -> int:  # semchunk's own counter for a transformers tokenizer
             encode = self.tokenizer.get_tokenizer().encode
@@ -191,14 +191,14 @@ def chunk_document(doc: DoclingDocument, chunker: HybridChunker | PluginChunker)
                 continue
             embed_text = chunker.contextualize(chunk=raw)
             pages = sorted(
-                {prov.page_no for item in raw.meta.doc_items for prov in getattr(item, "prov", []) or []}
+                {prov.page_no for item in cast(Any, raw.meta).doc_items for prov in getattr(item, "prov", []) or []}
             )
             chunks.append(
                 Chunk(
                     chunk_index=len(chunks),
                     text=text,
                     embed_text=embed_text,
-                    headings=list(raw.meta.headings or []),
+                    headings=list(cast(Any, raw.meta).headings or []),  # a DocMeta: HybridChunker's chunks
                     pages=pages,
                     token_count=chunker.tokenizer.count_tokens(embed_text),
                 )

@@ -11,7 +11,7 @@ import threading
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from docingest.core.memory import release_freed_memory
 from docingest.exceptions import ConfigurationError, EmbedError
@@ -62,7 +62,7 @@ class LoadedModel:
         return (load_model, (self.info.name, self.device, self.info.backend))
 
 
-_models: dict[tuple[str, str | None], LoadedModel] = {}
+_models: dict[tuple[str, str | None, str], LoadedModel] = {}
 _models_lock = threading.Lock()
 
 
@@ -96,7 +96,7 @@ def load_model(name: str, device: str | None = None, backend: str = "torch") -> 
 
     ``backend="int8"``: torch dynamic quantization (int8 weights, Linear layers) on CPU — no extra packages, no export.
     """
-    backend = getattr(backend, "value", backend)
+    backend = str(getattr(backend, "value", backend))
     key = (name, device, backend)
     with _models_lock:
         if key in _models:
@@ -211,7 +211,7 @@ def sklearn_metrics_stand_in() -> _DeferredSklearnMetrics | None:
         return None
     stand_in = _DeferredSklearnMetrics(_DEFERRED)
     stand_in.__path__ = [str(Path(location) / "metrics") for location in spec.submodule_search_locations]
-    stand_in.pairwise_distances = _pairwise_distances
+    stand_in.pairwise_distances = _pairwise_distances  # type: ignore[attr-defined]  # a module's attribute
     return stand_in
 
 
@@ -332,7 +332,7 @@ class PluginModel:
         vectors = np.concatenate(out) if out else np.zeros((0, self.dimension), dtype=np.float32)
         if normalize_embeddings:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = vectors / np.where(norms == 0, 1, norms)
+            vectors = (vectors / np.where(norms == 0, 1, norms)).astype(np.float32)
         return vectors
 
 
@@ -356,7 +356,7 @@ def _load_plugin(name: str, backend: str) -> LoadedModel:
 
 def _hub_revision(model: SentenceTransformer) -> str | None:
     try:
-        cfg = json.dumps(model[0].auto_model.config.to_dict(), sort_keys=True, default=str)
+        cfg = json.dumps(cast(Any, model[0]).auto_model.config.to_dict(), sort_keys=True, default=str)
         return "config:" + hashlib.sha256(cfg.encode()).hexdigest()[:16]
     except Exception:  # noqa: BLE001
         return None

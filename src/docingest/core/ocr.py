@@ -18,7 +18,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from docingest.core import faults
 from docingest.exceptions import ConfigurationError
@@ -170,7 +170,7 @@ def blank_pages(path, page_numbers: list[int], dpi: int = 18) -> set[int]:
 
     blank = set()
     for number, image, _scale in render_pdf_pages(path, page_numbers, dpi):
-        low, _high = image.convert("L").getextrema()
+        low = cast("tuple[int, int]", image.convert("L").getextrema())[0]  # a one-band image: (low, high)
         if low >= 240 or ImageStat.Stat(image.convert("L")).stddev[0] < 1.0:
             blank.add(number)
     return blank

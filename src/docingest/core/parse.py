@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from docingest.core import ocr
 from docingest.core.formats import BY_EXTENSION, IMAGE_EXTENSIONS, Reader, extension
@@ -136,7 +136,8 @@ def _build_converter(pdf_mode: PdfMode, ocr_lang: str | None = None, force: bool
         from docling.datamodel.pipeline_options import NativePdfPipelineOptions
 
         pdf_option = NativePdfFormatOption(pipeline_options=NativePdfPipelineOptions(parser_threads=1))
-    allowed = [f for f in InputFormat if f not in (InputFormat.IMAGE, InputFormat.AUDIO, InputFormat.VIDEO)]
+    allowed: list[InputFormat] = [f for f in InputFormat
+                                  if f not in (InputFormat.IMAGE, InputFormat.AUDIO, InputFormat.VIDEO)]
     return DocumentConverter(allowed_formats=allowed, format_options={InputFormat.PDF: pdf_option})
 
 
@@ -200,7 +201,7 @@ def parse_document(path: Path, options: ParseOptions, pdf_mode: PdfMode | None =
     mode = pdf_mode or resolve_pdf_mode(options.pdf_mode)
     ocr_on = options.ocr is not OcrMode.OFF and tesseract_available()
     converter = _converter(mode, (options.ocr_lang, options.ocr is OcrMode.FORCE) if ocr_on else ())
-    source: Path | object = path
+    source: Any = path  # the file, or a stream for plain text
     if ext == "txt":  # plain text is read as Markdown (Docling has no plain-text reader)
         from io import BytesIO
 
@@ -282,8 +283,8 @@ def _ocr_pdf(native: DoclingDocument, path: Path, options: ParseOptions, parser:
 
     by_page: dict[int, list] = {}
     for item, _level in native.iterate_items():
-        if getattr(item, "prov", None):
-            by_page.setdefault(item.prov[0].page_no, []).append(item)
+        if prov := getattr(item, "prov", None):
+            by_page.setdefault(prov[0].page_no, []).append(item)
     try:
         with contextlib.closing(pdfium.PdfDocument(str(path))) as pdf:
             count = len(pdf)

@@ -57,7 +57,7 @@ def resolve_profile(options: IngestOptions, model: ModelInfo) -> Profile:
     pdf_mode = resolve_pdf_mode(options.parse.pdf_mode)
     ocr = resolve_ocr(options.parse.ocr, options.parse.ocr_lang)
     max_tokens = effective_max_tokens(options.chunk, model.max_seq_length)
-    parts = {
+    parts: dict[str, object] = {
         "schema": __version_schema__,
         "pdf_mode": pdf_mode.value,
         # Documents OCR cannot touch keep the fingerprint they had when OCR was not installed: installing Tesseract
@@ -197,8 +197,8 @@ def make_plan(
         # `--include "*.md"`) never deletes what lies outside them.
         from docingest.core.sources.local import _matches
 
-        inc, exc = options.source.include, options.source.exclude
-        in_scope = {path: r for path, r in known.items() if _matches(path, inc) and not _matches(path, exc)}
+        include, exclude = options.source.include, options.source.exclude
+        in_scope = {path: r for path, r in known.items() if _matches(path, include) and not _matches(path, exclude)}
         present = {d.path for d in documents}
         plan.deleted = [r for path, r in sorted(in_scope.items()) if path not in present]
         ratio = len(plan.deleted) / len(in_scope) if in_scope else 0.0

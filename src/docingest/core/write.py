@@ -103,7 +103,7 @@ def write_pool(store, collection: str, pool: EmbeddedPool, profile: Profile, kno
     written.seconds = time.perf_counter() - started
     faults.checkpoint("after-upsert")
     records = [manifest_record(d, profile, known.get(d.document.path), DocumentStatus.SUCCESS) for d in pool.docs]
-    replace = [(r.doc_id, r.version) for r in records]
+    replace: list[tuple[str, str | None]] = [(r.doc_id, r.version) for r in records]
     records += [manifest_record(d, profile, known.get(d.document.path), DocumentStatus.FAILURE, Stage.EMBED, error)
                 for d, error in pool.failed]
     written.deleted = finalize_documents(store, collection, replace, records)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import time
+from typing import cast
+from uuid import UUID
 
 from prefect import get_run_logger
 
@@ -15,7 +17,7 @@ from docingest.datamodel import (
 TABLE_ROWS = 1000  # per-document rows in the outcomes table artifact (failures come first, so none is cut)
 
 
-_PROGRESS_ARTIFACTS: dict[str, object] = {}  # flow run id -> its progress artifact: a retried run reuses it
+_PROGRESS_ARTIFACTS: dict[str, UUID] = {}  # flow run id -> its progress artifact: a retried run reuses it
 
 
 class ProgressArtifact:
@@ -24,15 +26,16 @@ class ProgressArtifact:
 
     def __init__(self, collection: str, total: int, flow_run_id: str = "") -> None:
         self.collection, self.total, self.last = collection, total, 0.0
-        self.id = _PROGRESS_ARTIFACTS.get(flow_run_id) if flow_run_id else None
+        self.id: UUID | None = _PROGRESS_ARTIFACTS.get(flow_run_id) if flow_run_id else None
         try:
             from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
             if self.id is None:
-                self.id = create_progress_artifact(progress=0.0, key=artifact_key(collection, "progress"),
-                                                   description=self._describe(0, 0))
+                created = cast(UUID, create_progress_artifact(  # called from sync code: the UUID, not a coroutine
+                    progress=0.0, key=artifact_key(collection, "progress"), description=self._describe(0, 0)))
+                self.id = created
                 if flow_run_id:
-                    _PROGRESS_ARTIFACTS[flow_run_id] = self.id
+                    _PROGRESS_ARTIFACTS[flow_run_id] = created
             else:  # a retry of the same flow run starts its count again on the same artifact
                 update_progress_artifact(self.id, progress=0.0, description=self._describe(0, 0))
         except Exception as exc:  # noqa: BLE001 - reporting must never fail a sync

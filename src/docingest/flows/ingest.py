@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Iterator
+from typing import Any, cast
 
 from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
@@ -36,7 +37,7 @@ from docingest.tasks.stages import stages_for_run
 
 @flow(
     name="ingest-documents",
-    task_runner=SettingsTaskRunner(),  # the runner DOCINGEST_TASK_RUNNER names, chosen as each run starts
+    task_runner=cast(Any, SettingsTaskRunner()),  # the runner DOCINGEST_TASK_RUNNER names, chosen as each run starts
     validate_parameters=True,
     log_prints=True,
     persist_result=True,  # the IngestResult, read back by whoever started the run (the upload service's jobs)

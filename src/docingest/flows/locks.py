@@ -13,6 +13,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from contextlib import ExitStack, contextmanager
+from typing import Any
 
 
 def scope_name(collection: str, scope: str) -> str:
@@ -45,7 +46,7 @@ def stage_limits_apply() -> bool:
     if not temporary_api():
         return True
     try:
-        limits = FlowRunContext.get().client.read_global_concurrency_limits(limit=200, offset=0)
+        limits = _client(FlowRunContext.get()).read_global_concurrency_limits(limit=200, offset=0)
     except Exception:  # noqa: BLE001 - when in doubt, limits apply
         return True
     names = {f"tag:{tag}" for tag in STAGE_TAGS}
@@ -69,7 +70,7 @@ def server_limit(collection: str, scope: str, settings, filters: tuple[Sequence[
         yield
         return
     name = scope_name(collection, narrowed(scope, *filters) or scope)
-    FlowRunContext.get().client.upsert_global_concurrency_limit_by_name(name, limit=1)
+    _client(FlowRunContext.get()).upsert_global_concurrency_limit_by_name(name, limit=1)
     with concurrency(name, occupy=1, lease_duration=settings.lock_lease_s, timeout_seconds=settings.lock_timeout_s):
         yield
 
@@ -103,3 +104,10 @@ def scope_lock(collection: str, scope: str, settings, filters: tuple[Sequence[st
         except LockTimeout:
             raise TimeoutError(f"another run holds {collection!r} / {scope}") from None
         yield
+
+
+def _client(context: Any) -> Any:
+    """The flow run's API client (a sync flow's: Prefect types it as either kind, and the context as optional)."""
+    if context is None:
+        raise RuntimeError("not inside a flow run")
+    return context.client

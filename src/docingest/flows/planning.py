@@ -67,7 +67,7 @@ def nothing_to_write(spec: RunSpec, plan: Plan) -> IngestResult | None:
         if p.action is Action.PROCESS or leaves_indexed_chunks(p):
             return None  # to parse, or indexed chunks to remove
     language = spec.profile.sparse_language
-    if language and not sparse_complete(QdrantStore(spec.location), spec.physical, language):
+    if language and spec.physical and not sparse_complete(QdrantStore(spec.location), spec.physical, language):
         return None
     run = Run(spec.collection, spec.source.uri, len(plan.documents))
     run.result.mode = spec.options.mode.value
@@ -117,6 +117,7 @@ def record_planned(plan: Plan, run, add) -> None:
             run.record(DocumentOutcome(source=p.doc.uri, path=p.doc.path, status=DocumentStatus.UNCHANGED,
                                        change=p.change, chunks=p.known.chunks if p.known else 0))
         elif p.action is Action.DEAD_LETTER:
+            assert p.known is not None  # dead-lettered: its failures are on record
             stage = p.known.stage or Stage.PARSE
             run.result.dead_letter.append(DeadLetterItem(source=p.doc.uri, stage=stage.value,
                                                          error=p.known.error or "", attempts=p.known.attempts))

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from prefect import get_run_logger
-from prefect.futures import PrefectFuture
+from prefect.futures import PrefectConcurrentFuture, PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import opaque, quote
 
@@ -73,7 +73,7 @@ class Pool:
 
 def finished(future: PrefectFuture) -> bool:
     """Whether a task run submitted to a task runner has ended (asks the runner's own future, never the API)."""
-    return future.wrapped_future.done()
+    return cast(PrefectConcurrentFuture, future).wrapped_future.done()  # the thread pool runners' futures
 
 
 class Writer:
@@ -99,8 +99,8 @@ class Writer:
         self.replace: list[tuple[str, str | None]] = []
         self.pools: deque[Pool] = deque()
         self.logger = get_run_logger()
-        self.encoder = ThreadPoolTaskRunner(max_workers=1)
-        self.store = ThreadPoolTaskRunner(max_workers=1)
+        self.encoder: ThreadPoolTaskRunner = ThreadPoolTaskRunner(max_workers=1)
+        self.store: ThreadPoolTaskRunner = ThreadPoolTaskRunner(max_workers=1)
         self.releaser = FreedMemoryReleaser()
 
     def __enter__(self) -> Writer:
@@ -115,7 +115,7 @@ class Writer:
         for pool in self.pools:
             for future in (pool.written, pool.records, pool.embedded):
                 if future is not None:
-                    future.wrapped_future.cancel()  # only task runs not started yet are cancelled
+                    cast(PrefectConcurrentFuture, future).wrapped_future.cancel()  # only those not started yet
         try:
             self.store.__exit__(*exc)
         finally:
@@ -205,6 +205,7 @@ class Writer:
         if pool.records is not None:
             self.run.result.chunks.deleted += pool.records.result()
             return
+        assert pool.embedded is not None and pool.written is not None  # a pool without records has both
         embedded: EmbeddedPool = pool.embedded.result()  # a model that cannot be used stops the run here
         self.metrics.observe_embed(embedded.chunks, embedded.seconds)
         self.run.result.chunks.embedded += embedded.chunks

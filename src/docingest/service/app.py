@@ -51,8 +51,8 @@ def create_app(settings: DocingestSettings | None = None) -> FastAPI:
     app = FastAPI(title="docingest upload service", version="1", lifespan=_lifespan,
                   description="Resumable uploads that become searchable documents.")
     app.state.service, app.state.store, app.state.jobs, app.state.priorities = service, store, service.jobs, PRIORITIES
-    app.add_exception_handler(UploadError, _upload_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(UploadError, _upload_error)  # type: ignore[arg-type]  # Starlette types the base
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(BodyLimit, settings=settings)
     service.metrics.instrument(app)

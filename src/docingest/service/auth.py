@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import Any
 
 from fastapi import HTTPException
 from fastapi.security import HTTPBearer
@@ -81,7 +82,7 @@ class Authenticator:
         self.secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
         self.jwks = jwt.PyJWKClient(settings.jwt_jwks_url, cache_keys=True, lifespan=300, timeout=10) \
             if settings.jwt_jwks_url else None
-        self.checks = {"options": {"require": ["sub", "exp"]}, "audience": settings.jwt_audience,
+        self.checks: dict[str, Any] = {"options": {"require": ["sub", "exp"]}, "audience": settings.jwt_audience,
                        "issuer": settings.jwt_issuer}
         self.collections_claim, self.read_claim = settings.jwt_collections_claim, settings.jwt_read_claim
         self.uses_network = self.jwks is not None

@@ -23,6 +23,7 @@ Either way, subscribers (the WebSocket endpoint) get every change pushed as it h
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import re
 import threading
@@ -30,6 +31,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, cast
 
 from pydantic import BaseModel, Field
 
@@ -206,7 +208,7 @@ class JobManager:
                     pass
 
     # -- the worker ----------------------------------------------------------------------------------------------------
-    def _queued(self) -> list[Job]:
+    def _queued(self) -> builtins.list[Job]:
         """Queued jobs in the order they are taken: priority, then round robin between users (each user's first job,
         then each user's second...), then age."""
         with self._lock:
@@ -220,7 +222,7 @@ class JobManager:
             ranked.append((PRIORITIES.index(job.priority), turn[key], job.created_at, job))
         return [r[-1] for r in sorted(ranked, key=lambda r: r[:3])]
 
-    def _next_batch(self) -> list[Job]:
+    def _next_batch(self) -> builtins.list[Job]:
         """The next embedded run's jobs: the first waiting job, with its collection's other waiting jobs, in the same
         order; empty when the pool is full or nothing waits. A collection's new uploads do not wait for its run in
         progress (a document that parses for minutes there): they start a run of their own when a slot is free."""
@@ -230,7 +232,8 @@ class JobManager:
             queued = self._queued()
             if not queued:
                 return []
-            batch, per_user = [], {}
+            batch: builtins.list[Job] = []
+            per_user: dict[str, int] = {}
             for job in queued:  # in the fair order; a few of each user's, so one user's flood is not one long run
                 if job.collection == queued[0].collection and per_user.get(job.user, 0) < BATCH_PER_USER:
                     per_user[job.user] = per_user.get(job.user, 0) + 1
@@ -244,7 +247,7 @@ class JobManager:
             self._store(job)
         return batch
 
-    def _watched(self) -> list[Job]:
+    def _watched(self) -> builtins.list[Job]:
         with self._lock:
             return [j for j in self.jobs.values() if j.flow_run_id and j.state in ("queued", "running")]
 
@@ -274,7 +277,7 @@ class JobManager:
                 log.exception("job worker error; retrying")
                 time.sleep(2)
 
-    def _run_embedded(self, batch: list[Job]) -> None:
+    def _run_embedded(self, batch: builtins.list[Job]) -> None:
         """One flow run for a collection's batch (on the pool); each job ends when its document's outcome is
         recorded (progress events carry it), the rest when the run ends."""
         try:
@@ -291,7 +294,7 @@ class JobManager:
                 self._running -= 1
                 self._wake.notify_all()
 
-    def _run_batch(self, batch: list[Job]) -> None:
+    def _run_batch(self, batch: builtins.list[Job]) -> None:
         from docingest.core import progress
         from docingest.flows.ingest import ingest_documents
         from docingest.options import IngestOptions
@@ -334,19 +337,20 @@ class JobManager:
             logging.getLogger("docingest.service").exception("the run of %d jobs in %r failed", len(batch),
                                                              collection)
             with pending_lock:
-                left, _ = list(pending.values()), pending.clear()
-            for job in left:
+                failed = builtins.list(pending.values())
+                pending.clear()
+            for job in failed:
                 self._finish(job, "failure", stage="run", error=f"{type(exc).__name__}: {str(exc)[:300]}")
             return
         finally:
             progress.remove_listener(on_progress)
         with pending_lock:
-            left = dict(pending)
+            unseen = dict(pending)
             pending.clear()
         for outcome in result.outcomes:  # outcomes no event carried (a run that ended early)
-            if (job := left.pop(outcome.path, None)) is not None:
-                finish(job, outcome)
-        for job in left.values():  # not seen by the run: its file is gone
+            if outcome.path in unseen:
+                finish(unseen.pop(outcome.path), outcome)
+        for job in unseen.values():  # not seen by the run: its file is gone
             self._finish(job, "failure", stage="read", error="the uploaded document was not found in the source")
         for job in batch:
             if job.flow_run_id is None:
@@ -367,7 +371,7 @@ class JobManager:
                     raise error
             self._prefect_up = True
 
-    def _options(self, jobs: list[Job]) -> dict:
+    def _options(self, jobs: builtins.list[Job]) -> dict:
         """The ingest options of a run of ``jobs``: only their uploads' folders, the service's parse timeout."""
         options: dict = {"source": {"include": [f"{job.upload_id}/**" for job in jobs]}}
         if self.parse_timeout_s is not None:
@@ -378,11 +382,13 @@ class JobManager:
     def _dispatch(self, job: Job) -> None:
         from prefect.deployments import run_deployment
 
-        run = run_deployment(
+        if self.deployment is None:
+            raise RuntimeError("deployment mode without a deployment name")
+        run = cast(Any, run_deployment(  # from sync code: the flow run, not a coroutine
             self.deployment, timeout=0, as_subflow=False, work_queue_name=job.priority,
             tags=["docingest-upload"], idempotency_key=f"docingest-upload-{job.job_id}",
             parameters={"source": self.store.source_uri(job.collection), "collection": job.collection,
-                        "options": self._options([job])})
+                        "options": self._options([job])}))
         job.flow_run_id = str(run.id)
         self._store(job)
 
@@ -426,7 +432,7 @@ class JobManager:
             elif kind == "COMPLETED":
                 self._finish(job, *outcome_from_result(run.state, job.document))
             elif kind in ("FAILED", "CRASHED", "CANCELLED", "CANCELLING"):
-                message = (run.state.message or kind.lower())[:300]
+                message = ((run.state.message if run.state else None) or kind.lower())[:300]
                 self._finish(job, "failure", stage="run", error=f"flow run {kind.lower()}: {message}")
 
     def close(self, wait: bool = True) -> None:

@@ -42,9 +42,9 @@ def sniff_file(path: Path, extension: str) -> str | None:
     """Why the file's content does not match the extension (None when it does); the check is the format's in
     core/formats.py."""
     known = BY_EXTENSION.get(extension)
-    check = known.check if known is not None else Check.NONE
-    if check is Check.NONE:
+    if known is None or known.check is Check.NONE:
         return f"file type .{extension} is not accepted"
+    check = known.check
     if check is Check.TEXT:
         return _sniff_text(path, extension)  # an executable is binary: refused as such
     with open(path, "rb") as fh:

@@ -23,6 +23,7 @@ import unicodedata
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 from pydantic import BaseModel, Field
 
@@ -176,8 +177,8 @@ class LocalBackend:
         except BaseException:
             assembled.unlink(missing_ok=True)
             raise
-        for part in folder.glob("part-*"):
-            part.unlink()
+        for piece in folder.glob("part-*"):
+            piece.unlink()
         return target.stat().st_size, digest.hexdigest(), refused
 
     def remove_document(self, key: str) -> None:
@@ -334,7 +335,9 @@ class UploadStore:
     def __init__(self, root: Path | None, part_size: int, max_bytes: int, allowed: set[str], expiry_s: float,
                  backend: LocalBackend | S3Backend | None = None, quota_bytes: int | None = None,
                  max_unfinished: int = 100) -> None:
-        self.backend = backend or LocalBackend(Path(root))
+        if backend is None and root is None:
+            raise ValueError("an upload store needs a folder or a backend")
+        self.backend = backend or LocalBackend(Path(cast(Path, root)))
         self.part_size, self.max_bytes = part_size, max_bytes
         self.allowed, self.expiry_s = allowed, expiry_s
         self.quota_bytes, self.max_unfinished = quota_bytes or 5 * max_bytes, max_unfinished

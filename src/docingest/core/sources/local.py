@@ -191,6 +191,7 @@ class LocalFolderSource:
                 doc.skip_reason = reason
                 yield doc
                 continue
+            assert real is not None  # a file without a skip reason has its real path
             self._real[rel] = real
             try:
                 doc.size, doc.content_hash = file_hash(Path(real))

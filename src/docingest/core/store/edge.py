@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from docingest.core.store.backend import (
     RRF_K,
@@ -369,7 +369,7 @@ class EdgeBackend:
             request = QueryRequest(limit=search.limit, query=queries[0], with_payload=True)
         else:
             fusion = Fusion.Rrf(k=RRF_K) if search.fusion == "rrf" else Fusion.Dbsf()
-            request = QueryRequest(limit=search.limit, query=fusion, with_payload=True,
+            request = QueryRequest(limit=search.limit, query=cast(Any, fusion), with_payload=True,  # its stub omits Fusion
                                    prefetches=[Prefetch(limit=search.prefetch_limit(), query=q) for q in queries])
         return [(float(p.score), p.payload or {}) for p in self._call("search", self._shard(name).query, request)]
 
