@@ -171,9 +171,7 @@ def _target(qdrant_path: str | None, qdrant_url: str | None):
     from docingest.exceptions import ConfigurationError
     from docingest.targets import QdrantTarget
 
-    if not (qdrant_path or qdrant_url):
-        return None
     try:
-        return QdrantTarget(url=qdrant_url, path=str(qdrant_path) if qdrant_path else None)
+        return QdrantTarget.given(qdrant_path, qdrant_url)
     except ValidationError:
         raise ConfigurationError("give either qdrant_path or qdrant_url, not both") from None

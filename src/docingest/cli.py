@@ -103,10 +103,8 @@ def _qdrant_target(qdrant_path: Path | None, qdrant_url: str | None):
 
     from docingest.targets import QdrantTarget
 
-    if not (qdrant_path or qdrant_url):
-        return None
     try:
-        return QdrantTarget(url=qdrant_url, path=str(qdrant_path) if qdrant_path else None)
+        return QdrantTarget.given(qdrant_path, qdrant_url)
     except ValidationError:
         raise _fail("give either --qdrant-path or --qdrant-url, not both") from None
 

@@ -22,6 +22,14 @@ class QdrantTarget(BaseModel):
     url: str | None = Field(default=None, description="Qdrant server URL.")
     path: str | None = Field(default=None, description="Folder of the embedded store.")
 
+    @classmethod
+    def given(cls, path: str | Path | None = None, url: str | None = None) -> QdrantTarget | None:
+        """The target of a command's or a call's loose arguments; None when neither is given (the settings decide).
+        Both: pydantic's ValidationError, which each caller words in its own arguments' names."""
+        if not (path or url):
+            return None
+        return cls(url=url, path=str(path) if path else None)
+
     @model_validator(mode="after")
     def _one_location(self) -> QdrantTarget:
         if self.url and self.path:
