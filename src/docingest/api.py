@@ -144,6 +144,8 @@ def ingest(
     try:
         return _call(ingest_documents, **kwargs)
     except CircuitBreakerOpen as exc:
+        if exc.result is None:  # the flow always attaches its partial result
+            raise
         return exc.result
     finally:
         if bar is not None:

@@ -7,6 +7,11 @@ stage functions (and caught by the flow), or by entry points for configuration e
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from docingest.datamodel import IngestResult
+
 
 class DocingestError(Exception):
     """Root of every docingest error."""
@@ -59,7 +64,7 @@ class DeleteGuardError(ConfigurationError):
 class CircuitBreakerOpen(DocingestError):
     """Raised at the end of a run stopped early because too many documents failed; ``result`` holds what was done."""
 
-    def __init__(self, message: str, result=None) -> None:
+    def __init__(self, message: str, result: IngestResult | None = None) -> None:
         super().__init__(message)
         self.result = result
 

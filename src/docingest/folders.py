@@ -12,8 +12,12 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from docingest.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from docingest.settings import DocingestSettings
 
 
 @dataclass(frozen=True)
@@ -43,12 +47,12 @@ def check_writable(*folders: Folder) -> None:
                                      f"{folder.setting})") from None
 
 
-def home_folder(settings) -> Folder:
+def home_folder(settings: DocingestSettings) -> Folder:
     """DOCINGEST_HOME: run locks, git checkouts, the embedded store by default."""
     return Folder(Path(settings.home), "docingest home", "DOCINGEST_HOME")
 
 
-def store_folder(path: Path, settings) -> Folder:
+def store_folder(path: Path, settings: DocingestSettings) -> Folder:
     """The embedded store's folder, and whichever setting put it there."""
     if settings.qdrant_path is not None and Path(settings.qdrant_path) == Path(path):
         setting = "DOCINGEST_QDRANT_PATH"
@@ -67,7 +71,7 @@ def parse_cache_folder() -> Folder:
     return Folder(Path(path), "parse cache", "PREFECT_RESULTS_LOCAL_STORAGE_PATH (under PREFECT_HOME by default)")
 
 
-def upload_folder(settings) -> Folder:
+def upload_folder(settings: DocingestSettings) -> Folder:
     if settings.upload_dir is not None:
         return Folder(Path(settings.upload_dir), "upload", "DOCINGEST_UPLOAD_DIR")
     return Folder(Path(settings.home) / "uploads", "upload", "DOCINGEST_HOME (uploads go to <home>/uploads)")

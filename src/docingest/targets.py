@@ -4,6 +4,7 @@ parse cache's result storage."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -88,7 +89,7 @@ def resolve_target(collection: str | None, qdrant: QdrantTarget | None = None, q
     return collection, resolve_location(qdrant, qdrant_block)
 
 
-def resolve_result_storage(name: str | None):
+def resolve_result_storage(name: str | None) -> Any:
     """The saved result-storage block (``DOCINGEST_RESULT_STORAGE`` or the flow's ``result_storage``): any Prefect
     WritableFileSystem block, e.g. ``docingest-s3-result-storage/parse-cache``; None keeps Prefect's default
     (local files, PREFECT_RESULTS_LOCAL_STORAGE_PATH)."""

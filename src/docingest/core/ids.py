@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from pathlib import Path
 
 # Fixed namespace for every docingest id (uuid5 of the DNS namespace and our name), never change it.
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, "docingest.dev")
@@ -28,7 +29,7 @@ def point_id(doc_id: str, version: str, chunk_index: int) -> str:
     return str(uuid.uuid5(NAMESPACE, f"{doc_id}\n{version}\n{chunk_index}"))
 
 
-def sha256_file(path, block_size: int = 1 << 20) -> str:
+def sha256_file(path: str | Path, block_size: int = 1 << 20) -> str:
     """sha256 hex digest of a file, read in blocks (never whole into memory)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:

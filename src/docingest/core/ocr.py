@@ -18,6 +18,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from docingest.core import faults
@@ -136,7 +137,7 @@ def parse_tsv(tsv: str) -> list[OcrBlock]:
     return blocks
 
 
-def image_frames(path) -> Iterator[Image]:
+def image_frames(path: str | Path) -> Iterator[Image]:
     """Every page of an image file (all frames of a multi-page TIFF), EXIF orientation applied."""
     from PIL import Image as PILImage
     from PIL import ImageOps, ImageSequence
@@ -146,7 +147,7 @@ def image_frames(path) -> Iterator[Image]:
             yield ImageOps.exif_transpose(frame.copy())
 
 
-def render_pdf_pages(path, page_numbers: list[int], dpi: int) -> Iterator[tuple[int, Image, float]]:
+def render_pdf_pages(path: str | Path, page_numbers: list[int], dpi: int) -> Iterator[tuple[int, Image, float]]:
     """(page number, image, pixels per PDF point) for the given 1-based pages, rendered with pypdfium2."""
     import pypdfium2 as pdfium
 
@@ -164,7 +165,7 @@ def render_pdf_pages(path, page_numbers: list[int], dpi: int) -> Iterator[tuple[
         pdf.close()
 
 
-def blank_pages(path, page_numbers: list[int], dpi: int = 18) -> set[int]:
+def blank_pages(path: str | Path, page_numbers: list[int], dpi: int = 18) -> set[int]:
     """The pages among ``page_numbers`` that render as (near) white: nothing for OCR to read, so no OCR time."""
     from PIL import ImageStat
 

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import threading
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from docingest.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from docingest.core.store import QdrantStore
 
 SPARSE_VECTOR = "bm25"  # the named sparse vector of a collection
 DEFAULT_LANGUAGE = "english"
@@ -61,7 +65,7 @@ def encoder(language: str = DEFAULT_LANGUAGE) -> SparseEncoder:
     return SparseEncoder(language)
 
 
-def sparse_complete(store, physical: str, language: str) -> bool:
+def sparse_complete(store: QdrantStore, physical: str, language: str) -> bool:
     """Whether every stored point of ``physical`` already has a BM25 vector of ``language`` (so a sync has none to
     add): the collection has the sparse vector, and no point lacks it or has another language's."""
     if SPARSE_VECTOR not in store.sparse_vectors(physical):
@@ -69,7 +73,7 @@ def sparse_complete(store, physical: str, language: str) -> bool:
     return next(iter(store.without_sparse(physical, model_name(language), page=1)), None) is None
 
 
-def add_sparse_vectors(store, physical: str, language: str, page: int = 256) -> int | None:
+def add_sparse_vectors(store: QdrantStore, physical: str, language: str, page: int = 256) -> int | None:
     """Give ``physical``'s stored points a BM25 vector of ``language`` where they have none or another language's:
     made from the stored headings and text, the dense vectors untouched (a collection from before hybrid search gains
     it at its next sync without re-embedding). Returns how many points were updated, or None when the backend cannot

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from docingest.core import faults
 from docingest.core.embed import LoadedModel, embed_texts
@@ -14,6 +14,9 @@ from docingest.core.pipeline import build_points, manifest_record
 from docingest.core.plan import Profile
 from docingest.datamodel import DocumentStatus, ManifestRecord, PreparedDocument, Stage
 from docingest.exceptions import ConfigurationError, DocingestError
+
+if TYPE_CHECKING:
+    from docingest.core.store import QdrantStore
 
 
 @dataclass
@@ -79,7 +82,7 @@ def embed_pool(model: LoadedModel, docs: list[PreparedDocument], batch_size: int
     return pool
 
 
-def finalize_documents(store, collection: str, replace: list[tuple[str, str | None]],
+def finalize_documents(store: QdrantStore, collection: str, replace: list[tuple[str, str | None]],
                        records: list[ManifestRecord]) -> int:
     """After the new versions are written: remove each document's other versions, then record the manifest.
 
@@ -92,7 +95,7 @@ def finalize_documents(store, collection: str, replace: list[tuple[str, str | No
     return deleted
 
 
-def write_pool(store, collection: str, pool: EmbeddedPool, profile: Profile, known: dict[str, ManifestRecord],
+def write_pool(store: QdrantStore, collection: str, pool: EmbeddedPool, profile: Profile, known: dict[str, ManifestRecord],
                batch_size: int) -> WrittenPool:
     """Upsert the pool's points (deterministic ids: a retry overwrites, never duplicates), then finish its documents:
     their old versions go and their manifest records are written, with a failure record for each document the model

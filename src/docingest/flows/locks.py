@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from docingest.settings import DocingestSettings
 
 
 def scope_name(collection: str, scope: str) -> str:
@@ -54,7 +57,8 @@ def stage_limits_apply() -> bool:
 
 
 @contextmanager
-def server_limit(collection: str, scope: str, settings, filters: tuple[Sequence[str], Sequence[str]] = ((), ())):
+def server_limit(collection: str, scope: str, settings: DocingestSettings,
+                 filters: tuple[Sequence[str], Sequence[str]] = ((), ())) -> Iterator[None]:
     """A limit-1 Prefect global concurrency limit for (collection, scope and filters), when a Prefect server is
     configured: runs on other machines wait for each other.
 
@@ -76,7 +80,8 @@ def server_limit(collection: str, scope: str, settings, filters: tuple[Sequence[
 
 
 @contextmanager
-def scope_lock(collection: str, scope: str, settings, filters: tuple[Sequence[str], Sequence[str]] = ((), ())):
+def scope_lock(collection: str, scope: str, settings: DocingestSettings,
+               filters: tuple[Sequence[str], Sequence[str]] = ((), ())) -> Iterator[None]:
     """Locks under ``<home>/locks/`` (filelock; the kernel frees them if the process dies). A run of the whole source
     holds ``<collection>-<scope hash>.db`` exclusively; a narrowed run holds it shared, and its narrowed scope's
     ``.lock`` exclusively. Waits for the runs it excludes up to ``lock_timeout_s`` (forever when unset), then raises

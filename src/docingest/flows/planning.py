@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from docingest.core.embed import LoadedModel
 from docingest.core.plan import Action, Plan, PlannedDocument, make_plan
@@ -14,6 +16,10 @@ from docingest.flows.runspec import RunSpec
 from docingest.options import Isolation
 from docingest.settings import get_settings
 from docingest.targets import resolve_result_storage
+
+if TYPE_CHECKING:
+    from docingest.datamodel import PreparedDocument
+    from docingest.flows.run import Run
 
 
 def preflight(spec: RunSpec, result_storage: str | None = None) -> None:
@@ -100,7 +106,7 @@ def leaves_indexed_chunks(p: PlannedDocument) -> bool:
     return p.action is Action.SKIP and bool(p.doc.skip_reason) and p.known is not None and bool(p.known.chunks)
 
 
-def record_planned(plan: Plan, run, add) -> None:
+def record_planned(plan: Plan, run: Run, add: Callable[[PreparedDocument], None] | None) -> None:
     """The outcomes the plan knows without parsing: unchanged, skipped by the listing, dead-lettered. A document the
     listing now leaves out (a link out of the source, a FIFO) but an earlier run indexed goes to ``add`` (the
     writer), so its chunks are removed and nothing read through a link that is no longer followed stays searchable."""
@@ -108,6 +114,8 @@ def record_planned(plan: Plan, run, add) -> None:
 
     for p in plan.documents:
         if leaves_indexed_chunks(p):
+            if add is None:  # nothing_to_write() hands no writer: it returns early for such a document
+                raise ValueError(f"{p.doc.path}: its indexed chunks must be removed, and no writer was given")
             add(PreparedDocument(document=p.doc, change=p.change, status=DocumentStatus.SKIPPED, stage=Stage.DISCOVER,
                                  error=p.reason))
         elif p.action is Action.SKIP:

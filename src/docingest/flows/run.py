@@ -5,6 +5,7 @@ write without starting a flow run (``flows.planning.nothing_to_write``)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,8 @@ if TYPE_CHECKING:
 class Run:
     """Accumulates per-document outcomes into the typed result and reports progress."""
 
-    def __init__(self, collection: str, source: str, total: int, logger=None) -> None:
+    def __init__(self, collection: str, source: str, total: int,
+                 logger: logging.Logger | logging.LoggerAdapter | None = None) -> None:
         self.logger = logger
         self.result = IngestResult(collection=collection, source=source)
         self.result.documents.seen = total

@@ -33,7 +33,7 @@ class Stages:
     maintain: Any = maintain_collection_task
 
 
-def stages_for_run(result_storage=None, tagged: bool = True) -> Stages:
+def stages_for_run(result_storage: Any = None, tagged: bool = True) -> Stages:
     """The run's stage tasks: the parse tasks persist to ``result_storage`` when one is given; ``tagged=False`` drops
     every task's tags, so its runs make no concurrency-slot calls to the API."""
     stages = Stages()

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from docingest.datamodel import SourceDocument
 from docingest.exceptions import ConfigurationError
 from docingest.options import SourceOptions
+
+if TYPE_CHECKING:
+    from docingest.settings import DocingestSettings
 
 
 @runtime_checkable
@@ -27,7 +30,7 @@ class Source(Protocol):
         ...
 
 
-def open_source(source: str, options: SourceOptions | None = None, settings=None) -> Source:
+def open_source(source: str, options: SourceOptions | None = None, settings: DocingestSettings | None = None) -> Source:
     """Open a source from its CLI/flow string: a local path or file:// URI, s3://bucket/prefix, or a git URL
     (``*.git``, ``git+…``, or any URL with ``git_ref``/``git_path`` set). Raises ConfigurationError when unusable."""
     from docingest.core.sources.git import GitSource, is_git_url
