@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import sys
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel
 
 from docingest.datamodel import IngestResult, SearchResults
 from docingest.exceptions import ConfigurationError
 from docingest.options import IngestOptions
+
+if TYPE_CHECKING:
+    from docingest.targets import QdrantTarget
 
 _SECTIONS = ("source", "parse", "chunk", "embed", "store")
 
@@ -166,7 +169,7 @@ def search(query: str, collection: str, limit: int = 5, *, qdrant_path: str | No
                  mode=mode, fusion=fusion)
 
 
-def _target(qdrant_path: str | None, qdrant_url: str | None):
+def _target(qdrant_path: str | None, qdrant_url: str | None) -> QdrantTarget | None:
     """The call's QdrantTarget (None: the settings'); both given: ConfigurationError, in these arguments' words."""
     from pydantic import ValidationError
 

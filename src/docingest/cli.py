@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from rich.console import Console
@@ -32,6 +32,9 @@ from docingest.options import (  # light: pydantic only
     StoreOptions,
     SyncMode,
 )
+
+if TYPE_CHECKING:
+    from docingest.targets import QdrantTarget
 
 app = typer.Typer(
     name="docingest",
@@ -97,7 +100,7 @@ def _field(model, name: str, *flags: str, more: str = ""):
     return typer.Option(*flags, help=text, show_default=False)
 
 
-def _qdrant_target(qdrant_path: Path | None, qdrant_url: str | None):
+def _qdrant_target(qdrant_path: Path | None, qdrant_url: str | None) -> QdrantTarget | None:
     """The command's QdrantTarget (None: the settings'); the target refuses both, in the flags' words here."""
     from pydantic import ValidationError
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class DocumentStatus(str, Enum):
@@ -158,7 +161,7 @@ class IngestResult(BaseModel):
         """True when no document failed."""
         return self.documents.failed == 0
 
-    def to_dataframe(self):
+    def to_dataframe(self) -> pd.DataFrame:
         """One row per document: source, path, status, change, stage, error, chunks (pandas)."""
         columns = ["source", "path", "status", "change", "stage", "error", "chunks"]
         rows = [{**o.model_dump(mode="json", include=set(columns))} for o in self.outcomes]
@@ -181,7 +184,7 @@ class IngestResult(BaseModel):
         }
 
 
-def _dataframe(rows: list[dict[str, Any]], columns: list[str]):
+def _dataframe(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
     try:
         import pandas as pd
     except ImportError as exc:  # pandas comes with Docling; this only fails in a trimmed environment
@@ -237,7 +240,7 @@ class SearchResults(list):
                 "hits": [h.model_dump(include={"score", "source", "path", "chunk_index", "text", "headings"})
                          for h in self]}
 
-    def to_dataframe(self):
+    def to_dataframe(self) -> pd.DataFrame:
         """One row per hit: score, source, path, chunk_index, headings, pages, text."""
         columns = ["score", "source", "path", "chunk_index", "headings", "pages", "text"]
         return _dataframe([h.model_dump(include=set(columns)) for h in self], columns)

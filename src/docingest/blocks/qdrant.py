@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
 from docingest.core.store import QdrantLocation
+
+if TYPE_CHECKING:
+    from qdrant_client import QdrantClient
+
+    from docingest.core.store import QdrantStore
 
 LOGO = "https://qdrant.tech/images/logo_with_text.png"
 DOCS = "https://github.com/docingest/docingest#configuration"
@@ -49,13 +55,13 @@ class QdrantConnection(Block):
             prefer_grpc=self.prefer_grpc,
         )
 
-    def get_store(self):
+    def get_store(self) -> QdrantStore:
         """The docingest store of this connection (one per process and location): collections, points, search."""
         from docingest.core.store import QdrantStore
 
         return QdrantStore(self.location())
 
-    def get_client(self):
+    def get_client(self) -> QdrantClient:
         """A ``qdrant_client.QdrantClient`` for a server connection (the embedded store has no client: use
         :meth:`get_store`)."""
         from docingest.core.store.client import open_client
@@ -89,10 +95,10 @@ class QdrantCollection(Block):
                                          description="The Qdrant that holds the collection.")
     collection_name: str = Field(description="Collection name (its manifest lives in <name>__manifest).")
 
-    def get_store(self):
+    def get_store(self) -> QdrantStore:
         """The docingest store of the collection's connection."""
         return self.connection.get_store()
 
-    def get_client(self):
+    def get_client(self) -> QdrantClient:
         """A ``qdrant_client.QdrantClient`` for the collection's server connection."""
         return self.connection.get_client()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
 from docingest.blocks.qdrant import DOCS
 from docingest.options import SourceOptions
+
+if TYPE_CHECKING:
+    from docingest.core.sources import Source
 
 S3_LOGO = "https://min.io/resources/img/logo/MINIO_Bird.png"
 GIT_LOGO = "https://git-scm.com/images/logos/downloads/Git-Icon-1788C.png"
@@ -68,7 +71,7 @@ class S3BucketSource(Block):
         """The s3:// URI of this source (its scope in a collection)."""
         return f"s3://{self.bucket}/{self.prefix.strip('/')}".rstrip("/")
 
-    def open(self, options: SourceOptions | None = None):
+    def open(self, options: SourceOptions | None = None) -> Source:
         """A docingest Source for this bucket prefix."""
         from docingest.core.sources.s3 import S3Source
 
@@ -100,7 +103,7 @@ class GitRepositorySource(Block):
         """The git+ URI of this source (its scope in a collection)."""
         return f"git+{self.url}@{self.ref}:{self.path.strip('/')}"
 
-    def open(self, options: SourceOptions | None = None):
+    def open(self, options: SourceOptions | None = None) -> Source:
         """A docingest Source for this repository folder."""
         from docingest.core.sources.git import GitSource
         from docingest.settings import get_settings
@@ -109,7 +112,7 @@ class GitRepositorySource(Block):
                          token=self.token.get_secret_value() if self.token else None)
 
 
-def open_source_block(name: str, options: SourceOptions | None = None):
+def open_source_block(name: str, options: SourceOptions | None = None) -> Source:
     """Open a saved source block by name (``NAME`` or ``<block-type-slug>/NAME``) as a docingest Source."""
     from docingest.exceptions import ConfigurationError
 
