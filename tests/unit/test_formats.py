@@ -23,7 +23,7 @@ def test_each_extension_belongs_to_one_format_in_lower_case():
     listed = [ext for f in FORMATS for ext in f.extensions]
     assert len(listed) == len(set(listed)) == len(BY_EXTENSION)
     assert all(ext == ext.lower() and not ext.startswith(".") for ext in listed)
-    assert formats.format_of("Report.PDF").name == "PDF" and formats.format_of("notes") is None
+    assert BY_EXTENSION[formats.extension("Report.PDF")].name == "PDF" and formats.extension("notes") == ""
 
 
 @pytest.mark.parametrize("ext", sorted(formats.extensions(Reader.DOCLING)))

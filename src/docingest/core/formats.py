@@ -87,10 +87,9 @@ FORMATS: tuple[Format, ...] = (
 BY_EXTENSION: dict[str, Format] = {ext: f for f in FORMATS for ext in f.extensions}
 
 
-def extensions(reader: Reader | None = None, check: Check | None = None) -> frozenset[str]:
-    """The extensions of the formats read by ``reader`` and/or checked with ``check`` (all when both are None)."""
-    return frozenset(ext for f in FORMATS if reader in (None, f.reader) and check in (None, f.check)
-                     for ext in f.extensions)
+def extensions(reader: Reader) -> frozenset[str]:
+    """The extensions of the formats ``reader`` reads."""
+    return frozenset(ext for f in FORMATS if f.reader is reader for ext in f.extensions)
 
 
 UPLOADABLE: frozenset[str] = frozenset(ext for f in FORMATS if f.uploadable for ext in f.extensions)
@@ -102,7 +101,3 @@ OCR_EXTENSIONS: frozenset[str] = IMAGE_EXTENSIONS | {"pdf"}  # the kinds of docu
 def extension(path: str | Path) -> str:
     """A file's extension as the table keys it: lower case, without the dot ("" without one)."""
     return Path(path).suffix.lower().lstrip(".")
-
-
-def format_of(path: str | Path) -> Format | None:
-    return BY_EXTENSION.get(extension(path))
