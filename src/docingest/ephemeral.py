@@ -98,7 +98,7 @@ def _reap(pids: list[int], grace_s: float = 5) -> None:
                     os.waitpid(pid, 0)
                     break
                 time.sleep(0.05)
-        except ChildProcessError:  # reaped already (by its Popen object)
+        except (ChildProcessError, ProcessLookupError):  # reaped already (by its Popen object)
             continue
 
 
