@@ -107,7 +107,7 @@ def add_chunks(chunks: int) -> dict:
     if language is None or recorded is None:
         raise RuntimeError(f"the ingested collection {physical!r} lacks BM25 vectors or a recorded model: {template}")
     settings = get_settings()
-    model = load_model(recorded, settings.embed_device, backend)
+    model = load_model(recorded, settings.embed.device, backend)
     bm25 = encoder(language)
 
     rows = []  # (path, content hash, chunk_index, title, text)

@@ -34,6 +34,7 @@ from docingest.options import (  # light: pydantic only
 )
 
 if TYPE_CHECKING:
+    from docingest.settings import DocingestSettings
     from docingest.targets import QdrantTarget
 
 app = typer.Typer(
@@ -100,12 +101,26 @@ def _field(model, name: str, *flags: str, more: str = ""):
     return typer.Option(*flags, help=text, show_default=False)
 
 
+def _settings() -> DocingestSettings:
+    """The process's settings; an invalid one ends the command with exit 2 and one line naming its variable."""
+    from pydantic import ValidationError
+
+    from docingest.settings import describe_error, get_settings
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        raise _fail(f"invalid setting {describe_error(exc)}") from None
+
+
 def _qdrant_target(qdrant_path: Path | None, qdrant_url: str | None) -> QdrantTarget | None:
-    """The command's QdrantTarget (None: the settings'); the target refuses both, in the flags' words here."""
+    """The command's QdrantTarget (None: the settings'); the target refuses both, in the flags' words here. Every
+    command that opens a store comes here first, so an invalid setting is reported here too."""
     from pydantic import ValidationError
 
     from docingest.targets import QdrantTarget
 
+    _settings()
     try:
         return QdrantTarget.given(qdrant_path, qdrant_url)
     except ValidationError:
@@ -215,7 +230,8 @@ def ingest(
     from docingest.flows.planning import lists_cheaply, nothing_to_write, plan_for, preflight, warm_up
     from docingest.flows.runspec import RunInputs, pinned, resolve_spec
     from docingest.settings import get_settings
-    target = _qdrant_target(qdrant_path, qdrant_url)
+
+    target = _qdrant_target(qdrant_path, qdrant_url)  # checks the settings first
     if bool(source) == bool(source_block):
         raise _fail("give either SOURCE or --source-block")
     if not collection and not collection_block:
@@ -283,7 +299,7 @@ def ingest(
         with contextlib.suppress(Exception):  # only ever saves time; the run itself reports any problem
             if spec.exists and lists_cheaply(spec):
                 plan = plan_for(spec)
-                unchanged = None if get_settings().record_unchanged_runs else nothing_to_write(spec, plan)
+                unchanged = None if get_settings().prefect.record_unchanged_runs else nothing_to_write(spec, plan)
             if unchanged is None:
                 warm_up(spec, plan)
     if unchanged is not None:
@@ -635,7 +651,6 @@ def serve(
     import signal
 
     import uvicorn
-    from pydantic import ValidationError
 
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack (a stuck job, a hang)
 
@@ -643,17 +658,13 @@ def serve(
     from docingest.exceptions import DocingestError
     from docingest.service import tempdir
     from docingest.service.app import create_app
-    from docingest.settings import get_settings
 
     tempdir.use_private()
+    settings = _settings()
     try:
-        settings = get_settings()
-        limit_arenas(settings.service_malloc_arenas)  # before the service's threads start
+        limit_arenas(settings.service.malloc_arenas)  # before the service's threads start
         application = create_app(settings)
         _run_logs_to_api_only(verbose)  # the embedded jobs' flow runs log to the API, not to the service's stderr
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise _fail(f"invalid setting DOCINGEST_{str(first['loc'][-1]).upper()}: {first['msg']}") from None
     except DocingestError as exc:
         raise _fail(str(exc)) from None
     uvicorn.run(application, host=host, port=port, log_level="info" if verbose else "warning",

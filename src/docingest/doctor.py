@@ -61,7 +61,7 @@ def _model() -> str:
     from docingest.settings import get_settings
 
     settings = get_settings()
-    model = load_model(settings.embed_model, settings.embed_device)
+    model = load_model(settings.embed.model, settings.embed.device)
     info = model.info
     return f"{info.name}: {info.dimension} dims, max {info.max_seq_length} tokens, on {model.model.device}"
 
@@ -100,8 +100,8 @@ def _s3_endpoint() -> str:
     from docingest.settings import get_settings
 
     s = get_settings()
-    client, endpoint = make_client(s.s3_endpoint, s.s3_access_key.get_secret_value() if s.s3_access_key else None,
-                                   s.s3_secret_key.get_secret_value() if s.s3_secret_key else None, s.s3_region)
+    client, endpoint = make_client(s.s3.endpoint, s.s3.access_key.get_secret_value() if s.s3.access_key else None,
+                                   s.s3.secret_key.get_secret_value() if s.s3.secret_key else None, s.s3.region)
     try:
         buckets = client.list_buckets()
     except Exception as exc:  # noqa: BLE001
@@ -119,7 +119,7 @@ def _result_storage() -> str:
     from docingest.settings import get_settings
     from docingest.targets import resolve_result_storage
 
-    name = get_settings().result_storage
+    name = get_settings().prefect.result_storage
     block = resolve_result_storage(name)
     return f"{name}: {type(block).__name__} ready"
 
@@ -139,13 +139,13 @@ def run_checks(source: str | None = None, source_block: str | None = None,
     ]
     if source or source_block:
         checks.append(_run("source", lambda: _source(source, source_block)))
-    elif settings.s3_endpoint or settings.s3_access_key:
+    elif settings.s3.endpoint or settings.s3.access_key:
         checks.append(_run("s3 credentials", _s3_endpoint))
-    if settings.git_token:
+    if settings.git.token:
         checks.append(Check("git token", True, "DOCINGEST_GIT_TOKEN is set (checked when a git source is fetched)"))
     if (pushgateway := settings.pushgateway_url) is not None:
         checks.append(_run("pushgateway", lambda: _pushgateway(pushgateway)))
-    if settings.result_storage:
+    if settings.prefect.result_storage:
         checks.append(_run("result storage", _result_storage))
     return checks
 

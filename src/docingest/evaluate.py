@@ -283,13 +283,13 @@ def evaluate(
     used, language, _ = choose_mode(store, physical, mode, fusion)
     recorded, backend = store.collection_model(physical)
     settings = get_settings()
-    name = recorded or settings.embed_model
+    name = recorded or settings.embed.model
 
     evaluated, _ = split_queries(queries, qrels)
     rankings: dict[str, list[str]] = {}
     if evaluated:
         texts = [queries[qid] for qid in evaluated]
-        vectors = embed_texts(load_model(name, settings.embed_device, backend), texts) if used != "bm25" \
+        vectors = embed_texts(load_model(name, settings.embed.device, backend), texts) if used != "bm25" \
             else [None] * len(texts)
         for qid, text, vector in zip(evaluated, texts, vectors, strict=True):
             hits = store.find(physical, make_search(used, vector, text, language, candidates, fusion, candidates))

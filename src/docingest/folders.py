@@ -54,7 +54,7 @@ def home_folder(settings: DocingestSettings) -> Folder:
 
 def store_folder(path: Path, settings: DocingestSettings) -> Folder:
     """The embedded store's folder, and whichever setting put it there."""
-    if settings.qdrant_path is not None and Path(settings.qdrant_path) == Path(path):
+    if settings.qdrant.path is not None and Path(settings.qdrant.path) == Path(path):
         setting = "DOCINGEST_QDRANT_PATH"
     elif Path(path) == settings.resolved_qdrant_path():
         setting = "DOCINGEST_HOME (the store is <home>/qdrant)"
@@ -72,6 +72,6 @@ def parse_cache_folder() -> Folder:
 
 
 def upload_folder(settings: DocingestSettings) -> Folder:
-    if settings.upload_dir is not None:
-        return Folder(Path(settings.upload_dir), "upload", "DOCINGEST_UPLOAD_DIR")
+    if settings.upload.dir is not None:
+        return Folder(Path(settings.upload.dir), "upload", "DOCINGEST_UPLOAD_DIR")
     return Folder(Path(settings.home) / "uploads", "upload", "DOCINGEST_HOME (uploads go to <home>/uploads)")

@@ -80,7 +80,7 @@ def migrate_collection(
             raise ConfigurationError(f"collection {collection!r} records no sources: give SOURCE or --source-block")
     options = with_preset(options)
     options = options.model_copy(update={"embed": options.embed.model_copy(update={"model": model})})
-    loaded = load_model(model, get_settings().embed_device, options.embed.backend)
+    loaded = load_model(model, get_settings().embed.device, options.embed.backend)
     new = next_version(store, collection)
     sparse = () if options.store.bm25_language.strip().lower() == "none" else (SPARSE_VECTOR,)
     store.ensure_collection(new, loaded.info.dimension, alias=False, sparse=sparse)

@@ -24,7 +24,6 @@ version re-processes what it touched (a parser: only the documents of its format
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,7 +99,9 @@ def clear_cache() -> None:
 
 
 def disabled() -> set[str]:
-    return {n.strip() for n in os.environ.get("DOCINGEST_DISABLED_PLUGINS", "").split(",") if n.strip()}
+    from docingest.settings import get_settings
+
+    return set(get_settings().disabled_plugins)
 
 
 def _load(kind: str, ep) -> PluginInfo:

@@ -84,7 +84,7 @@ def _search(store: QdrantStore, physical: str, query: str, limit: int, model: st
     if used != "bm25":  # BM25 alone needs no model
         settings = get_settings()
         recorded, backend = collection_model(store, physical)
-        loaded = load_model(model or recorded or settings.embed_model, settings.embed_device, backend)
+        loaded = load_model(model or recorded or settings.embed.model, settings.embed.device, backend)
         vector = embed_texts(loaded, [query])[0]
     hits = store.search(physical, make_search(used, vector, query, language, limit, fusion))
     return SearchResults(hits, mode=used, note=note)

@@ -53,16 +53,7 @@ def resolve_location(qdrant: QdrantTarget | None = None, qdrant_block: str | Non
 
         location = load_block(qdrant_block, QdrantConnection).location()
     else:
-        location = QdrantLocation(
-            url=settings.qdrant_url,
-            path=settings.resolved_qdrant_path(),
-            api_key=settings.qdrant_api_key,
-            timeout=settings.qdrant_timeout,
-            engine=settings.qdrant_engine,
-            index_from_points=settings.index_from_points,
-            index_threads=settings.index_threads,
-            min_free_mb=settings.store_min_free_mb,
-        )
+        location = QdrantLocation(**settings.qdrant.model_dump(exclude={"path"}), path=settings.resolved_qdrant_path())
     return _override(location, qdrant)
 
 
@@ -93,7 +84,7 @@ def resolve_result_storage(name: str | None) -> Any:
     """The saved result-storage block (``DOCINGEST_RESULT_STORAGE`` or the flow's ``result_storage``): any Prefect
     WritableFileSystem block, e.g. ``docingest-s3-result-storage/parse-cache``; None keeps Prefect's default
     (local files, PREFECT_RESULTS_LOCAL_STORAGE_PATH)."""
-    name = name or get_settings().result_storage
+    name = name or get_settings().prefect.result_storage
     if not name:
         from docingest.folders import check_writable, parse_cache_folder
 

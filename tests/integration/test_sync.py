@@ -237,11 +237,10 @@ def test_run_summary_artifacts(prefect_server, home, tmp_path, caplog):
 
 
 def test_a_held_scope_lock_times_out_with_one_line(tmp_path):
-    from types import SimpleNamespace
-
     from docingest.flows.locks import scope_lock
+    from docingest.settings import DocingestSettings
 
-    settings = SimpleNamespace(home=tmp_path, lock_timeout_s=0.3)
+    settings = DocingestSettings(home=tmp_path, prefect={"lock_timeout_s": 0.3})
     held = pytest.raises(TimeoutError, match="another run holds 'kb' / file:///docs")
     with scope_lock("kb", "file:///docs", settings), held, scope_lock("kb", "file:///docs", settings):
         pass

@@ -64,8 +64,8 @@ def test_uploads_accept_what_ingest_reads_except_the_named_subset():
     assert all(BY_EXTENSION[ext].check is Check.NONE for ext in NOT_UPLOADABLE)
     assert allowed_upload_types(DocingestSettings()) == set(UPLOADABLE)
     assert {"webp", "bmp", "ods", "odp", "tex", "vtt", "nxml", "xhtml"} <= UPLOADABLE  # refused before the table
-    assert allowed_upload_types(DocingestSettings(upload_allowed_types=[".PDF", "md"])) == {"pdf", "md"}
+    assert allowed_upload_types(DocingestSettings(upload={"allowed_types": [".PDF", "md"]})) == {"pdf", "md"}
     with pytest.raises(ConfigurationError, match=r"lists \.xlsm: macro-enabled or legacy Office"):
-        allowed_upload_types(DocingestSettings(upload_allowed_types=["pdf", "xlsm"]))
+        allowed_upload_types(DocingestSettings(upload={"allowed_types": ["pdf", "xlsm"]}))
     with pytest.raises(ConfigurationError, match=r"lists \.exe: uploads accept only"):
-        allowed_upload_types(DocingestSettings(upload_allowed_types=["exe"]))
+        allowed_upload_types(DocingestSettings(upload={"allowed_types": ["exe"]}))

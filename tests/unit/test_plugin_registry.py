@@ -10,6 +10,7 @@ from docingest import plugins
 from docingest.core.embed import ModelInfo
 from docingest.core.plan import resolve_profile
 from docingest.options import ChunkOptions, IngestOptions, ParseOptions
+from docingest.settings import get_settings
 
 pytestmark = pytest.mark.unit
 
@@ -56,6 +57,7 @@ def installed(monkeypatch):
 
     monkeypatch.setattr("importlib.metadata.entry_points", entry_points)
     monkeypatch.delenv("DOCINGEST_DISABLED_PLUGINS", raising=False)
+    get_settings.cache_clear()
     plugins.clear_cache()
 
     def add(kind, name, obj):
@@ -85,6 +87,7 @@ def test_broken_plugins_are_named(installed, monkeypatch):
                        r"is broken: .*DOCINGEST_DISABLED_PLUGINS=broken"):
         plugins.parsers_by_format()
     monkeypatch.setenv("DOCINGEST_DISABLED_PLUGINS", "broken, noparse")
+    get_settings.cache_clear()
     assert plugins.parsers_by_format() == {}
 
 

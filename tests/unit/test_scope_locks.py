@@ -5,11 +5,11 @@ import subprocess
 import sys
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
 
 from docingest.flows.locks import narrowed, scope_lock
+from docingest.settings import DocingestSettings
 
 SCOPE = "file:///uploads"
 A = (["u1/**"], [])
@@ -18,7 +18,7 @@ B = (["u2/**"], [])
 
 @pytest.fixture
 def settings(tmp_path):
-    return SimpleNamespace(home=tmp_path, lock_timeout_s=0.3)
+    return DocingestSettings(home=tmp_path, prefect={"lock_timeout_s": 0.3})
 
 
 def waits():
@@ -50,7 +50,7 @@ def test_a_whole_source_run_and_a_narrowed_one_exclude_each_other(settings):
 
 
 def test_a_whole_source_run_waits_for_narrowed_runs_in_other_threads(settings):
-    settings.lock_timeout_s = None
+    settings.prefect.lock_timeout_s = None
     entered, order = threading.Barrier(3), []
 
     def narrowed_run(filters):
@@ -73,9 +73,9 @@ def test_a_whole_source_run_waits_for_narrowed_runs_in_other_threads(settings):
 
 def test_a_lock_held_by_another_process_is_waited_for_and_freed_when_it_dies(settings, tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from types import SimpleNamespace; from pathlib import Path;"
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from docingest.settings import DocingestSettings;"
          "from docingest.flows.locks import scope_lock;"
-         f"s = SimpleNamespace(home=Path({str(tmp_path)!r}), lock_timeout_s=None);"
+         f"s = DocingestSettings(home=Path({str(tmp_path)!r}), prefect={{'lock_timeout_s': None}});"
          f"l = scope_lock('kb', {SCOPE!r}, s, ({A[0]!r}, [])); l.__enter__(); print('held', flush=True);"
          "import threading; threading.Event().wait()"], stdout=subprocess.PIPE, text=True)  # held until killed
     try:

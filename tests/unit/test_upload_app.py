@@ -27,7 +27,7 @@ def auth(user: str = "alice", **claims) -> dict[str, str]:
 def client(tmp_path):
     from docingest.service.app import create_app
 
-    app = create_app(DocingestSettings(home=tmp_path, jwt_secret=SECRET, upload_part_size=1024))
+    app = create_app(DocingestSettings(home=tmp_path, jwt={"secret": SECRET}, upload={"part_size": 1024}))
     app.state.jobs.close()  # no worker: jobs stay queued, nothing is ingested in a unit test
     app.state.jobs._closed = False
     with TestClient(app) as c:
@@ -212,7 +212,7 @@ def test_bodies_are_bounded_while_streaming_and_errors_never_echo_the_input(clie
         yield from chunked(size, b"x" * (1 << 20))
         yield b"\r\n--B--\r\n"
 
-    monkeypatch.setattr(settings, "upload_max_bytes", 1 << 20)
+    monkeypatch.setattr(settings.upload, "max_bytes", 1 << 20)
     form = client.post("/api/v1/documents", headers={**auth(), "Content-Type": "multipart/form-data; boundary=B"},
                        content=multipart(4 << 20))
     assert form.status_code == 413
@@ -267,7 +267,7 @@ def test_the_collections_claim_can_be_renamed_and_search_refuses_manifests_and_d
                                                                                               monkeypatch):
     from docingest.service.app import create_app
 
-    app = create_app(DocingestSettings(home=tmp_path / "other", jwt_secret=SECRET, jwt_collections_claim="groups"))
+    app = create_app(DocingestSettings(home=tmp_path / "other", jwt={"secret": SECRET, "collections_claim": "groups"}))
     app.state.jobs.close()
     with TestClient(app) as renamed:
         body = {"filename": "a.md", "size": 10, "collection": "kb"}

@@ -168,8 +168,9 @@ def _context():
     global _ctx
     with _context_lock:
         if _ctx is None:
-            method = os.environ.get("DOCINGEST_PARSE_START_METHOD", "")
-            if method != "spawn" and "forkserver" in mp.get_all_start_methods():
+            from docingest.settings import get_settings
+
+            if get_settings().parse.start_method != "spawn" and "forkserver" in mp.get_all_start_methods():
                 _ctx = mp.get_context("forkserver")
                 _ctx.set_forkserver_preload(["docingest.core.worker_preload"])
             else:

@@ -81,7 +81,7 @@ def ingest_documents(
     """
     started = time.monotonic()
     settings = get_settings()
-    _check_crash_retries(settings.crash_retries)
+    _check_crash_retries(settings.prefect.crash_retries)
 
     # 1. The run, resolved once: where it writes, what it reads, the model, the profile (settings fingerprint); its
     #    stage tasks, its collection (made if new) and its metrics: the context every later step takes.

@@ -75,7 +75,7 @@ def server_limit(collection: str, scope: str, settings: DocingestSettings,
         return
     name = scope_name(collection, narrowed(scope, *filters) or scope)
     _client(FlowRunContext.get()).upsert_global_concurrency_limit_by_name(name, limit=1)
-    with concurrency(name, occupy=1, lease_duration=settings.lock_lease_s, timeout_seconds=settings.lock_timeout_s):
+    with concurrency(name, occupy=1, lease_duration=settings.prefect.lock_lease_s, timeout_seconds=settings.prefect.lock_timeout_s):
         yield
 
 
@@ -91,7 +91,7 @@ def scope_lock(collection: str, scope: str, settings: DocingestSettings,
 
     folder = settings.home / "locks"
     folder.mkdir(parents=True, exist_ok=True)
-    timeout = -1 if settings.lock_timeout_s is None else settings.lock_timeout_s
+    timeout = -1 if settings.prefect.lock_timeout_s is None else settings.prefect.lock_timeout_s
     part = narrowed(scope, *filters)
     with ExitStack() as held:
         # One instance per run: filelock's read-write lock coordinates processes, and threads only through instances

@@ -41,7 +41,7 @@ def warm_up(spec: RunSpec, plan: Plan | None = None) -> bool:
     if spec.exists and not (lists_cheaply(spec) and any(d.action is Action.PROCESS
                                                         for d in (plan or plan_for(spec)).documents)):
         return False
-    if spec.options.parse.isolation is Isolation.PROCESS and get_settings().task_runner == "threads":
+    if spec.options.parse.isolation is Isolation.PROCESS and get_settings().prefect.task_runner == "threads":
         from docingest.core.worker import start_server
 
         start_server()

@@ -20,7 +20,7 @@ def make_task_runner(kind: str | None = None, address: str | None = None, worker
     """The task runner for parse-and-chunk tasks: threads (default) or Dask (DOCINGEST_TASK_RUNNER=dask, an existing
     cluster at DOCINGEST_DASK_ADDRESS or a local cluster of DOCINGEST_DASK_WORKERS processes)."""
     settings = get_settings()
-    kind = kind or settings.task_runner
+    kind = kind or settings.prefect.task_runner
     if kind == "threads":
         return ThreadPoolTaskRunner(max_workers=THREADS)
     if kind != "dask":
@@ -30,12 +30,12 @@ def make_task_runner(kind: str | None = None, address: str | None = None, worker
         from prefect_dask import DaskTaskRunner
     except ImportError:
         raise ConfigurationError("the dask task runner needs prefect-dask: pip install 'docingest[dask]'") from None
-    address = address or settings.dask_address
+    address = address or settings.dask.address
     if address:
         return DaskTaskRunner(address=address)
     # Parse workers are child processes of the Dask worker: Dask's workers must not be daemonic for that.
     dask.config.set({"distributed.worker.daemon": False})
-    return DaskTaskRunner(cluster_kwargs={"n_workers": workers or settings.dask_workers, "processes": True,
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers or settings.dask.workers, "processes": True,
                                           "threads_per_worker": 1, "dashboard_address": None})
 
 

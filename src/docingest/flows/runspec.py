@@ -79,7 +79,7 @@ def resolve_spec(inputs: RunInputs) -> RunSpec:
     physical = store.resolve(collection) if store.collection_exists(collection) else None
     if physical is not None:
         options = adopt_collection_model(inputs, options, store, physical)
-    name, device = settings.embed_model, settings.embed_device
+    name, device = settings.embed.model, settings.embed.device
     if inputs.embedder_block:  # block over settings; an explicit options.embed.model over both
         from docingest.blocks.embedder import EmbedderSettings
         from docingest.blocks.loading import load_block
@@ -118,7 +118,7 @@ def adopt_collection_model(inputs: RunInputs, options: IngestOptions, store: Qdr
     """An existing collection keeps the model (and backend) it was built or migrated with, unless a model is given
     explicitly (options, an embedder block, or DOCINGEST_EMBED_MODEL): a sync after ``docingest migrate`` must not
     re-embed everything with the default model."""
-    if options.embed.model or inputs.embedder_block or "embed_model" in get_settings().model_fields_set:
+    if options.embed.model or inputs.embedder_block or "model" in get_settings().embed.model_fields_set:
         return options
     name, backend = store.collection_model(physical)
     if name is None:

@@ -41,12 +41,12 @@ def create_app(settings: DocingestSettings | None = None) -> FastAPI:
 
     auth = Authenticator(settings)  # a configuration error before anything is created
     check_writable(home_folder(settings), upload_folder(settings),
-                   *([] if settings.qdrant_url else [store_folder(settings.resolved_qdrant_path(), settings)]))
+                   *([] if settings.qdrant.url else [store_folder(settings.resolved_qdrant_path(), settings)]))
     store = make_store(settings, allowed_upload_types(settings))
-    root = settings.upload_dir or settings.home / "uploads"
-    service = Service(settings, store, JobManager(root / "jobs", store, deployment=settings.upload_deployment,
-                                                   concurrency=settings.upload_job_concurrency,
-                                                   parse_timeout_s=settings.upload_parse_timeout_s),
+    root = settings.upload.dir or settings.home / "uploads"
+    service = Service(settings, store, JobManager(root / "jobs", store, deployment=settings.upload.deployment,
+                                                   concurrency=settings.upload.job_concurrency,
+                                                   parse_timeout_s=settings.upload.parse_timeout_s),
                       auth, RateLimits(), ServiceMetrics())
     app = FastAPI(title="docingest upload service", version="1", lifespan=_lifespan,
                   description="Resumable uploads that become searchable documents.")
@@ -64,9 +64,9 @@ def create_app(settings: DocingestSettings | None = None) -> FastAPI:
 def allowed_upload_types(settings: DocingestSettings) -> set[str]:
     """The extensions uploads accept: DOCINGEST_UPLOAD_ALLOWED_TYPES, or by default every format ingest reads whose
     content the uploads can check (core/formats.py names and explains the others)."""
-    if not settings.upload_allowed_types:
+    if not settings.upload.allowed_types:
         return set(UPLOADABLE)
-    chosen = {t.lower().lstrip(".") for t in settings.upload_allowed_types}
+    chosen = {t.lower().lstrip(".") for t in settings.upload.allowed_types}
     if refused := sorted(chosen - UPLOADABLE):
         why = ("macro-enabled or legacy Office files are never uploadable" if set(refused) <= NOT_UPLOADABLE
                else "uploads accept only formats docingest reads and can check")
@@ -89,7 +89,7 @@ async def _expire_loop(service: Service) -> None:
     while True:
         try:
             await asyncio.to_thread(service.store.expire)
-            await asyncio.to_thread(service.jobs.expire, service.settings.upload_expiry_s)
+            await asyncio.to_thread(service.jobs.expire, service.settings.upload.expiry_s)
         except Exception:  # noqa: BLE001 - e.g. the store is briefly unreachable: try again next round
             logging.getLogger("docingest.service").exception("expiring abandoned uploads failed")
         await asyncio.sleep(300)

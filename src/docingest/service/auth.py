@@ -76,15 +76,15 @@ class Authenticator:
     def __init__(self, settings: DocingestSettings) -> None:
         import jwt
 
-        if not settings.jwt_secret and not settings.jwt_jwks_url:
+        if not settings.jwt.secret and not settings.jwt.jwks_url:
             raise ConfigurationError("the upload service needs DOCINGEST_JWT_SECRET (HS256 key for bearer tokens) or "
                                      "DOCINGEST_JWT_JWKS_URL (an identity provider's keys)")
-        self.secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
-        self.jwks = jwt.PyJWKClient(settings.jwt_jwks_url, cache_keys=True, lifespan=300, timeout=10) \
-            if settings.jwt_jwks_url else None
-        self.checks: dict[str, Any] = {"options": {"require": ["sub", "exp"]}, "audience": settings.jwt_audience,
-                       "issuer": settings.jwt_issuer}
-        self.collections_claim, self.read_claim = settings.jwt_collections_claim, settings.jwt_read_claim
+        self.secret = settings.jwt.secret.get_secret_value() if settings.jwt.secret else None
+        self.jwks = jwt.PyJWKClient(settings.jwt.jwks_url, cache_keys=True, lifespan=300, timeout=10) \
+            if settings.jwt.jwks_url else None
+        self.checks: dict[str, Any] = {"options": {"require": ["sub", "exp"]}, "audience": settings.jwt.audience,
+                       "issuer": settings.jwt.issuer}
+        self.collections_claim, self.read_claim = settings.jwt.collections_claim, settings.jwt.read_claim
         self.uses_network = self.jwks is not None
 
     def caller(self, token: str | None) -> Caller:

@@ -26,9 +26,9 @@ class BodyLimit:
 
     def limit_for(self, path: str) -> int:
         if path.startswith("/api/v1/uploads/") and "/parts/" in path:
-            return self.settings.upload_part_size
+            return self.settings.upload.part_size
         if path.rstrip("/") == "/api/v1/documents":
-            return self.settings.upload_max_bytes + FORM_OVERHEAD_BYTES
+            return self.settings.upload.max_bytes + FORM_OVERHEAD_BYTES
         return JSON_BODY_BYTES
 
     async def __call__(self, scope, receive, send):

@@ -37,7 +37,7 @@ class Service:
         """Where search reads: the service's Qdrant server when its settings name one, else the settings' store."""
         from docingest.targets import QdrantTarget
 
-        return QdrantTarget(url=self.settings.qdrant_url) if self.settings.qdrant_url else None
+        return QdrantTarget(url=self.settings.qdrant.url) if self.settings.qdrant.url else None
 
     async def caller(self, token: str | None) -> Caller:
         """The token's holder; a check that may fetch an identity provider's keys runs off the event loop."""
@@ -57,7 +57,7 @@ async def current_user(service: ServiceDep,
                        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Caller:
     """The caller named by the bearer token (401 without a valid one), within the per-user request limit (429)."""
     who = await service.caller(credentials.credentials if credentials else None)
-    service.limits.check(who.user, "requests", service.settings.rate_limit_requests_per_min)
+    service.limits.check(who.user, "requests", service.settings.rate_limit.requests_per_min)
     return who
 
 

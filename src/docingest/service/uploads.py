@@ -512,18 +512,18 @@ class UploadStore:
 def make_store(settings, allowed: set[str]) -> UploadStore:
     """The upload store the settings ask for: ``DOCINGEST_UPLOAD_BUCKET`` (S3/MinIO, with the DOCINGEST_S3_*
     settings), else the local folder ``DOCINGEST_UPLOAD_DIR`` (default ``<home>/uploads``)."""
-    root = settings.upload_dir or settings.home / "uploads"
+    root = settings.upload.dir or settings.home / "uploads"
     backend = None
-    if settings.upload_bucket:
+    if settings.upload.bucket:
         secret = lambda v: v.get_secret_value() if v else None  # noqa: E731
-        if settings.upload_part_size < 5 * 1024 * 1024:
+        if settings.upload.part_size < 5 * 1024 * 1024:
             import logging
 
             logging.getLogger("docingest.service").warning(
                 "DOCINGEST_UPLOAD_PART_SIZE is %d bytes: S3 and MinIO refuse to assemble parts under 5 MiB (but the "
-                "last), so multi-part uploads will be refused", settings.upload_part_size)
-        backend = S3Backend(settings.upload_bucket, settings.s3_endpoint, secret(settings.s3_access_key),
-                            secret(settings.s3_secret_key), settings.s3_region)
-    return UploadStore(root, settings.upload_part_size, settings.upload_max_bytes, allowed, settings.upload_expiry_s,
-                       backend=backend, quota_bytes=settings.upload_quota_bytes,
-                       max_unfinished=settings.upload_max_unfinished)
+                "last), so multi-part uploads will be refused", settings.upload.part_size)
+        backend = S3Backend(settings.upload.bucket, settings.s3.endpoint, secret(settings.s3.access_key),
+                            secret(settings.s3.secret_key), settings.s3.region)
+    return UploadStore(root, settings.upload.part_size, settings.upload.max_bytes, allowed, settings.upload.expiry_s,
+                       backend=backend, quota_bytes=settings.upload.quota_bytes,
+                       max_unfinished=settings.upload.max_unfinished)

@@ -42,11 +42,11 @@ def open_source(source: str, options: SourceOptions | None = None, settings: Doc
     settings = settings or get_settings()
     secret = lambda s: s.get_secret_value() if s else None  # noqa: E731
     if source.startswith("s3://"):
-        return S3Source(source, options, endpoint=settings.s3_endpoint, access_key=secret(settings.s3_access_key),
-                        secret_key=secret(settings.s3_secret_key), region=settings.s3_region)
+        return S3Source(source, options, endpoint=settings.s3.endpoint, access_key=secret(settings.s3.access_key),
+                        secret_key=secret(settings.s3.secret_key), region=settings.s3.region)
     if is_git_url(source) or options.git_ref or options.git_path:
         return GitSource(source, options.git_ref or "HEAD", options.git_path or "", options,
-                         token=secret(settings.git_token), cache_dir=settings.home / "git")
+                         token=secret(settings.git.token), cache_dir=settings.home / "git")
     if "://" in source and not source.startswith("file://"):
         scheme = source.split("://", 1)[0]
         raise ConfigurationError(f"unsupported source scheme {scheme!r}: use a folder, file://, s3:// or a git URL")

@@ -66,7 +66,7 @@ def make_client(endpoint: str | None, access_key: str | None, secret_key: str | 
     endpoint = endpoint.rstrip("/")
     client = Minio(endpoint, access_key=access_key, secret_key=secret_key, region=region,
                    secure=True if secure is None else secure,
-                   http_client=retrying_http(settings.s3_attempts, settings.s3_timeout_s))
+                   http_client=retrying_http(settings.s3.attempts, settings.s3.timeout_s))
     return client, endpoint
 
 
@@ -153,7 +153,7 @@ class S3Source:
         except MaxRetryError as exc:
             from docingest.settings import get_settings
 
-            raise SourceError(f"cannot download {uri} after {get_settings().s3_attempts} attempts: {type(exc.reason).__name__}: "
+            raise SourceError(f"cannot download {uri} after {get_settings().s3.attempts} attempts: {type(exc.reason).__name__}: "
                               f"{exc.reason}") from exc
         except Exception as exc:  # noqa: BLE001 - urllib3/socket errors left after the client's own retries
             raise SourceError(f"cannot download {uri}: {type(exc).__name__}: {exc}") from exc
@@ -171,9 +171,9 @@ class S3Source:
         endpoint, access_key, secret_key, region, secure = self._connect
         if endpoint and "://" not in endpoint:
             endpoint = f"{'http' if secure is False else 'https'}://{endpoint}"
-        config = Config(s3={"addressing_style": "path"}, connect_timeout=settings.s3_timeout_s,
-                        read_timeout=settings.s3_timeout_s,
-                        retries={"mode": "standard", "total_max_attempts": settings.s3_attempts})
+        config = Config(s3={"addressing_style": "path"}, connect_timeout=settings.s3.timeout_s,
+                        read_timeout=settings.s3.timeout_s,
+                        retries={"mode": "standard", "total_max_attempts": settings.s3.attempts})
         client = botocore.session.get_session().create_client(
             "s3", endpoint_url=endpoint or None, aws_access_key_id=access_key, aws_secret_access_key=secret_key,
             region_name=region or "us-east-1", config=config)

@@ -81,7 +81,7 @@ async def health(service: ServiceDep,
     prefect_up = prefect_started()
     if prefect_up:
         checks.append(probe(service, check_prefect))
-    qdrant_ours = not (jobs.mode == "deployment" and not service.settings.qdrant_url)
+    qdrant_ours = not (jobs.mode == "deployment" and not service.settings.qdrant.url)
     if qdrant_ours:
         checks.append(probe(service, check_qdrant))
     outcomes = iter(await asyncio.gather(*checks))

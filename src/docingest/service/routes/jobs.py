@@ -52,7 +52,7 @@ async def _hello(ws: WebSocket) -> tuple[str, dict] | int:
         return CLOSE_MALFORMED
     try:
         who = who or await service.caller(str(hello.get("token") or ""))
-        service.limits.check(who.user, "requests", service.settings.rate_limit_requests_per_min)
+        service.limits.check(who.user, "requests", service.settings.rate_limit.requests_per_min)
     except HTTPException as exc:
         return CLOSE_RATE_LIMITED if exc.status_code == 429 else CLOSE_UNAUTHORIZED
     return who.user, hello

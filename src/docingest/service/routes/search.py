@@ -38,7 +38,7 @@ async def search(body: SearchRequest, who: User, service: ServiceDep):
     who.check_read(body.collection)
     if body.collection.endswith(MANIFEST_SUFFIX):  # a collection's bookkeeping, not a collection
         raise HTTPException(404, "collection not found")
-    if service.jobs.mode == "deployment" and not service.settings.qdrant_url:
+    if service.jobs.mode == "deployment" and not service.settings.qdrant.url:
         # The deployment's workers own the embedded store: opening it here would hold it (for this process's life)
         # and fail their runs.
         raise HTTPException(503, "search over HTTP needs a Qdrant server in deployment mode (DOCINGEST_QDRANT_URL)")

@@ -61,7 +61,7 @@ def complete_and_start(service: Service, user: str, upload_id: str, sha256: str 
 @router.post("/uploads", status_code=201)
 async def create_upload(body: CreateUpload, who: User, service: ServiceDep):
     who.check_write(body.collection, body.priority)
-    service.limits.check(who.user, "uploads", service.settings.rate_limit_uploads_per_min)
+    service.limits.check(who.user, "uploads", service.settings.rate_limit.uploads_per_min)
     meta = await asyncio.to_thread(service.store.create, who.user, body.filename, body.size, body.content_type,
                                    body.collection, body.priority)
     service.metrics.uploads.labels("created").inc()
@@ -123,12 +123,12 @@ async def upload_document(who: User, service: ServiceDep, request: Request):
         if not isinstance(file, UploadFile) or not isinstance(collection, str) or not isinstance(priority, str):
             raise UploadError(422, "the form needs a file, a collection and optionally a priority")
         who.check_write(collection, priority)
-        service.limits.check(who.user, "uploads", settings.rate_limit_uploads_per_min)
-        data = await file.read(settings.upload_max_bytes + 1)
+        service.limits.check(who.user, "uploads", settings.rate_limit.uploads_per_min)
+        data = await file.read(settings.upload.max_bytes + 1)
     finally:
         await form.close()
-    if not data or len(data) > settings.upload_max_bytes:
-        raise UploadError(413, f"size must be between 1 and {settings.upload_max_bytes} bytes")
+    if not data or len(data) > settings.upload.max_bytes:
+        raise UploadError(413, f"size must be between 1 and {settings.upload.max_bytes} bytes")
 
     def store_all():
         meta = store.create(who.user, file.filename or "upload", len(data), file.content_type or "", collection,
