@@ -408,6 +408,140 @@ def _print_summary(result) -> None:
 
 
 @app.command()
+def watch(
+    collection: OptCollectionOpt = None,
+    source: Annotated[str | None, typer.Argument(help="The local folder to keep live.")] = None,
+    qdrant_path: QdrantPathOpt = None,
+    qdrant_url: QdrantUrlOpt = None,
+    include: Annotated[list[str] | None, _field(SourceOptions, "include", "--include", more="Repeatable.")] = None,
+    exclude: Annotated[list[str] | None, _field(SourceOptions, "exclude", "--exclude", more="Repeatable.")] = None,
+    pdf_mode: Annotated[PdfMode | None, _field(ParseOptions, "pdf_mode", "--pdf-mode")] = None,
+    ocr: Annotated[OcrMode | None, _field(ParseOptions, "ocr", "--ocr")] = None,
+    model: Annotated[str | None, _field(EmbedOptions, "model", "--model")] = None,
+    max_tokens: Annotated[int | None, _field(ChunkOptions, "max_tokens", "--max-tokens")] = None,
+    preset: Annotated[Preset | None, _field(IngestOptions, "preset", "--preset")] = None,
+    workers: Annotated[int | None, _field(IngestOptions, "workers", "--workers")] = None,
+    max_delete_ratio: Annotated[
+        float | None, typer.Option("--max-delete-ratio", help="Refuse a batch (or a reconcile) that would delete "
+                                   "more than this share of the folder's documents \\[default: 0.5].")
+    ] = None,
+    debounce_ms: Annotated[
+        int, typer.Option("--debounce-ms", min=0, help="Quiet period: a batch starts once no change came for this "
+                          "long (an editor's save is several events).")
+    ] = 300,
+    rescan_s: Annotated[
+        float, typer.Option("--rescan-s", min=1, help="Reconcile the whole folder this often, so a missed event "
+                            "costs latency, never correctness.")
+    ] = 600.0,
+    poll_s: Annotated[
+        float, typer.Option("--poll-s", min=0.1, help="Polling period where file-system events are not available "
+                            "(the kernel's watch limit reached).")
+    ] = 2.0,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line on stdout: ready, then one per "
+                                          "indexed, deleted, failed or skipped document.")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Keep a collection in sync with a local folder as it changes: one sync, then each change within a second.
+
+    The process stays up with the model loaded, the parse workers started and the store open; each batch of changes
+    is a run of the ingest-documents flow narrowed to the changed files. SIGTERM or Ctrl-C ends it (exit 0).
+    """
+    import logging
+    import signal
+    import threading
+
+    _quiet_environment(verbose)
+    from docingest import ephemeral
+
+    early = ephemeral.start_early()
+    target = _qdrant_target(qdrant_path, qdrant_url)
+    if not source or not collection:
+        raise _fail("give SOURCE (a local folder) and --collection")
+    if "://" in source and not source.startswith("file://"):
+        raise _fail("docingest watch keeps local folders live; for S3 or git, schedule `docingest ingest`")
+    from pydantic import ValidationError
+
+    from docingest.exceptions import DocingestError
+    from docingest.live import LiveSync, WatchOptions
+
+    try:
+        def given(**values: Any) -> dict[str, Any]:
+            return {k: v for k, v in values.items() if v is not None}
+
+        options = IngestOptions.model_validate(given(
+            source=given(include=include, exclude=exclude), parse=given(pdf_mode=pdf_mode, ocr=ocr),
+            chunk=given(max_tokens=max_tokens), embed=given(model=model), preset=preset, workers=workers,
+            max_delete_ratio=max_delete_ratio))
+        live = LiveSync(source.removeprefix("file://"), collection, options, target,
+                        WatchOptions(debounce_ms=debounce_ms, rescan_s=rescan_s, poll_s=poll_s), emit=_watch_printer(as_json))
+    except ValidationError as exc:
+        raise _fail(f"invalid option: {exc.errors()[0]['loc'][-1]}: {exc.errors()[0]['msg']}") from None
+    except DocingestError as exc:
+        raise _fail(str(exc)) from None
+
+    watch_log = logging.getLogger("docingest.watch")
+    watch_log.setLevel(logging.INFO if verbose else logging.WARNING)
+    if not watch_log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        watch_log.addHandler(handler)
+    _run_logs_to_api_only(verbose)
+    ephemeral.adopt(early)
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with ephemeral.run_settings(early):
+                live.run(stop)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            failure.append(exc)
+            stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    worker = threading.Thread(target=run, name="docingest-watch", daemon=True)
+    worker.start()
+    while worker.is_alive() and not stop.is_set():
+        stop.wait(0.5)
+    worker.join(timeout=8)  # the batch in progress finishes (or is abandoned below)
+    if worker.is_alive():
+        # A batch still running after 8 s is abandoned as a crash would leave it: the points it wrote are
+        # overwritten and its manifest completed by the next run (the crash tests show the result equals a clean run).
+        err.print("the batch in progress is abandoned: the next watch or ingest finishes it", markup=False)
+        sys.stdout.flush()
+        ephemeral.stop_temporary_servers()
+        os._exit(EXIT_OK)
+    if failure:
+        broke = failure[0]
+        raise _fail(str(broke) if isinstance(broke, DocingestError) else f"{type(broke).__name__}: {broke}",
+                    code=EXIT_FAILED_DOCS) from None
+    raise typer.Exit(EXIT_OK)
+
+
+def _watch_printer(as_json: bool):
+    """The watch's events: JSON lines (flushed at once), or one readable line per document."""
+
+    def emit(event: dict) -> None:
+        if as_json:
+            sys.stdout.write(json.dumps(event) + "\n")
+            sys.stdout.flush()
+            return
+        when = time.strftime("%H:%M:%S", time.localtime(event.get("at", time.time())))
+        kind = event["event"]
+        if kind == "ready":
+            line = f"{when} watching {event.get('documents')} documents in {event['collection']} ({event.get('watching')})"
+        elif kind in ("paused", "error"):
+            line = f"{when} {kind}: {event.get('path') or event.get('error')}"
+        else:
+            detail = f"{event['chunks']} chunks" if kind == "indexed" else (event.get("error") or "")
+            line = f"{when} {kind} {event['path']}" + (f" ({detail})" if detail else "")
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    return emit
+
+
+@app.command()
 def search(
     query: Annotated[str, typer.Argument(help="What to look for.")],
     collection: CollectionOpt,

@@ -6,6 +6,7 @@ Docling's own option classes are mapped inside ``core/parse.py`` and never appea
 from __future__ import annotations
 
 from enum import Enum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -234,6 +235,11 @@ class IngestOptions(_Options):
         default=0.5, ge=0, le=1, description="Refuse a full sync that would delete more than this share of the scope."
     )
     force: bool = Field(default=False, description="Delete even past max_delete_ratio.")
+    delete_guard_of: Literal["filters", "source"] = Field(
+        default="filters", description="What max_delete_ratio is a share of: the documents the run's include/exclude "
+        "filters select (filters), or every document of the source (source: the watch's batches, narrowed to the "
+        "changed paths, where deleting the one file a batch names is not a 100 % deletion).",
+    )
     max_doc_attempts: int = Field(
         default=3, ge=1, description="A document that failed this many times in a row is dead-lettered until it changes."
     )

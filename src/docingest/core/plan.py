@@ -195,16 +195,17 @@ def make_plan(
     if options.mode is SyncMode.FULL:
         # The scope is the source *and* its include/exclude filters: a run narrowed by filters (an upload's folder,
         # `--include "*.md"`) never deletes what lies outside them.
-        from docingest.core.sources.local import _matches
+        from docingest.core.sources.local import matches
 
         include, exclude = options.source.include, options.source.exclude
-        in_scope = {path: r for path, r in known.items() if _matches(path, include) and not _matches(path, exclude)}
+        in_scope = {path: r for path, r in known.items() if matches(path, include) and not matches(path, exclude)}
         present = {d.path for d in documents}
         plan.deleted = [r for path, r in sorted(in_scope.items()) if path not in present]
-        ratio = len(plan.deleted) / len(in_scope) if in_scope else 0.0
+        guarded = len(in_scope) if options.delete_guard_of == "filters" else len(known)
+        ratio = len(plan.deleted) / guarded if guarded else 0.0
         if plan.deleted and ratio > options.max_delete_ratio and not options.force:
             raise DeleteGuardError(
-                f"refusing to delete {len(plan.deleted)} of {len(in_scope)} documents ({ratio:.0%}) in scope {scope}: "
+                f"refusing to delete {len(plan.deleted)} of {guarded} documents ({ratio:.0%}) in scope {scope}: "
                 f"more than max_delete_ratio {options.max_delete_ratio:g}; check the source, or run it with force"
             )
     return plan

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from docingest.core.sources.local import OUTSIDE_REASON, _matches
+from docingest.core.sources.local import OUTSIDE_REASON, matches
 from docingest.core.sources.names import is_hidden, local_name
 from docingest.datamodel import SourceDocument
 from docingest.exceptions import ConfigurationError, SourceError
@@ -101,7 +101,7 @@ class GitSource:
             if not name.startswith(prefix):
                 continue
             rel = name[len(prefix):]
-            if is_hidden(rel) or not _matches(rel, self.options.include) or _matches(rel, self.options.exclude):
+            if is_hidden(rel) or not matches(rel, self.options.include) or matches(rel, self.options.exclude):
                 continue
             doc = SourceDocument(source_uri=self.uri, path=rel, uri=f"{self.uri.rstrip('/')}/{rel}",
                                  size=int(size) if size.isdigit() else 0, content_hash=f"git-blob:{sha}")

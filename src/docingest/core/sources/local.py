@@ -31,7 +31,8 @@ from docingest.options import SourceOptions
 OUTSIDE_REASON = "symlink points outside the source"
 
 
-def _matches(rel: str, patterns: list[str]) -> bool:
+def matches(rel: str, patterns: list[str]) -> bool:
+    """Whether a path relative to the source root matches any of the include/exclude glob patterns."""
     # "**/*" style globs: fnmatch's "*" already crosses "/", and "**/" must also match the top level.
     return any(fnmatch(rel, p) or (p.startswith("**/") and fnmatch(rel, p[3:])) for p in patterns)
 
@@ -98,7 +99,7 @@ class LocalFolderSource:
     def _wanted(self, rel: str) -> bool:
         if any(part.startswith(".") for part in rel.split("/")):
             return False
-        return _matches(rel, self.options.include) and not _matches(rel, self.options.exclude)
+        return matches(rel, self.options.include) and not matches(rel, self.options.exclude)
 
     def _entries(self) -> Iterator[tuple[str, str | None, str | None]]:
         """(relative path, real file path or None, skip reason or None) for every entry the walk meets, in order."""

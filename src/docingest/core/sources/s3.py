@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from docingest.core.sources.local import _matches
+from docingest.core.sources.local import matches
 from docingest.core.sources.names import is_hidden, local_name
 from docingest.datamodel import SourceDocument
 from docingest.exceptions import ConfigurationError, SourceError
@@ -120,7 +120,7 @@ class S3Source:
             rel = obj.object_name[len(prefix):]
             if not rel or is_hidden(rel):
                 continue
-            if not _matches(rel, self.options.include) or _matches(rel, self.options.exclude):
+            if not matches(rel, self.options.include) or matches(rel, self.options.exclude):
                 continue
             etag = (obj.etag or "").strip('"')
             yield SourceDocument(source_uri=self.uri, path=rel, uri=f"s3://{self.bucket}/{obj.object_name}",

@@ -1,0 +1,244 @@
+"""Live sync (``docingest watch``): one warm process keeps a collection in sync with a local folder as it changes.
+
+The process syncs the folder once, then stays up with the model loaded, the parse workers started and the store
+open, and runs the ``ingest-documents`` flow once per batch of changes, narrowed to the changed paths (in full mode,
+so what was deleted or moved away is removed). Each batch is a flow run like any other: in the Prefect UI, with its
+summary and outcomes; each indexed, deleted or failed document is also a Prefect event
+(``docingest.document.indexed`` / ``.deleted`` / ``.failed``, resource ``docingest.collection.<name>``).
+
+What keeps it correct when events go missing: a reconcile (a run over the whole folder) every ``rescan_s`` seconds,
+at once after an inotify overflow or a switch to polling, and when the folder comes back after it vanished or was
+unmounted (the watch pauses meanwhile and never deletes for it). The delete guard applies to each batch, as a share
+of the whole source (a batch that deletes the one file it names is not a 100 % deletion).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from docingest.core.sources.local import matches
+from docingest.core.watch import ChangeBatcher, FolderWatch, ignored
+from docingest.datamodel import DocumentStatus, IngestResult
+from docingest.exceptions import DocingestError
+from docingest.options import IngestOptions, SyncMode
+from docingest.targets import QdrantTarget
+
+logger = logging.getLogger("docingest.watch")
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class WatchOptions:
+    """How the watch batches and checks: the quiet period, the longest a busy folder waits, the reconcile period."""
+
+    debounce_ms: int = 300
+    max_wait_ms: int = 5_000
+    rescan_s: float = 600.0
+    poll_s: float = 2.0
+    polling: bool = False
+
+
+class LiveSync:
+    """Keeps ``collection`` in sync with the folder ``source`` until ``stop`` is set (see the module's text)."""
+
+    def __init__(self, source: str | Path, collection: str, options: IngestOptions | None = None,
+                 qdrant: QdrantTarget | None = None, watch: WatchOptions | None = None,
+                 emit: Emit | None = None) -> None:
+        self.root = Path(source).resolve()
+        if not self.root.is_dir():
+            raise DocingestError(f"{source} is not a folder: docingest watch keeps a local folder live")
+        self.collection, self.qdrant = collection, qdrant
+        self.options = (options or IngestOptions()).model_copy(update={"mode": SyncMode.FULL,
+                                                                       "delete_guard_of": "source"})
+        self.watch = watch or WatchOptions()
+        self.emit = emit or (lambda event: None)
+        self.batcher = ChangeBatcher(self.watch.debounce_ms / 1000, self.watch.max_wait_ms / 1000)
+        self.watcher: FolderWatch | None = None
+        self.documents = 0
+        self.batches = 0
+        self._device: int | None = None
+
+    # -- the loop ------------------------------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        from docingest.core.worker import pools_in_use
+
+        with pools_in_use():  # the parse workers stay up between batches, not one start per change
+            self._device = self.root.stat().st_dev
+            self._start_watching()  # before the first sync: what changes during it is a batch after it
+            result = self._sync(None, "first sync")
+            self.emit({"event": "ready", "collection": self.collection, "documents": self.documents,
+                       "at": time.time(), "watching": self.watcher.kind if self.watcher else None})
+            next_rescan = time.monotonic() + self.watch.rescan_s
+            while not stop.is_set():
+                if not self._present():
+                    self._pause(stop)
+                    continue
+                batch = self.batcher.take(timeout=0.5)
+                if batch is None:
+                    if time.monotonic() >= next_rescan:
+                        self.batcher.reconcile("periodic rescan")
+                    continue
+                if not self._present():  # the batch may be the folder going away: never delete for that
+                    self._pause(stop)
+                    continue
+                if batch.reconcile:
+                    result = self._sync(None, batch.reconcile)
+                    next_rescan = time.monotonic() + self.watch.rescan_s
+                else:
+                    result = self._sync(self._include(batch.patterns), f"{len(batch.patterns)} change(s)")
+                del result
+            self._stop_watching()
+
+    def _start_watching(self) -> None:
+        self.watcher = FolderWatch(self.root, self.batcher, poll_s=self.watch.poll_s, polling=self.watch.polling)
+        self.watcher.start()
+
+    def _stop_watching(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
+
+    def _present(self) -> bool:
+        """The folder is there and is the one the watch started on (not an empty mount point left by an unmount)."""
+        try:
+            return self.root.is_dir() and self.root.stat().st_dev == self._device
+        except OSError:
+            return False
+
+    def _pause(self, stop: threading.Event) -> None:
+        logger.warning("%s is gone or unmounted: the watch pauses (nothing is deleted) until it is back", self.root)
+        self.emit({"event": "paused", "path": str(self.root), "at": time.time()})
+        self._stop_watching()
+        while not stop.is_set() and not self._present_again():
+            stop.wait(1.0)
+        if stop.is_set():
+            return
+        logger.warning("%s is back: reconciling the whole folder", self.root)
+        self.batcher.take(timeout=0)  # what was seen while it went away is superseded by the reconcile
+        self._start_watching()
+        self.batcher.reconcile("the folder is back")
+
+    def _present_again(self) -> bool:
+        try:
+            if self.root.is_dir():
+                self._device = self.root.stat().st_dev  # remounted: a new device is the folder back
+                return True
+        except OSError:
+            pass
+        return False
+
+    # -- one batch -----------------------------------------------------------------------------------------------------
+    def _include(self, patterns: set[str]) -> list[str]:
+        """The batch's patterns, kept within the user's own filters: a changed file only if the filters select it, a
+        folder that exists as its selected files (and ``folder/**`` for what vanished under it)."""
+        include, exclude = self.options.source.include, self.options.source.exclude
+        narrowed: set[str] = set()
+        for pattern in patterns:
+            if not pattern.endswith("/**"):
+                rel = _unescape(pattern)
+                if matches(rel, include) and not matches(rel, exclude):
+                    narrowed.add(pattern)
+                continue
+            folder = _unescape(pattern[:-3])
+            if include == ["**/*"] or not (self.root / folder).is_dir():
+                narrowed.add(pattern)  # everything under it, or (gone) only deletions, within the user's exclude
+                continue
+            for path in (self.root / folder).rglob("*"):  # a folder moved in: its files as the user's include selects
+                rel = path.relative_to(self.root).as_posix()
+                if path.is_file() and matches(rel, include) and not matches(rel, exclude):
+                    narrowed.add(_escape(rel))
+        return sorted(narrowed)
+
+    def _sync(self, include: list[str] | None, why: str) -> IngestResult | None:
+        from docingest.flows.ingest import ingest_documents
+
+        options = self.options
+        if include is not None:
+            if not include:
+                return None
+            options = options.model_copy(update={"source": options.source.model_copy(update={"include": include})})
+        started = time.monotonic()
+        try:
+            result = ingest_documents(source=str(self.root), collection=self.collection, options=options,
+                                      qdrant=self.qdrant)
+        except DocingestError as exc:
+            logger.error("%s: the run failed: %s", why, exc)
+            self.emit({"event": "error", "error": str(exc), "at": time.time()})
+            return None
+        at = time.time()
+        self.batches += 1
+        if include is None:
+            self.documents = result.documents.seen - result.documents.skipped
+        else:
+            self.documents += result.documents.new - result.documents.deleted
+        logger.info("%s: %d indexed, %d deleted, %d failed in %.2f s", why,
+                    result.documents.new + result.documents.changed, result.documents.deleted,
+                    result.documents.failed, time.monotonic() - started)
+        self._report(result, at, first=why == "first sync")
+        return result
+
+    def _report(self, result: IngestResult, at: float, first: bool = False) -> None:
+        """One event per document the run indexed, deleted, failed or skipped (after the first sync, whose documents
+        the ready event counts: its failures only)."""
+        events: list[dict[str, Any]] = []
+        for outcome in result.outcomes:
+            kind = {DocumentStatus.SUCCESS: "indexed", DocumentStatus.FAILURE: "failed",
+                    DocumentStatus.SKIPPED: "skipped"}.get(outcome.status)
+            if kind is None or (kind == "skipped" and ignored(outcome.path)) or (first and kind != "failed"):
+                continue
+            events.append({"event": kind, "path": outcome.path,
+                           "change": outcome.change.value if outcome.change else None, "chunks": outcome.chunks,
+                           "error": outcome.error, "at": at})
+        prefix = result.source.rstrip("/") + "/"
+        for uri in [] if first else result.deleted:
+            path = unquote(uri[len(prefix):]) if uri.startswith(prefix) else uri
+            events.append({"event": "deleted", "path": path, "change": "deleted", "chunks": 0, "error": None,
+                           "at": at})
+        for event in events:
+            self.emit(event)
+        _prefect_events(self.collection, events, result.flow_run_id)
+
+
+def _escape(rel: str) -> str:
+    import glob
+
+    return glob.escape(rel)
+
+
+def _unescape(pattern: str) -> str:
+    """glob.escape's inverse: ``[[]`` is ``[``, ``[*]`` is ``*``, ``[?]`` is ``?``."""
+    import re
+
+    return re.sub(r"\[([\[*?])\]", r"\1", pattern)
+
+
+def _prefect_events(collection: str, events: list[dict[str, Any]], flow_run_id: str) -> None:
+    """One Prefect event per indexed, deleted or failed document, so automations can react to them."""
+    wanted = [e for e in events if e["event"] in ("indexed", "deleted", "failed")]
+    if not wanted:
+        return
+    try:
+        from prefect.events import emit_event
+    except ImportError:  # pragma: no cover - Prefect is a dependency
+        return
+    related = [{"prefect.resource.id": f"prefect.flow-run.{flow_run_id}", "prefect.resource.role": "flow-run"}] \
+        if flow_run_id else []
+    for event in wanted:
+        try:
+            emit_event(event=f"docingest.document.{event['event']}",
+                       resource={"prefect.resource.id": f"docingest.collection.{collection}",
+                                 "prefect.resource.name": collection},
+                       related=related,
+                       payload={k: event[k] for k in ("path", "change", "chunks", "error")})
+        except Exception as exc:  # noqa: BLE001 - an event that cannot be sent never stops the watch
+            logger.debug("could not emit a Prefect event: %s", exc)
+            return
+

@@ -1,0 +1,260 @@
+"""docingest watch: real processes, real file-system events. Each save pattern, rename and folder moves, deletes,
+editors' temporary files, the folder vanishing, SIGTERM, kill -9 then resume; the collection at the end always equals
+what a clean ``docingest ingest --mode full`` of the folder makes (ids and payloads)."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from docingest.core.store import QdrantLocation, QdrantStore, close_backends
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+EXE = Path(sys.executable).with_name("docingest")
+# Start-up measured here: ~12 s to "ready" for a handful of Markdown files on an idle 2-core machine (~25 s in a
+# loaded suite run); 120 s is over 4x that. Each change is searchable in ~0.5-1.5 s; events are awaited 30 s (20x).
+READY_S, EVENT_S = 120, 30
+
+
+def text(n: int, extra: str = "") -> str:
+    return f"# Note {n}\n\n" + " ".join(f"Sentence {n}.{j} about subject {n * 11 + j}." for j in range(30)) + extra
+
+
+def env_for(tmp_path: Path, **more: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCINGEST_", "PREFECT_API"))}
+    env.update(DOCINGEST_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect-home"), **more)
+    return env
+
+
+class Watch:
+    """A ``docingest watch --json`` process and the events it printed."""
+
+    def __init__(self, folder: Path, store: Path, tmp_path: Path, *args: str, **env: str) -> None:
+        self.stderr_path = tmp_path / f"watch-stderr-{time.monotonic_ns()}.txt"
+        self.stderr = open(self.stderr_path, "w")  # noqa: SIM115 - open for the process's life; a file, not a pipe
+        self.proc = subprocess.Popen(
+            [str(EXE), "watch", str(folder), "-c", "live", "--qdrant-path", str(store), "--json",
+             "--debounce-ms", "150", *args],
+            stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env_for(tmp_path, **env))
+        self.events: queue.Queue[dict] = queue.Queue()
+        self.seen: list[dict] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.events.put(json.loads(line))
+
+    def wait_for(self, want, timeout: float = EVENT_S) -> dict:
+        """The first event (from now on) for which ``want(event)`` is true."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                event = self.events.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            self.seen.append(event)
+            if want(event):
+                return event
+        raise AssertionError(f"no such event in {timeout} s; saw {self.seen[-10:]}; stderr: {self.errors()[-2000:]}")
+
+    def ready(self) -> dict:
+        return self.wait_for(lambda e: e["event"] == "ready", READY_S)
+
+    def expect(self, *wanted: tuple[str, str]) -> None:
+        """Each (event, path) arrives, in any order."""
+        missing = set(wanted)
+        while missing:
+            event = self.wait_for(lambda e: (e["event"], e.get("path")) in missing)
+            missing.discard((event["event"], event["path"]))
+
+    def quiet(self, seconds: float) -> list[dict]:
+        """The events of the next ``seconds`` (expected: none)."""
+        deadline, got = time.monotonic() + seconds, []
+        while time.monotonic() < deadline:
+            try:
+                got.append(self.events.get(timeout=0.1))
+            except queue.Empty:
+                pass
+        self.seen += got
+        return got
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, float]:
+        started = time.monotonic()
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=60)
+        self.stderr.close()
+        return code, time.monotonic() - started
+
+    def errors(self) -> str:
+        if not self.stderr.closed:
+            self.stderr.flush()
+        return self.stderr_path.read_text()
+
+
+def snapshot(store_path: Path) -> dict:
+    """Point id -> payload without the write time, of collection "live"."""
+    store = QdrantStore(QdrantLocation(path=store_path))
+    try:
+        return {p["id"]: {k: v for k, v in p["payload"].items() if k != "ingested_at"} for p in store.points("live")}
+    finally:
+        close_backends()
+
+
+def clean_run(folder: Path, tmp_path: Path) -> dict:
+    """What a clean ``docingest ingest --mode full`` of the folder's present state makes."""
+    store = tmp_path / f"clean-{time.monotonic_ns()}"
+    done = subprocess.run([str(EXE), "ingest", str(folder), "-c", "live", "--qdrant-path", str(store), "--json",
+                           "--mode", "full"], env=env_for(tmp_path), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return snapshot(store)
+
+
+def reap(prefect_home: Path) -> None:
+    """Kill what a SIGKILLed watch left running with this Prefect home (its temporary Prefect API server)."""
+    marker = f"PREFECT_HOME={prefect_home}".encode()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if marker in (proc / "environ").read_bytes().split(b"\0"):
+                    os.kill(int(proc.name), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def folder(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for n in range(4):
+        (docs / f"note{n}.md").write_text(text(n))
+    yield docs
+    reap(tmp_path / "prefect-home")
+
+
+@pytest.mark.timeout(600)
+def test_saves_renames_moves_and_deletes_end_as_a_clean_run(folder, tmp_path):
+    store = tmp_path / "store"
+    watch = Watch(folder, store, tmp_path)
+    ready = watch.ready()
+    assert ready["documents"] == 4 and ready["watching"] == "inotify"
+
+    # A new file, written at once.
+    saved = time.time()
+    (folder / "new.md").write_text(text(10))
+    indexed = watch.wait_for(lambda e: e.get("path") == "new.md")
+    assert indexed["event"] == "indexed" and indexed["change"] == "new" and indexed["chunks"] >= 1
+    assert indexed["at"] > saved
+
+    # Write to a temporary file, then rename it over the document (most editors' safe save).
+    tmp = folder / ".note0.md.tmp"
+    tmp.write_text(text(0, " Saved through a temporary file."))
+    os.replace(tmp, folder / "note0.md")
+    assert watch.wait_for(lambda e: e.get("path") == "note0.md")["change"] == "changed"
+
+    # Truncate and rewrite in pieces, pausing longer than the quiet period between them: whatever was indexed
+    # in between, the final bytes win.
+    with open(folder / "note1.md", "w") as fh:
+        for piece in (text(1)[:40], text(1)[40:120], text(1)[120:] + " Rewritten in pieces."):
+            fh.write(piece)
+            fh.flush()
+            time.sleep(0.4)
+    watch.wait_for(lambda e: e.get("path") == "note1.md")
+
+    # Editors' backup, swap, lock and temporary files: never a document, never an event.
+    transient = ("note2.md~", ".note2.md.swp", ".#note2.md", "draft.tmp", "4913")
+    for name in transient:
+        (folder / name).write_text("transient")
+    assert [e for e in watch.quiet(1.5) if e.get("path") in transient] == []
+
+    # Delete; rename.
+    (folder / "note3.md").unlink()
+    watch.expect(("deleted", "note3.md"))
+    (folder / "note2.md").rename(folder / "renamed.md")
+    watch.expect(("deleted", "note2.md"), ("indexed", "renamed.md"))
+
+    # A whole folder moved in, then one moved out.
+    outside = tmp_path / "outside"
+    (outside / "deep").mkdir(parents=True)
+    (outside / "a.md").write_text(text(20))
+    (outside / "deep" / "b.md").write_text(text(21))
+    shutil.move(str(outside), str(folder / "moved"))
+    watch.expect(("indexed", "moved/a.md"), ("indexed", "moved/deep/b.md"))
+    shutil.move(str(folder / "moved"), str(tmp_path / "away"))
+    watch.expect(("deleted", "moved/a.md"), ("deleted", "moved/deep/b.md"))
+
+    code, took = watch.stop()
+    assert code == 0, watch.errors()[-2000:]
+    assert took < 10
+    for name in transient:
+        (folder / name).unlink()
+    assert snapshot(store) == clean_run(folder, tmp_path)
+
+
+@pytest.mark.timeout(600)
+def test_kill_9_in_a_burst_then_watch_again_equals_a_clean_run(folder, tmp_path):
+    store = tmp_path / "store"
+    watch = Watch(folder, store, tmp_path)
+    watch.ready()
+    burst = tmp_path / "burst"
+    burst.mkdir()
+    for n in range(30):
+        (burst / f"b{n:02}.md").write_text(text(100 + n))
+    shutil.copytree(burst, folder / "burst")
+    watch.wait_for(lambda e: e["event"] == "indexed")  # the burst's run is writing
+    watch.stop(signal.SIGKILL)
+    reap(tmp_path / "prefect-home")
+    (folder / "note0.md").unlink()  # and a change while nothing watched
+
+    again = Watch(folder, store, tmp_path)
+    assert again.ready()["documents"] == 33
+    assert again.stop()[0] == 0
+    assert snapshot(store) == clean_run(folder, tmp_path)
+
+
+@pytest.mark.timeout(600)
+def test_a_vanished_folder_pauses_the_watch_and_deletes_nothing(folder, tmp_path):
+    store = tmp_path / "store"
+    watch = Watch(folder, store, tmp_path)
+    watch.ready()
+    aside = tmp_path / "aside"
+    folder.rename(aside)
+    paused = watch.wait_for(lambda e: e["event"] in ("paused", "deleted"))
+    assert paused["event"] == "paused", paused
+    assert [e for e in watch.quiet(2) if e["event"] == "deleted"] == []
+    (aside / "while-away.md").write_text(text(30))
+    aside.rename(folder)  # back: reconciled, the file added meanwhile indexed, nothing deleted
+    watch.expect(("indexed", "while-away.md"))
+    (folder / "after.md").write_text(text(31))  # and events flow again
+    watch.expect(("indexed", "after.md"))
+    assert [e for e in watch.seen if e["event"] == "deleted"] == []
+    assert watch.stop()[0] == 0
+    assert snapshot(store) == clean_run(folder, tmp_path)
+
+
+@pytest.mark.timeout(600)
+def test_without_file_system_events_it_polls_and_says_so_once(folder, tmp_path):
+    store = tmp_path / "store"
+    watch = Watch(folder, store, tmp_path, "--poll-s", "0.5", DOCINGEST_FAULT="watch-limit")
+    assert watch.ready()["watching"] == "polling"
+    (folder / "polled.md").write_text(text(40))
+    watch.expect(("indexed", "polled.md"))
+    (folder / "note1.md").unlink()
+    watch.expect(("deleted", "note1.md"))
+    assert watch.stop()[0] == 0
+    warnings = [line for line in watch.errors().splitlines() if "polling" in line]
+    assert len(warnings) == 1 and "WARNING" in warnings[0] and "max_user_watches" in warnings[0]
+    assert snapshot(store) == clean_run(folder, tmp_path)
