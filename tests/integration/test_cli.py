@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import prefect_home
 from typer.testing import CliRunner
 
 from docingest.cli import app
@@ -98,7 +97,7 @@ def test_configuration_errors_exit_2_with_one_line(prefect_server, home, args, m
     assert len(stderr.strip().splitlines()) == 1
 
 
-def test_console_script_on_embedded_defaults(tmp_path, handbook):
+def test_console_script_on_embedded_defaults(tmp_path, handbook, prefect_home):
     """The installed `docingest` command in a fresh process: ephemeral Prefect, local Qdrant under .docingest/."""
     exe = Path(sys.executable).with_name("docingest")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "DOCINGEST_"))}
@@ -116,9 +115,7 @@ def test_console_script_on_embedded_defaults(tmp_path, handbook):
     assert json.loads(proc.stdout)["hits"][0]["path"] == "keys.md"
 
 
-def test_doctor_reports_what_works_and_what_does_not(home, handbook, monkeypatch):
-    from support import free_port
-
+def test_doctor_reports_what_works_and_what_does_not(home, handbook, monkeypatch, free_port):
     from docingest.settings import get_settings
 
     code, stdout, _ = invoke(["doctor", str(handbook), "--json"])

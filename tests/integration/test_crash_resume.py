@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import reap
 
 from docingest.core.store import QdrantLocation, QdrantStore, close_backends
 
@@ -73,7 +72,7 @@ def snapshot(store: QdrantStore, collection: str) -> dict:
 
 
 @pytest.fixture
-def reap_orphans(tmp_path):
+def reap_orphans(tmp_path, reap):
     """A SIGKILLed CLI cannot stop its ephemeral Prefect server: kill the ones started with this test's PREFECT_HOME."""
     yield
     reap(tmp_path / "prefect-home")

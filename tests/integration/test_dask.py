@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from support import task_states
 
-from conftest import copy_corpus_files
 from docingest.core.store import QdrantLocation, QdrantStore
 from docingest.flows.ingest import ingest_documents
 from docingest.flows.runners import make_task_runner
@@ -22,11 +20,11 @@ def points(home, collection: str) -> dict[str, tuple]:
             for p in store.points(collection, with_vectors=True)}
 
 
-def test_dask_local_cluster_gives_the_same_collection(prefect_server, home, corpus, tmp_path):
+def test_dask_local_cluster_gives_the_same_collection(prefect_server, home, tmp_path, task_states, corpus_copy):
     import dask
     from distributed import LocalCluster
 
-    docs = copy_corpus_files(corpus, tmp_path / "docs", FILES)
+    docs = corpus_copy(FILES, tmp_path / "docs")
     dask.config.set({"distributed.worker.daemon": False})  # our parse workers are children of Dask's workers
     with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as cluster:
         on_dask = ingest_documents.with_options(task_runner=make_task_runner("dask", cluster.scheduler_address))(

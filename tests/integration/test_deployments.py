@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-from support import free_port, wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -88,7 +87,7 @@ def test_deploy_worker_and_runs_from_cli_python_and_a_priority_queue(stack, tmp_
     assert [len(stack.store_snapshot(c)["points"]) for c in ("e2e", "e2e-u", "e2e-n")] == [2, 2, 2]
 
 
-def test_upload_service_hands_jobs_to_a_deployment_on_the_priority_queue(stack, tmp_path):
+def test_upload_service_hands_jobs_to_a_deployment_on_the_priority_queue(stack, tmp_path, free_port, wait_http):
     """DOCINGEST_UPLOAD_DEPLOYMENT: a completed upload becomes a run of the deployment on the queue named by its
     priority; the job's state, progress and per-document outcome come from the flow run and its artifacts."""
     import base64

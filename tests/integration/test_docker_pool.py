@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import pytest
-from support import free_port, prefect_home, wait_http
 
 # Cold, the build set-up (engine, base image, wheelhouse, image) takes minutes: more than the suite's 600 s default.
 # Measured: a cold build 5.5 min, a warm one 0.7 s; the module's fixture set-up 215 s in a fresh-clone run (engine
@@ -167,11 +166,11 @@ def test_image_runs_offline_by_hand(engine, image, tmp_path):
 class PrefectStack:
     """`prefect server start` on a free loopback port with its own PREFECT_HOME, and the processes started against it."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, port: int, prefect_home: str) -> None:
         self.tmp = tmp
-        self.api = f"http://127.0.0.1:{free_port()}/api"
+        self.api = f"http://127.0.0.1:{port}/api"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DOCINGEST_"))}
-        self.env.update(PREFECT_HOME=prefect_home(tmp / "prefect-home"), PREFECT_API_URL=self.api,
+        self.env.update(PREFECT_HOME=prefect_home, PREFECT_API_URL=self.api,
                         PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="INFO",
                         PREFECT_WORKER_QUERY_SECONDS="2",  # the worker picks the run up sooner (default 10 s)
                         PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -204,14 +203,14 @@ class PrefectStack:
                 proc.wait(10)
 
 
-def test_docker_work_pool_runs_the_docker_deployment(engine, image, tmp_path):
+def test_docker_work_pool_runs_the_docker_deployment(engine, image, tmp_path, free_port, prefect_home, wait_http):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     docs, store = _docs_and_store(tmp_path)
-    stack = PrefectStack(tmp_path)
+    stack = PrefectStack(tmp_path, free_port(), prefect_home(tmp_path / "prefect-home"))
     server = stack.start("server", str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
                          "--port", stack.api.rsplit(":", 1)[1].split("/")[0])
     try:

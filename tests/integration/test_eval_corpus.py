@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_corpus_files
 from docingest.evaluate import doc_key, evaluate, load_qrels, load_queries
 from docingest.flows.ingest import ingest_documents
 from docingest.options import IngestOptions, ParseOptions
@@ -23,7 +22,7 @@ STEMS = {doc_key({"path": rel}, "stem") for rel in FILES}
 
 
 @pytest.fixture(scope="module")
-def indexed(prefect_server, corpus, tmp_path_factory) -> str:
+def indexed(prefect_server, corpus_copy, tmp_path_factory) -> str:
     """The referenced files ingested once for the module; returns the Qdrant local-mode folder."""
     from docingest.core.store import close_backends
     from docingest.settings import get_settings
@@ -32,7 +31,7 @@ def indexed(prefect_server, corpus, tmp_path_factory) -> str:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DOCINGEST_HOME", str(root / ".docingest"))
         get_settings.cache_clear()
-        docs = copy_corpus_files(corpus, root / "docs", FILES)
+        docs = corpus_copy(FILES, root / "docs")
         qdrant = str(root / "qdrant")
         result = ingest_documents(source=str(docs), collection=COLLECTION,
                                   options=IngestOptions(parse=ParseOptions(isolation="none")),

@@ -5,9 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from support import task_states
 
-from conftest import copy_corpus_files
 from docingest.core.store import QdrantLocation, QdrantStore
 from docingest.datamodel import DocumentStatus
 from docingest.flows.ingest import ingest_documents
@@ -43,8 +41,8 @@ def all_points(store: QdrantStore, collection: str) -> dict[str, dict]:
 
 
 @pytest.fixture
-def docs(tmp_path, corpus):
-    return copy_corpus_files(corpus, tmp_path / "docs", SLICE)
+def docs(tmp_path, corpus_copy):
+    return corpus_copy(SLICE, tmp_path / "docs")
 
 
 def store_for(home) -> QdrantStore:
@@ -128,9 +126,9 @@ def test_edit_replaces_the_old_version_without_stale_chunks(prefect_server, home
     assert len(texts) == 2
 
 
-def test_settings_change_re_embeds(prefect_server, home, tmp_path, corpus):
+def test_settings_change_re_embeds(prefect_server, home, tmp_path, corpus_copy):
     few = SLICE[:4]
-    docs = copy_corpus_files(corpus, tmp_path / "few", few)
+    docs = corpus_copy(few, tmp_path / "few")
     first = ingest_documents(source=str(docs), collection="settings")
     result = ingest_documents(source=str(docs), collection="settings",
                               options=IngestOptions.model_validate({"chunk": {"max_tokens": 64}}))
@@ -206,7 +204,7 @@ def test_qdrant_target_parameter_overrides_settings(prefect_server, home, tmp_pa
     assert not (home / "qdrant").exists()
 
 
-def test_failed_update_leaves_the_old_version_searchable(prefect_server, home, tmp_path, monkeypatch):
+def test_failed_update_leaves_the_old_version_searchable(prefect_server, home, tmp_path, monkeypatch, task_states):
     from docingest.core import store as store_module
     from docingest.exceptions import StoreError
 
@@ -261,7 +259,7 @@ def test_embedder_settings_block(prefect_server, home, tmp_path):
     assert {p["model"] for p in all_points(store_for(home), "emb").values()} == {"sentence-transformers/all-MiniLM-L6-v2"}
 
 
-def test_document_that_becomes_empty_loses_its_old_chunks(prefect_server, home, tmp_path):
+def test_document_that_becomes_empty_loses_its_old_chunks(prefect_server, home, tmp_path, task_states):
     docs = tmp_path / "empty"
     docs.mkdir()
     (docs / "a.md").write_text("# A\n\nSoon to be emptied.\n")
@@ -303,7 +301,7 @@ def test_int8_backend_ingests_and_search_uses_the_same_backend(prefect_server, h
     assert again.documents.changed == 2
 
 
-def test_batched_task_runs_give_the_same_points_and_keep_failures_per_document(prefect_server, home, tmp_path):
+def test_batched_task_runs_give_the_same_points_and_keep_failures_per_document(prefect_server, home, tmp_path, task_states):
     docs = tmp_path / "batched"
     docs.mkdir()
     for i in range(7):

@@ -12,7 +12,6 @@ import urllib.parse
 import urllib.request
 
 import pytest
-from support import free_port, wait_http
 
 from docingest.flows.ingest import ingest_documents
 
@@ -23,7 +22,7 @@ PUSHGATEWAY = shutil.which("prometheus-pushgateway") or shutil.which("pushgatewa
 
 
 @pytest.fixture
-def prometheus_stack(tmp_path):
+def prometheus_stack(tmp_path, free_port, wait_http):
     if not (PROMETHEUS and PUSHGATEWAY):
         pytest.skip("needs Debian's prometheus and prometheus-pushgateway (scripts/system-deps.sh installs them)")
     procs = []

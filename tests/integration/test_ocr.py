@@ -4,7 +4,6 @@ rotated scans, the corpus's scans; options, limits, and a fingerprint that only 
 from __future__ import annotations
 
 import pytest
-from scans import mixed_pdf, multipage_tiff, page_image, scanned_pdf
 from typer.testing import CliRunner
 
 from docingest.core import ocr
@@ -31,7 +30,7 @@ def pages_of(parsed, phrase: str) -> set[int]:
 
 
 @needs_tesseract
-def test_a_scanned_pdf_becomes_searchable_by_a_phrase_on_its_second_page(prefect_server, home, tmp_path):
+def test_a_scanned_pdf_becomes_searchable_by_a_phrase_on_its_second_page(prefect_server, home, tmp_path, scanned_pdf):
     docs = tmp_path / "docs"
     docs.mkdir()
     scanned_pdf(docs / "harbour.pdf", HARBOUR)
@@ -43,7 +42,7 @@ def test_a_scanned_pdf_becomes_searchable_by_a_phrase_on_its_second_page(prefect
 
 
 @needs_tesseract
-def test_a_mixed_pdf_reads_its_scanned_page_and_keeps_the_text_page(corpus, tmp_path):
+def test_a_mixed_pdf_reads_its_scanned_page_and_keeps_the_text_page(corpus, tmp_path, mixed_pdf):
     path = mixed_pdf(tmp_path / "mixed.pdf", corpus / "pdf/sources/2305.03393v1-pg9.pdf",
                      ["Appendix scanned from paper", "The secret phrase is amber falcon."], tmp_path)
     parsed = parse_document(path, ParseOptions(), PdfMode.FAST)
@@ -60,7 +59,7 @@ def test_a_mixed_pdf_reads_its_scanned_page_and_keeps_the_text_page(corpus, tmp_
 
 
 @needs_tesseract
-def test_every_page_of_a_multipage_tiff_and_a_rotated_scan(tmp_path):
+def test_every_page_of_a_multipage_tiff_and_a_rotated_scan(tmp_path, multipage_tiff, page_image, scanned_pdf):
     tiff = multipage_tiff(tmp_path / "fax.tiff", HARBOUR)
     parsed = parse_document(tiff, ParseOptions(), PdfMode.FAST)
     assert parsed.pages == 2 and pages_of(parsed, "violet heron") == {2}
@@ -81,7 +80,7 @@ def test_the_corpus_scans_are_read(corpus):
 
 
 @needs_tesseract
-def test_a_page_past_its_time_limit_fails_alone(corpus, tmp_path):
+def test_a_page_past_its_time_limit_fails_alone(corpus, tmp_path, mixed_pdf, scanned_pdf):
     path = mixed_pdf(tmp_path / "mixed.pdf", corpus / "pdf/sources/2305.03393v1-pg9.pdf", ["Slow page"], tmp_path)
     parsed = parse_document(path, ParseOptions(ocr_page_timeout_s=0.001), PdfMode.FAST)  # no Tesseract call is 1 ms
     assert parsed.warning == "1 of 2 pages could not be read (page 2: OCR took longer than 0.001 s)"
@@ -95,7 +94,7 @@ def test_a_page_past_its_time_limit_fails_alone(corpus, tmp_path):
 
 @needs_tesseract
 def test_a_long_scan_in_a_worker_outlives_the_document_limit_while_pages_advance(prefect_server, home, tmp_path,
-                                                                                  monkeypatch):
+                                                                                  monkeypatch, scanned_pdf):
     docs = tmp_path / "docs"
     docs.mkdir()
     scanned_pdf(docs / "long.pdf", [[f"Page {n} of the long scan", f"keyword{n}"] for n in range(1, 5)])
@@ -123,7 +122,7 @@ def test_a_long_scan_in_a_worker_outlives_the_document_limit_while_pages_advance
 
 
 @needs_tesseract
-def test_installing_tesseract_reprocesses_only_images_and_pdfs(prefect_server, home, tmp_path, monkeypatch):
+def test_installing_tesseract_reprocesses_only_images_and_pdfs(prefect_server, home, tmp_path, monkeypatch, page_image, scanned_pdf):
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "notes.md").write_text("# Notes\n\nThe meeting moved to Thursday.\n")
@@ -161,7 +160,7 @@ def test_unknown_ocr_language_is_one_line_and_exit_2(tmp_path, home, monkeypatch
 
 
 @needs_tesseract
-def test_a_blank_page_without_text_costs_no_ocr(tmp_path):
+def test_a_blank_page_without_text_costs_no_ocr(tmp_path, scanned_pdf):
     path = scanned_pdf(tmp_path / "with-blank.pdf", [HARBOUR[0], []])  # a scanned page, then a white one
     parsed = parse_document(path, ParseOptions(), PdfMode.FAST)
     assert (parsed.pages, parsed.ocr_pages) == (2, 1) and pages_of(parsed, "northern pier") == {1}

@@ -10,9 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import prefect_home
 
-from conftest import REPO
 from docingest import plugins
 from docingest.core.store import QdrantLocation, QdrantStore
 from docingest.flows.ingest import ingest_documents
@@ -21,12 +19,13 @@ from docingest.options import ChunkOptions, IngestOptions
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 EXE = Path(sys.executable).with_name("docingest")
+PLUGINS = Path(__file__).resolve().parents[1] / "plugins"  # tests/plugins
 
 
 def pip_install(package: str, target: Path) -> Path:
     """Build and install a plugin package from tests/plugins into its own folder (no index, no deps)."""
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-                    "--target", str(target), str(REPO / "tests" / "plugins" / package)], check=True,
+                    "--target", str(target), str(PLUGINS / package)], check=True,
                    capture_output=True, timeout=300)
     return target
 
@@ -102,7 +101,7 @@ def test_parser_and_enricher_plugins_through_the_flow(prefect_server, home, tmp_
     assert "signing" in rotation["keywords"] and "keys" in rotation["keywords"]
 
 
-def test_embedder_and_chunker_plugins_from_the_cli(tmp_path, example_plugin):
+def test_embedder_and_chunker_plugins_from_the_cli(tmp_path, example_plugin, prefect_home):
     docs = write_docs(tmp_path / "docs")
     (docs / "broken.note").unlink()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "DOCINGEST_"))}
@@ -135,7 +134,7 @@ def test_embedder_and_chunker_plugins_from_the_cli(tmp_path, example_plugin):
         "error: no enricher plugin named 'keyword' (docingest.enrichers: keywords); `docingest plugins` lists them"]
 
 
-def test_a_broken_plugin_is_named_not_a_traceback(tmp_path):
+def test_a_broken_plugin_is_named_not_a_traceback(tmp_path, prefect_home):
     broken = pip_install("docingest-broken-plugin", tmp_path / "broken-plugin")
     docs = tmp_path / "docs"
     docs.mkdir()

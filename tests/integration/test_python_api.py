@@ -5,18 +5,16 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from support import prefect_home
 
 import docingest
-from conftest import REPO, copy_corpus_files
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 FILES = ["md/sources/duck.md", "md/sources/nested.md", "html/sources/wiki_duck.html", "pdf/sources/multi_page.pdf"]
 
 
-def test_ingest_and_search_inside_a_running_event_loop(prefect_server, home, tmp_path, corpus):
-    docs = copy_corpus_files(corpus, tmp_path / "docs", FILES)
+def test_ingest_and_search_inside_a_running_event_loop(prefect_server, home, tmp_path, corpus_copy):
+    docs = corpus_copy(FILES, tmp_path / "docs")
 
     async def notebook_cell():  # what Jupyter does: synchronous calls on a thread that runs an event loop
         result = docingest.ingest(str(docs), "api", isolation="none", workers=1, progress=True)
@@ -54,7 +52,7 @@ def test_unknown_and_invalid_options_are_configuration_errors():
         build_options(pdf_mode="fastest")
 
 
-def test_example_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
+def test_example_notebook_runs_top_to_bottom(tmp_path, monkeypatch, prefect_home, repo_root):
     import nbformat
     from nbclient import NotebookClient
 
@@ -62,9 +60,9 @@ def test_example_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_HOME", prefect_home(tmp_path / "prefect-home"))
     for var in [v for v in __import__("os").environ if v.startswith("PREFECT_API")]:
         monkeypatch.delenv(var)  # the notebook's kernel uses its own ephemeral API, like a user's would
-    notebook = nbformat.read(REPO / "examples" / "quickstart.ipynb", as_version=4)
+    notebook = nbformat.read(repo_root / "examples" / "quickstart.ipynb", as_version=4)
     NotebookClient(notebook, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(REPO / "examples")}}).execute()
+                   resources={"metadata": {"path": str(repo_root / "examples")}}).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     text = "\n".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in outputs)

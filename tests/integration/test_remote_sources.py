@@ -6,7 +6,6 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
-from support import AuthenticatingS3, GitHttpServer, free_port, git, git_origin, task_states
 
 from docingest.core.sources import open_source
 from docingest.exceptions import ConfigurationError
@@ -53,7 +52,7 @@ def test_s3_bucket_prefix_sync(prefect_server, s3):
     assert any("automatically" in t for t in texts) and not any("ninety" in t or "soup" in t for t in texts)
 
 
-def test_s3_configuration_errors(s3, s3_endpoint, monkeypatch):
+def test_s3_configuration_errors(s3, s3_endpoint, monkeypatch, free_port):
     from docingest.settings import get_settings
 
     with pytest.raises(ConfigurationError, match="bucket not found: 'nope'"):
@@ -65,7 +64,7 @@ def test_s3_configuration_errors(s3, s3_endpoint, monkeypatch):
 
 
 @pytest.fixture
-def repo(tmp_path) -> tuple[str, Path]:
+def repo(tmp_path, git, git_origin) -> tuple[str, Path]:
     origin, work = git_origin(tmp_path)
     approved = work / "30-Aprovados"
     approved.mkdir()
@@ -79,7 +78,7 @@ def repo(tmp_path) -> tuple[str, Path]:
     return origin.as_uri(), work
 
 
-def test_git_folder_sync_by_blob_sha(prefect_server, home, repo):
+def test_git_folder_sync_by_blob_sha(prefect_server, home, repo, git):
     url, work = repo
     opts = IngestOptions(source=SourceOptions(git_ref="main", git_path="30-Aprovados"))
     first = ingest_documents(source=url, collection="gitkb", options=opts)
@@ -215,7 +214,7 @@ def test_s3_download_errors_are_retried_by_the_client_then_fail_the_document_alo
     assert "after 3 attempts" in failure.error and "Connection aborted" in failure.error
 
 
-def test_wrong_s3_credentials_are_one_line_exit_2(tmp_path, home, monkeypatch):
+def test_wrong_s3_credentials_are_one_line_exit_2(tmp_path, home, monkeypatch, authenticating_s3):
     """A moto server that checks signatures: the right keys list the bucket; a wrong secret or an unknown key is a
     configuration error (exit 2, one line), never a per-document failure or a traceback."""
     from minio import Minio
@@ -224,7 +223,7 @@ def test_wrong_s3_credentials_are_one_line_exit_2(tmp_path, home, monkeypatch):
     from docingest.cli import app
     from docingest.core.sources.s3 import S3Source
 
-    with AuthenticatingS3(tmp_path / "moto.log") as server:
+    with authenticating_s3(tmp_path / "moto.log") as server:
         client = Minio(server.endpoint.removeprefix("http://"), access_key=server.access_key,
                        secret_key=server.secret_key, secure=False)
         client.make_bucket("locked")
@@ -251,7 +250,7 @@ def test_wrong_s3_credentials_are_one_line_exit_2(tmp_path, home, monkeypatch):
         assert "not-the-secret" not in result.output
 
 
-def test_git_token_over_http(prefect_server, home, repo, monkeypatch, tmp_path):
+def test_git_token_over_http(prefect_server, home, repo, monkeypatch, tmp_path, git_http_server):
     """git smart HTTP on loopback that accepts only ``oauth2:<token>`` basic auth (GitLab's scheme for access
     tokens): the token comes from DOCINGEST_GIT_TOKEN, travels as a header (never in argv, URLs or results), and a
     missing or wrong token is a one-line configuration error."""
@@ -259,7 +258,7 @@ def test_git_token_over_http(prefect_server, home, repo, monkeypatch, tmp_path):
 
     url, _ = repo
     origin = Path(url.removeprefix("file://"))
-    with GitHttpServer(origin.parent, token="glpat-loopback-123") as server:
+    with git_http_server(origin.parent, token="glpat-loopback-123") as server:
         http_url = f"{server.url}/{origin.name}"
         opts = IngestOptions(source=SourceOptions(git_ref="main", git_path="30-Aprovados"))
         with pytest.raises(ConfigurationError, match="needs a token"):
@@ -286,7 +285,7 @@ def test_git_token_over_http(prefect_server, home, repo, monkeypatch, tmp_path):
             assert payloads and all("glpat" not in str(p) for p in payloads)
 
 
-def test_shared_result_storage_on_s3(prefect_server, s3, s3_endpoint, home, monkeypatch, tmp_path):
+def test_shared_result_storage_on_s3(prefect_server, s3, s3_endpoint, home, monkeypatch, tmp_path, task_states):
     """Two 'machines' (separate Qdrant folders and local result folders) share one S3 result storage block: the
     second one finds every parse-and-chunk result cached by the first and parses nothing."""
     from docingest.blocks import S3Credentials, S3ResultStorage
@@ -320,7 +319,7 @@ def test_shared_result_storage_on_s3(prefect_server, s3, s3_endpoint, home, monk
         ingest_documents(source="s3://handbook/shared", collection="shared", result_storage="nope")
 
 
-def test_s3_endpoint_stopped_mid_run_and_restarted_loses_nothing(prefect_server, home, monkeypatch):
+def test_s3_endpoint_stopped_mid_run_and_restarted_loses_nothing(prefect_server, home, monkeypatch, free_port):
     """The S3 server goes down at the first download and comes back 0.8 s later, inside the retry window (the minio
     client's connection retries, then ours: DOCINGEST_S3_ATTEMPTS, 5 by default, 0 + 1 + 2 + 4 s apart, a 7 s window,
     over 8x the outage): every document is ingested, none failed."""

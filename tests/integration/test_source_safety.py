@@ -10,7 +10,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from support import git, git_origin
 
 from docingest.core.ids import sha256_file
 from docingest.core.sources.local import OUTSIDE_REASON, LocalFolderSource
@@ -111,7 +110,7 @@ def test_any_legal_s3_key_is_read_under_a_safe_name(prefect_server, home, s3_end
     assert not {n for n in left if n.startswith("docingest-s3-") or n == "escape.md"}  # no snapshot left, none escaped
 
 
-def test_git_symlinks_are_read_from_the_repository_only(prefect_server, home, tmp_path):
+def test_git_symlinks_are_read_from_the_repository_only(prefect_server, home, tmp_path, git, git_origin):
     secret = tmp_path / "shadow"
     secret.write_text(SECRET)
     origin, work = git_origin(tmp_path)

@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
-from support import free_port, prefect_home, wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,7 +37,7 @@ def processes_with(marker: str) -> list[int]:
 
 
 @pytest.fixture
-def env(tmp_path):
+def env(tmp_path, prefect_home):
     e = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "DOCINGEST_"))}
     e.update(DOCINGEST_HOME=str(tmp_path / "home"), PREFECT_HOME=prefect_home(tmp_path / "prefect-home-startup"),
              HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
@@ -102,7 +101,7 @@ def test_noop_resync_skips_the_model_and_the_flow_run_and_leaves_no_server_behin
     assert data["documents"]["deleted"] == 1 and data["flow_run_id"]
 
 
-def test_serve_stops_its_temporary_prefect_server_on_sigterm(env, tmp_path):
+def test_serve_stops_its_temporary_prefect_server_on_sigterm(env, tmp_path, free_port, wait_http):
     port = free_port()
     env = dict(env, DOCINGEST_JWT_SECRET="x" * 40)
     log = tmp_path / "serve.log"

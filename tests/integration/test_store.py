@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from docingest.core.store import QdrantLocation, QdrantStore, close_backends
+from docingest.core.store import QdrantStore, close_backends
 from docingest.datamodel import ManifestRecord
 from docingest.exceptions import ConfigurationError, StoreError
 from docingest.targets import QdrantTarget
@@ -55,9 +55,7 @@ def fill(store: QdrantStore) -> str:
     return physical
 
 
-@pytest.mark.parametrize("engine", ["edge", "qdrant-client"])
-def test_both_backends_answer_the_same(tmp_path, engine):
-    store = QdrantStore(QdrantLocation(path=tmp_path / engine, engine=engine))
+def test_both_backends_answer_the_same(store):
     physical = fill(store)
     assert physical == "docs__v1" and store.aliases() == {"docs": "docs__v1"}
     assert store.list_collections() == ["docs__v1", "docs__v1__manifest"]
@@ -81,11 +79,11 @@ def test_both_backends_answer_the_same(tmp_path, engine):
         store.ensure_collection("docs", 8)
 
 
-def test_edge_store_reopens_with_points_aliases_and_manifest(tmp_path):
-    location = QdrantLocation(path=tmp_path / "q")
-    fill(QdrantStore(location))
+def test_edge_store_reopens_with_points_aliases_and_manifest(tmp_path, store_factory):
+    # one folder, opened, closed and opened again: the embedded layout itself
+    fill(store_factory("edge", tmp_path / "q"))
     close_backends()
-    store = QdrantStore(location)
+    store = store_factory("edge", tmp_path / "q")
     assert store.aliases() == {"docs": "docs__v1"} and store.count("docs") == 9
     assert json.loads((tmp_path / "q" / "aliases.json").read_text()) == {"aliases": {"docs": "docs__v1"}}
     assert json.loads((tmp_path / "q" / "docingest-store.json").read_text())["engine"] == "qdrant-edge"
@@ -99,9 +97,8 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> sub
     return subprocess.run([str(DOCINGEST), *args], capture_output=True, text=True, timeout=300, env=full, cwd=cwd)
 
 
-def test_a_second_process_is_refused_with_the_holder_named(tmp_path):
-    location = QdrantLocation(path=tmp_path / "q")
-    fill(QdrantStore(location))  # this process holds the store
+def test_a_second_process_is_refused_with_the_holder_named(tmp_path, store_factory):
+    fill(store_factory("edge", tmp_path / "q"))  # this process holds the store
     proc = run_cli("search", "text", "-c", "docs", "--qdrant-path", str(tmp_path / "q"))
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -113,9 +110,8 @@ def test_a_second_process_is_refused_with_the_holder_named(tmp_path):
     assert len(proc.stdout.splitlines()) == 9
 
 
-def test_export_streams_points_as_json_lines(tmp_path):
-    store = QdrantStore(QdrantLocation(path=tmp_path / "q"))
-    fill(store)
+def test_export_streams_points_as_json_lines(tmp_path, store_factory):
+    fill(store_factory("edge", tmp_path / "q"))  # filled here, closed, then read by the CLI in another process
     close_backends()
     q = str(tmp_path / "q")
     proc = run_cli("export", "-c", "docs", "--qdrant-path", q, "--vectors", "--output", str(tmp_path / "out.jsonl"))
@@ -132,25 +128,20 @@ def test_export_streams_points_as_json_lines(tmp_path):
         assert missing.returncode == 2 and name in missing.stderr and not (tmp_path / "none.jsonl").exists()
 
 
-def test_export_reads_a_server_backend_too(tmp_path, monkeypatch):
+def test_export_reads_either_backend_in_the_process(store, tmp_path):
+    """The Python export on the store the settings' engine opens (the server stand-in included); the CLI test above
+    covers the embedded store from another process, test_store_congruence compares the two engines' lines."""
     from docingest.export import export_collection
 
-    monkeypatch.setenv("DOCINGEST_QDRANT_ENGINE", "qdrant-client")
-    from docingest.settings import get_settings
-
-    get_settings.cache_clear()
-    try:
-        fill(QdrantStore(QdrantLocation(path=tmp_path / "q", engine="qdrant-client")))
-        out = tmp_path / "out.jsonl"
-        with out.open("w") as fh:
-            assert export_collection("docs", fh, vectors=True, qdrant=QdrantTarget(path=str(tmp_path / "q"))) == 9
-        assert all(len(json.loads(x)["vector"]["dense"]) == 4 for x in out.read_text().splitlines())
-    finally:
-        get_settings.cache_clear()
+    fill(store)
+    out = tmp_path / "out.jsonl"
+    with out.open("w") as fh:
+        assert export_collection("docs", fh, vectors=True, qdrant=QdrantTarget(path=str(store.location.path))) == 9
+    assert all(len(json.loads(x)["vector"]["dense"]) == 4 for x in out.read_text().splitlines())
 
 
-def test_an_old_local_mode_folder_is_named_and_converted_in_place(tmp_path):
-    old = QdrantStore(QdrantLocation(path=tmp_path / "q", engine="qdrant-client"))
+def test_an_old_local_mode_folder_is_named_and_converted_in_place(tmp_path, store_factory):
+    old = store_factory("qdrant-client", tmp_path / "q")  # an old local-mode folder, converted to Edge below
     fill(old)
     old.ensure_collection("other", 4, alias=False)
     close_backends()
@@ -168,7 +159,7 @@ def test_an_old_local_mode_folder_is_named_and_converted_in_place(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "docs__v1: 9 points" in proc.stdout and "alias docs -> docs__v1" in proc.stdout
     assert (tmp_path / "q" / "meta.json").is_file() and (tmp_path / "q" / "collection").is_dir()  # left in place
-    store = QdrantStore(QdrantLocation(path=tmp_path / "q"))
+    store = store_factory("edge", tmp_path / "q")
     assert store.aliases() == {"docs": "docs__v1"}
     assert store.count("docs") == 9 and sorted(store.manifest("docs", "file:///src")) == ["p0.md", "p1.md"]
     assert set(store.list_collections()) == {"docs__v1", "docs__v1__manifest", "other", "other__manifest"}
@@ -179,9 +170,8 @@ def test_an_old_local_mode_folder_is_named_and_converted_in_place(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["config", "segments"])
-def test_a_damaged_collection_folder_is_refused_and_left_as_it_is(tmp_path, damage):
-    location = QdrantLocation(path=tmp_path / "q")
-    fill(QdrantStore(location))
+def test_a_damaged_collection_folder_is_refused_and_left_as_it_is(tmp_path, store_factory, damage):
+    fill(store_factory("edge", tmp_path / "q"))  # the embedded layout, damaged below
     close_backends()
     shard = tmp_path / "q" / "collections" / "docs__v1"
     if damage == "config":
@@ -199,8 +189,8 @@ def test_a_damaged_collection_folder_is_refused_and_left_as_it_is(tmp_path, dama
     assert {p: p.read_bytes() for p in shard.rglob("*") if p.is_file()} == snapshot
 
 
-def test_the_index_is_built_once_enough_points_are_not_indexed(tmp_path):
-    store = QdrantStore(QdrantLocation(path=tmp_path / "q", index_from_points=300))
+def test_the_index_is_built_once_enough_points_are_not_indexed(store_factory):
+    store = store_factory("edge", index_from_points=300)  # the embedded engine builds its own index
     physical = store.ensure_collection("docs", 4)
     store.upsert(physical, points(200))
     assert not store.maintain(physical).indexed  # 200 < 300: exact search is enough
@@ -211,11 +201,11 @@ def test_the_index_is_built_once_enough_points_are_not_indexed(tmp_path):
     assert store.query(physical, [1.0, 5.0, 0.5, 0.0], 1)[0][1]["text"] == "text 5"
 
 
-def test_writes_are_refused_clearly_while_the_disk_is_nearly_full(tmp_path):
+def test_writes_are_refused_clearly_while_the_disk_is_nearly_full(store_factory):
     """The engine writes through memory-mapped files (a full disk would kill the process with SIGBUS), so writes stop
     with an error while less than ``min_free_mb`` is free, and go on once there is room again."""
-    location = QdrantLocation(path=tmp_path / "q")
-    store = QdrantStore(location)
+    store = store_factory("edge")  # the embedded engine's guard
+    location = store.location
     physical = store.ensure_collection("docs", 4)
     store.upsert(physical, points(3))
     store.backend.location = location.model_copy(update={"min_free_mb": 2**40})  # "the disk is full" now

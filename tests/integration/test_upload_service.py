@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
-from support import reap, start_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -45,7 +44,7 @@ def handbook_text() -> bytes:
 
 
 @pytest.fixture
-def service(tmp_path):
+def service(tmp_path, start_service, reap):
     proc, base, env, log = start_service(tmp_path, DOCINGEST_JWT_SECRET=SECRET, DOCINGEST_UPLOAD_PART_SIZE=str(PART),
                                          DOCINGEST_RATE_LIMIT_UPLOADS_PER_MIN="12")
     try:
@@ -175,7 +174,7 @@ def test_resumable_upload_to_search_with_progress_isolation_and_checks(service, 
     assert top["path"] == f"{uid}/key-rotation.md" and "ninety days" in top["text"]
 
 
-def test_every_format_ingest_reads_uploads_and_is_indexed(tmp_path, corpus):
+def test_every_format_ingest_reads_uploads_and_is_indexed(tmp_path, corpus, start_service, reap):
     """The smallest file of each format of the shared corpus: what `ingest` reads (core/formats.py), an upload
     accepts and indexes, with the content checks passing; the one legacy .doc is refused as the named subset."""
     from docingest.core.formats import NOT_UPLOADABLE, UPLOADABLE, extension

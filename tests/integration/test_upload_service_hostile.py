@@ -18,7 +18,6 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
-from support import reap, service_env, start_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -87,7 +86,7 @@ def cli(env: dict, cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(EXE), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
-def test_a_poison_upload_holds_no_one_else_and_search_answers_over_http(tmp_path):
+def test_a_poison_upload_holds_no_one_else_and_search_answers_over_http(tmp_path, start_service, reap):
     proc, base, env, log = start_service(tmp_path, DOCINGEST_JWT_SECRET=SECRET, DOCINGEST_UPLOAD_PARSE_TIMEOUT_S="90",
                                          DOCINGEST_UPLOAD_JOB_CONCURRENCY="2")
     try:
@@ -148,7 +147,8 @@ def test_a_poison_upload_holds_no_one_else_and_search_answers_over_http(tmp_path
     assert json.loads(cli_hits.stdout)["hits"] == found["hits"]
 
 
-def test_the_upload_source_and_a_cli_folder_share_a_collection_without_deleting_each_other(tmp_path):
+def test_the_upload_source_and_a_cli_folder_share_a_collection_without_deleting_each_other(tmp_path, service_env,
+                                                                                              start_service):
     folder = tmp_path / "curated"
     folder.mkdir()
     (folder / "policy.md").write_text("# Travel policy\n\nBook trains for trips under four hours.\n")
@@ -189,7 +189,7 @@ def test_the_upload_source_and_a_cli_folder_share_a_collection_without_deleting_
         stop(proc)
 
 
-def test_soak_200_uploads_from_10_users_3_of_them_hostile(tmp_path):
+def test_soak_200_uploads_from_10_users_3_of_them_hostile(tmp_path, start_service):
     part = 64 * 1024
     proc, base, env, log = start_service(
         tmp_path, DOCINGEST_JWT_SECRET=SECRET, DOCINGEST_UPLOAD_PART_SIZE=str(part),

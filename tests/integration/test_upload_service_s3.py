@@ -22,7 +22,6 @@ import time
 import httpx
 import jwt
 import pytest
-from support import free_port, start_service, wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -49,7 +48,7 @@ def hs256(claims: dict, key: bytes) -> str:
 class IdentityProvider:
     """An RSA key pair whose public half is served as a JWKS document on a loopback port."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int) -> None:
         from cryptography.hazmat.primitives.asymmetric import rsa
 
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -70,7 +69,7 @@ class IdentityProvider:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/.well-known/jwks.json"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -84,7 +83,7 @@ class IdentityProvider:
 
 
 @pytest.fixture
-def s3(tmp_path):
+def s3(tmp_path, free_port, wait_http):
     from minio import Minio
 
     port = free_port()
@@ -102,9 +101,9 @@ def s3(tmp_path):
         proc.wait(20)
 
 
-def test_s3_store_jwks_tokens_and_fifty_concurrent_uploads(s3, tmp_path):
+def test_s3_store_jwks_tokens_and_fifty_concurrent_uploads(s3, tmp_path, free_port, start_service):
     endpoint, bucket = s3
-    idp = IdentityProvider()
+    idp = IdentityProvider(free_port())
     proc, base, env, log = start_service(
         tmp_path, DOCINGEST_UPLOAD_BUCKET="s3://uploads/svc", DOCINGEST_S3_ENDPOINT=endpoint,
         DOCINGEST_S3_ACCESS_KEY="testing", DOCINGEST_S3_SECRET_KEY="testing-secret", DOCINGEST_JWT_JWKS_URL=idp.url,

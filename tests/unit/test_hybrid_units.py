@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from docingest.core.sparse import SPARSE_VECTOR, encoder, sparse_text
-from docingest.core.store import QdrantLocation, QdrantStore, Search, close_backends
+from docingest.core.store import Search
 from docingest.core.store.backend import RRF_K
 from docingest.exceptions import ConfigurationError
 
@@ -23,16 +23,15 @@ TEXTS = ["The valve XQ-77-ZEBRA must be replaced every two years.",
 DENSE = [[1.0, 0.0, 0.0], [0.9, 0.4, 0.0], [0.5, 0.5, 0.5], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
 
 
-@pytest.fixture(params=["edge", "qdrant-client"])
-def store(request, tmp_path):
-    store = QdrantStore(QdrantLocation(path=tmp_path / request.param, engine=request.param))
+@pytest.fixture
+def store(store):
+    """The conftest's store (once per engine) holding the five texts; test_store_congruence compares the engines."""
     physical = store.ensure_collection("h", 3, sparse=(SPARSE_VECTOR,))
     sparse = encoder().documents(TEXTS)
     store.upsert(physical, [{"id": str(uuid.uuid5(uuid.NAMESPACE_URL, t)), "vector": v, "sparse": {SPARSE_VECTOR: s},
                              "payload": {"text": t, "n": i, "sparse_model": "bm25:english"}}
                             for i, (t, v, s) in enumerate(zip(TEXTS, DENSE, sparse, strict=True))])
-    yield store
-    close_backends()
+    return store
 
 
 def test_the_sparse_encoding_round_trips_through_the_store(store):
