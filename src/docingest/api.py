@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import sys
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from pydantic import BaseModel
 
@@ -18,7 +19,10 @@ from docingest.exceptions import ConfigurationError
 from docingest.options import IngestOptions
 
 if TYPE_CHECKING:
+    from docingest.core.progress import ProgressEvent
     from docingest.targets import QdrantTarget
+
+T = TypeVar("T")
 
 _SECTIONS = ("source", "parse", "chunk", "embed", "store")
 
@@ -70,7 +74,7 @@ def _in_running_loop() -> bool:
         return False
 
 
-def _call(fn, *args, **kwargs):
+def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run ``fn`` here, or in a helper thread when this thread runs an event loop (Prefect's sync engine and
     Docling must not run on the loop's thread)."""
     if not _in_running_loop():
@@ -99,7 +103,7 @@ class _Bar:
         self.bar = tqdm(total=None, desc=label, unit="doc", leave=True)
         progress.add_listener(self)
 
-    def __call__(self, event) -> None:
+    def __call__(self, event: ProgressEvent) -> None:
         if self.bar.total != event.total:
             self.bar.total = event.total
         self.bar.n = event.done

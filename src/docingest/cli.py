@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
@@ -34,6 +35,10 @@ from docingest.options import (  # light: pydantic only
 )
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from docingest.core.plan import Plan
+    from docingest.datamodel import IngestResult
     from docingest.settings import DocingestSettings
     from docingest.targets import QdrantTarget
 
@@ -90,7 +95,7 @@ def _fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _field(model, name: str, *flags: str, more: str = ""):
+def _field(model: type[BaseModel], name: str, *flags: str, more: str = "") -> Any:  # typer.Option's own type
     """A CLI option whose help and shown default are the options model's (one source of truth): the parameter's
     own default is None (or False for a flag), and only options given explicitly reach the model."""
     info = model.model_fields[name]
@@ -242,7 +247,7 @@ def ingest(
     def settings_follow_symlinks() -> bool:
         return get_settings().follow_symlinks
 
-    def given(**kw):  # only what was given explicitly, so a preset fills the rest
+    def given(**kw: Any) -> dict[str, Any]:  # only what was given explicitly, so a preset fills the rest
         return {k: v for k, v in kw.items() if v is not None}
 
     try:
@@ -338,7 +343,7 @@ def ingest(
     raise typer.Exit(EXIT_OK if result.ok and not aborted else EXIT_FAILED_DOCS)
 
 
-def _finish_unchanged(result, duration_s: float, as_json: bool) -> None:
+def _finish_unchanged(result: IngestResult, duration_s: float, as_json: bool) -> None:
     """Report a re-sync that had nothing to write (metrics included, as a flow run would push them) and exit."""
     from docingest.core.metrics import Pusher, RunMetrics
     from docingest.settings import get_settings
@@ -357,7 +362,7 @@ def _finish_unchanged(result, duration_s: float, as_json: bool) -> None:
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED_DOCS)
 
 
-def _print_plan(plan, collection: str, as_json: bool) -> None:
+def _print_plan(plan: Plan, collection: str, as_json: bool) -> None:
     data = plan.to_json_dict(collection)
     if as_json:
         sys.stdout.write(json.dumps(data) + "\n")
@@ -374,7 +379,7 @@ def _print_plan(plan, collection: str, as_json: bool) -> None:
         out.print(f"  {'skipped':<11} {item['path']}: {item['reason']}", highlight=False)
 
 
-def _print_summary(result) -> None:
+def _print_summary(result: IngestResult) -> None:
     d, c = result.documents, result.chunks
     table = Table(title=f"collection {result.collection!r} ({result.mode})", caption=f"source {result.source}",
                   show_header=True)
@@ -519,7 +524,7 @@ def watch(
     raise typer.Exit(EXIT_OK)
 
 
-def _watch_printer(as_json: bool):
+def _watch_printer(as_json: bool) -> Callable[[dict[str, Any]], None]:
     """The watch's events: JSON lines (flushed at once), or one readable line per document."""
 
     def emit(event: dict) -> None:

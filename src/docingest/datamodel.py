@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -229,7 +230,7 @@ class SearchResults(list):
     mode: str = "dense"
     note: str | None = None
 
-    def __init__(self, hits=(), mode: str = "dense", note: str | None = None) -> None:
+    def __init__(self, hits: Iterable[SearchHit] = (), mode: str = "dense", note: str | None = None) -> None:
         super().__init__(hits)
         self.mode, self.note = mode, note
 

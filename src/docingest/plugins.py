@@ -26,9 +26,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from docingest.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
+    from docingest.options import IngestOptions
 
 GROUPS: dict[str, str] = {
     "parser": "docingest.parsers",
@@ -104,7 +109,7 @@ def disabled() -> set[str]:
     return set(get_settings().disabled_plugins)
 
 
-def _load(kind: str, ep) -> PluginInfo:
+def _load(kind: str, ep: EntryPoint) -> PluginInfo:
     dist = getattr(ep, "dist", None)
     info = PluginInfo(kind=kind, entry_name=ep.name, target=ep.value,
                       package=dist.metadata["Name"] if dist else "?", package_version=dist.version if dist else "?")
@@ -171,7 +176,7 @@ def parser_for(extension: str) -> PluginInfo | None:
     return parsers_by_format().get(extension.lower().lstrip("."))
 
 
-def check(options) -> None:
+def check(options: IngestOptions) -> None:
     """Every plugin a run would use loads (PluginError naming the first that does not): installed parsers, the
     chosen chunker, enrichers and embedder."""
     parsers_by_format()

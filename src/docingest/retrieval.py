@@ -13,6 +13,9 @@ from docingest.exceptions import ConfigurationError, StoreError
 from docingest.settings import get_settings
 
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
     from docingest.targets import QdrantTarget
 
 MODES = ("dense", "bm25", "hybrid")
@@ -43,10 +46,10 @@ def choose_mode(store: QdrantStore, physical: str, mode: str | None, fusion: str
     return mode or "hybrid", language, None
 
 
-def make_search(mode: str, vector, query: str, language: str | None, limit: int, fusion: str = "rrf",
-                candidates: int = 0) -> Search:
+def make_search(mode: str, vector: npt.NDArray[np.float32] | None, query: str, language: str | None, limit: int,
+                fusion: str = "rrf", candidates: int = 0) -> Search:
     sparse = encoder(language).query(query) if mode in ("bm25", "hybrid") and language else None
-    dense = [float(x) for x in vector] if mode in ("dense", "hybrid") else None
+    dense = [float(x) for x in vector] if mode in ("dense", "hybrid") else None  # type: ignore[union-attr]  # given there
     return Search(limit=limit, dense=dense, sparse=sparse, sparse_name=SPARSE_VECTOR, fusion=fusion,  # type: ignore[arg-type]
                   candidates=candidates)
 

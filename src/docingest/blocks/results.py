@@ -7,6 +7,7 @@ parsed again by another (the cache key is content + settings + code, never a mac
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import anyio.to_thread
 from prefect.filesystems import WritableFileSystem
@@ -14,6 +15,9 @@ from pydantic import Field
 
 from docingest.blocks.qdrant import DOCS
 from docingest.blocks.sources import S3_LOGO, S3Credentials
+
+if TYPE_CHECKING:
+    from minio import Minio
 
 
 class S3ResultStorage(WritableFileSystem):
@@ -41,7 +45,7 @@ class S3ResultStorage(WritableFileSystem):
     bucket: str = Field(description="Bucket that holds the results (must exist).")
     basepath: str = Field(default="docingest-results", description="Key prefix under which results are written.")
 
-    def _client(self):
+    def _client(self) -> Minio:
         from docingest.core.sources.s3 import make_client
 
         return make_client(**self.credentials.connect_args())[0]

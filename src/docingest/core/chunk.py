@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from docingest.core.embed import LoadedModel
@@ -13,8 +14,15 @@ from docingest.exceptions import ChunkError
 from docingest.options import ChunkOptions
 
 if TYPE_CHECKING:
+    from docling_core.transforms.chunker import DocChunk
     from docling_core.transforms.chunker.hybrid_chunker import HybridChunker
+    from docling_core.transforms.chunker.tokenizer.base import BaseTokenizer
+    from docling_core.transforms.chunker.tokenizer.huggingface import HuggingFaceTokenizer
+    from docling_core.transforms.serializer.base import BaseDocSerializer
     from docling_core.types.doc import DoclingDocument
+    from transformers import PreTrainedTokenizerBase
+
+    from docingest.plugins import PluginInfo
 
 _local = threading.local()
 
@@ -29,7 +37,7 @@ def effective_max_tokens(options: ChunkOptions, model_max_seq_length: int) -> in
 COUNT_CACHE_SIZE = 4096  # texts whose token counts a chunker's tokenizer keeps (emptied when full)
 
 
-def _remembered_count(counts: dict[str, int], text: str, count_tokens) -> int:
+def _remembered_count(counts: dict[str, int], text: str, count_tokens: Callable[[str], int]) -> int:
     """``count_tokens(text)``, remembered in ``counts``, which holds at most COUNT_CACHE_SIZE texts."""
     if (count := counts.get(text)) is None:
         if len(counts) >= COUNT_CACHE_SIZE:
@@ -39,7 +47,7 @@ def _remembered_count(counts: dict[str, int], text: str, count_tokens) -> int:
 
 
 @functools.cache
-def _counting_tokenizer_class():
+def _counting_tokenizer_class() -> type[HuggingFaceTokenizer]:
     """Docling's HuggingFaceTokenizer, remembering the token counts it gave: HybridChunker counts the same texts
     again and again while it splits and merges (5,196 counts of 2,485 distinct texts on 200 generated documents),
     and each count runs the tokenizer."""
@@ -55,7 +63,7 @@ def _counting_tokenizer_class():
     return CountCachingTokenizer
 
 
-def model_tokenizer(tokenizer, max_tokens: int):
+def model_tokenizer(tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> HuggingFaceTokenizer:
     """The chunker's tokenizer: the embedding model's own (a transformers tokenizer), counting at most
     ``max_tokens`` per chunk. Not thread-safe: one per thread or process."""
     return _counting_tokenizer_class()(tokenizer=tokenizer, max_tokens=max_tokens)
@@ -73,7 +81,7 @@ def make_chunker(loaded: LoadedModel, options: ChunkOptions) -> HybridChunker | 
     return cache[key]
 
 
-def build_chunker(tokenizer, options: ChunkOptions):
+def build_chunker(tokenizer: BaseTokenizer, options: ChunkOptions) -> HybridChunker | PluginChunker:
     """Docling's HybridChunker on the model's tokenizer, or the chosen chunker plugin (PluginError if broken)."""
     if options.chunker:
         from docingest.plugins import get
@@ -83,7 +91,7 @@ def build_chunker(tokenizer, options: ChunkOptions):
 
 
 @functools.cache
-def _hybrid_chunker_class():
+def _hybrid_chunker_class() -> type[HybridChunker]:
     """Docling's HybridChunker, splitting oversized text with one semchunk chunker per token budget.
 
     HybridChunker builds a new ``semchunk.chunkerify`` for every chunk it splits: each reads the tokenizer's whole
@@ -100,7 +108,7 @@ def _hybrid_chunker_class():
         _counts: dict[str, int] = PrivateAttr(default_factory=dict)
         _max_token_chars: int | None = PrivateAttr(default=None)
 
-        def segment(self, doc_chunk, available_length: int, doc_serializer) -> list[str]:
+        def segment(self, doc_chunk: DocChunk, available_length: int, doc_serializer: BaseDocSerializer) -> list[str]:
             items = doc_chunk.meta.doc_items
             tokenizer = self.tokenizer.get_tokenizer()
             if (len(items) == 1 and isinstance(items[0], TableItem)) or not hasattr(tokenizer, "get_vocab"):
@@ -124,7 +132,7 @@ class PluginChunker:
     """A docingest.chunkers plugin behind the same call as HybridChunker; chunks longer than the model reads are
     a chunk error (they would be cut silently when embedded)."""
 
-    def __init__(self, plugin, tokenizer) -> None:
+    def __init__(self, plugin: PluginInfo, tokenizer: BaseTokenizer) -> None:
         self.plugin, self.tokenizer = plugin, tokenizer
 
     def to_chunks(self, doc: DoclingDocument) -> list[Chunk]:

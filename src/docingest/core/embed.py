@@ -9,6 +9,7 @@ import json
 import sys
 import threading
 import types
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -18,7 +19,10 @@ from docingest.exceptions import ConfigurationError, EmbedError
 
 if TYPE_CHECKING:
     import numpy as np
+    import numpy.typing as npt
     from sentence_transformers import SentenceTransformer
+
+    from docingest.plugins import PluginInfo
 
 BUNDLED_NAMES = {"sentence-transformers/all-minilm-l6-v2", "all-minilm-l6-v2"}
 
@@ -39,8 +43,9 @@ class LoadedModel:
     """A model's :class:`ModelInfo` and the model itself, which may load only when first used (``.model``): a run
     that embeds nothing (a no-op re-sync) never pays for loading torch and the weights."""
 
-    def __init__(self, info: ModelInfo, model=None, lock: threading.Lock | None = None, device: str | None = None,
-                 loader=None) -> None:
+    def __init__(self, info: ModelInfo, model: SentenceTransformer | PluginModel | None = None,
+                 lock: threading.Lock | None = None, device: str | None = None,
+                 loader: Callable[..., SentenceTransformer] | None = None) -> None:
         self.info, self._model, self._loader, self.device = info, model, loader, device
         self.lock = lock or threading.Lock()
         self._load_lock = threading.Lock()
@@ -54,10 +59,10 @@ class LoadedModel:
         if self._model is None:
             with self._load_lock:
                 if self._model is None:
-                    self._model = self._loader()
-        return self._model
+                    self._model = self._loader()  # type: ignore[misc]  # a loader comes whenever a model does not
+        return self._model  # type: ignore[return-value]  # or a PluginModel, standing in for one
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[[str, str | None, str], LoadedModel], tuple[str, str | None, str]]:
         """Pickled as (name, device, backend): another process (a Dask worker) loads its own copy, once."""
         return (load_model, (self.info.name, self.device, self.info.backend))
 
@@ -118,7 +123,7 @@ def load_model(name: str, device: str | None = None, backend: str = "torch") -> 
                 revision = _hub_revision(model) or "unknown"
             dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else None
             dim = dim or model.get_sentence_embedding_dimension()
-            info = ModelInfo(name=name, location=location, revision=revision, dimension=int(dim),
+            info = ModelInfo(name=name, location=location, revision=revision, dimension=int(dim),  # type: ignore[arg-type]
                              max_seq_length=int(model.max_seq_length or 512), backend=backend)
             _remember_info(info)
             loaded = LoadedModel(info=info, model=model, device=device)
@@ -158,13 +163,13 @@ def info_from_config(name: str, location: str, revision: str, backend: str) -> M
                      backend=backend)
 
 
-def _load_checked(info: ModelInfo, device: str | None):
+def _load_checked(info: ModelInfo, device: str | None) -> SentenceTransformer:
     """Load the weights of a model whose info was known before; a model that disagrees with it is an error (its
     vectors would not fit the collection, or its chunks would have been cut for another length)."""
     model = _load_sentence_transformer(info.name, info.location, device, info.backend)
     dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else None
     dim = dim or model.get_sentence_embedding_dimension()
-    if (int(dim), int(model.max_seq_length or 512)) != (info.dimension, info.max_seq_length):
+    if (int(dim), int(model.max_seq_length or 512)) != (info.dimension, info.max_seq_length):  # type: ignore[arg-type]
         raise ConfigurationError(
             f"model {info.name} at {info.location} has dimension {dim} and max sequence length "
             f"{model.max_seq_length}, not the {info.dimension} and {info.max_seq_length} recorded for it; remove "
@@ -183,7 +188,7 @@ class _DeferredSklearnMetrics(types.ModuleType):
     them (``inspect`` reads ``__file__`` of every module in ``sys.modules``, and torch calls ``inspect`` while it
     loads); ``__path__`` is the real package's folder, so a submodule imports as usual."""
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:  # any name of sklearn.metrics
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
         if sys.modules.get(_DEFERRED) is self:
@@ -191,7 +196,7 @@ class _DeferredSklearnMetrics(types.ModuleType):
         return getattr(importlib.import_module(_DEFERRED), name)
 
 
-def _pairwise_distances(*args, **kwargs):
+def _pairwise_distances(*args: Any, **kwargs: Any) -> np.ndarray:  # sklearn's arguments, passed through
     from sklearn.metrics import pairwise_distances
 
     return pairwise_distances(*args, **kwargs)
@@ -233,7 +238,7 @@ def sentence_transformer_class() -> type[SentenceTransformer]:
     return SentenceTransformer
 
 
-def _load_sentence_transformer(name: str, location: str, device: str | None, backend: str):
+def _load_sentence_transformer(name: str, location: str, device: str | None, backend: str) -> SentenceTransformer:
     try:
         SentenceTransformer = sentence_transformer_class()  # noqa: N806 - the class, under its own name
         from transformers.utils import logging as hf_logging
@@ -307,7 +312,7 @@ PLUGIN_PREFIX = "plugin:"
 class PluginModel:
     """A docingest.embedders plugin behind the part of SentenceTransformer's API the pipeline uses."""
 
-    def __init__(self, plugin, tokenizer_location: str) -> None:
+    def __init__(self, plugin: PluginInfo, tokenizer_location: str) -> None:
         from transformers import AutoTokenizer
 
         self.plugin = plugin
@@ -318,7 +323,8 @@ class PluginModel:
     def get_sentence_embedding_dimension(self) -> int:
         return self.dimension
 
-    def encode(self, texts, batch_size: int = 64, normalize_embeddings: bool = True, **_):
+    def encode(self, texts: Sequence[str], batch_size: int = 64, normalize_embeddings: bool = True,
+               **_: Any) -> npt.NDArray[np.float32]:
         import numpy as np
 
         out = []

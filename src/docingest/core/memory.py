@@ -22,12 +22,16 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import TYPE_CHECKING, Literal
 
-_libc = None
+if TYPE_CHECKING:
+    import ctypes
+
+_libc: ctypes.CDLL | Literal[False] | None = None
 M_ARENA_MAX = -8  # glibc's malloc.h
 
 
-def _glibc():
+def _glibc() -> ctypes.CDLL | Literal[False]:
     """glibc, loaded once; False elsewhere."""
     global _libc
     if _libc is None:
@@ -85,5 +89,5 @@ class FreedMemoryReleaser:
     def __enter__(self) -> FreedMemoryReleaser:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -14,9 +14,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client.exposition import pushadd_to_gateway
+
+if TYPE_CHECKING:
+    from docingest.datamodel import IngestResult
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +64,7 @@ class RunMetrics:
         self.stage_totals: dict[str, float] = {}  # seconds per stage, summed (parse/chunk over parallel workers)
         self.in_flight.labels(collection, scope).set(0)
 
-    def _l(self, **extra: str):
+    def _l(self, **extra: str) -> dict[str, str]:
         return {"collection": self.collection, "scope": self.scope, **extra}
 
     def observe_stage(self, stage: str, seconds: float) -> None:
@@ -78,7 +82,7 @@ class RunMetrics:
     def set_in_flight(self, n: int) -> None:
         self.in_flight.labels(**self._l()).set(n)
 
-    def finish(self, result, succeeded: bool) -> None:
+    def finish(self, result: IngestResult, succeeded: bool) -> None:
         """Copy the run's totals from its IngestResult; mark the last success when the run succeeded."""
         d, c = result.documents, result.chunks
         counts: dict[tuple[str, str], int] = {}

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from docling.document_converter import DocumentConverter
     from docling_core.types.doc import DoclingDocument
 
+    from docingest.plugins import PluginInfo
+
 log = logging.getLogger(__name__)
 
 
@@ -222,7 +224,7 @@ def parse_document(path: Path, options: ParseOptions, pdf_mode: PdfMode | None =
     return ParsedDocument(document=result.document, parser=parser, pages=len(result.document.pages))
 
 
-def _plugin_parse(plugin, path: Path, options: ParseOptions) -> ParsedDocument:
+def _plugin_parse(plugin: PluginInfo, path: Path, options: ParseOptions) -> ParsedDocument:
     """A parser plugin's DoclingDocument, or its Markdown converted by Docling."""
     from docling_core.types.doc import DoclingDocument
 

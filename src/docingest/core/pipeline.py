@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from docingest.core.chunk import chunk_document, enrich_chunks, make_chunker
 from docingest.core.embed import LoadedModel
@@ -17,6 +17,13 @@ from docingest.exceptions import ChunkError, EnrichError, ParseError, SourceErro
 from docingest.options import IngestOptions, Isolation, OcrMode
 
 
+class _Outcome(Protocol):
+    """``prepare_document``'s ``outcome``: the document's PreparedDocument with this status (and more fields)."""
+
+    def __call__(self, status: DocumentStatus, stage: Stage | None = None, error: str | None = None,
+                 **kw: Any) -> PreparedDocument: ...
+
+
 def prepare_document(
     source: Source,
     doc: SourceDocument,
@@ -27,7 +34,8 @@ def prepare_document(
 ) -> PreparedDocument:
     """Parse and chunk one document. Never raises for the document's own problems: they become its status."""
 
-    def outcome(status: DocumentStatus, stage: Stage | None = None, error: str | None = None, **kw: Any):
+    def outcome(status: DocumentStatus, stage: Stage | None = None, error: str | None = None,
+                **kw: Any) -> PreparedDocument:
         return PreparedDocument(document=doc, change=change, status=status, stage=stage, error=error, **kw)
 
     if doc.error:
@@ -56,7 +64,7 @@ def prepare_document(
     return _finish(outcome, parsed.parser, chunks, timings, doc, options, parsed.pages, parsed.warning)
 
 
-def _finish(outcome, parser: str | None, chunks: list, timings: dict[str, float], doc: SourceDocument,
+def _finish(outcome: _Outcome, parser: str | None, chunks: list, timings: dict[str, float], doc: SourceDocument,
             options: IngestOptions, pages: int = 0, warning: str | None = None) -> PreparedDocument:
     if chunks and options.chunk.enrichers:
         try:
@@ -77,7 +85,8 @@ def _finish(outcome, parser: str | None, chunks: list, timings: dict[str, float]
     return outcome(DocumentStatus.SUCCESS, None, warning, parser=parser, chunks=chunks, pages=pages, timings=timings)
 
 
-def _prepare_in_worker(source, doc, profile, options, model, outcome) -> PreparedDocument:
+def _prepare_in_worker(source: Source, doc: SourceDocument, profile: Profile, options: IngestOptions,
+                       model: LoadedModel, outcome: _Outcome) -> PreparedDocument:
     """Parse and chunk in a worker process under the document's time and memory limits."""
     config = WorkerConfig(
         parse=options.parse,

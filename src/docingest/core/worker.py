@@ -19,11 +19,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from docingest.core import progress
 from docingest.datamodel import Chunk
 from docingest.options import ChunkOptions, ParseOptions, PdfMode
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from multiprocessing.context import ForkServerContext, SpawnContext
 
 _POLL_S = 0.1
 
@@ -87,7 +91,7 @@ def _end_with(owner: int) -> None:
     threading.Thread(target=wait_and_end, name="docingest-owner-watch", daemon=True).start()
 
 
-def _worker_main(conn, config: WorkerConfig, env: dict[str, str] | None = None,
+def _worker_main(conn: Connection, config: WorkerConfig, env: dict[str, str] | None = None,
                  owner: int | None = None) -> None:  # runs in the child
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     if owner is not None:
@@ -160,7 +164,7 @@ _context_lock = threading.Lock()
 _ctx: Any = None
 
 
-def _context():
+def _context() -> ForkServerContext | SpawnContext:
     """How workers start. Plain fork is unsafe with threads, torch and tokenizers in the parent; spawn is safe but
     each worker imports Docling again (~4.5 s of CPU). Where it exists (Linux), a fork server: a clean
     single-threaded process started once, which imports Docling once (``worker_preload``) and forks each worker.
@@ -182,7 +186,7 @@ _main_lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def _callers_script_hidden():
+def _callers_script_hidden() -> Iterator[None]:
     """While a worker starts, the caller's script is not named to it: multiprocessing would otherwise run the script
     again in the worker (as ``__mp_main__``), and a script without an ``if __name__ == "__main__":`` guard would start
     its ingest there. The worker needs nothing from the script: its target is docingest's own function. The one place

@@ -109,7 +109,7 @@ class Writer:
         self.releaser.start()  # freed memory goes back to the OS while the run writes
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         """Cancel what has not started (writes first, so none starts once its encode ends), then wait for what runs:
         no write starts after the run reported its end."""
         for pool in self.pools:

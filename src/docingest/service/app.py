@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -75,7 +76,7 @@ def allowed_upload_types(settings: DocingestSettings) -> set[str]:
 
 
 @asynccontextmanager
-async def _lifespan(app: FastAPI):
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     service: Service = app.state.service
     task = asyncio.create_task(_expire_loop(service))
     yield

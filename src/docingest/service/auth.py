@@ -27,7 +27,7 @@ bearer = HTTPBearer(auto_error=False, description="A JWT whose `sub` claim names
 DEFAULT_PRIORITIES = ("normal",)
 
 
-def _patterns(value) -> tuple[str, ...]:
+def _patterns(value: object) -> tuple[str, ...]:
     """A claim's collection patterns: a list of strings (one string is taken as a list of one); anything else grants
     nothing."""
     if isinstance(value, str):

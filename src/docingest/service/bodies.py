@@ -5,9 +5,17 @@ headers, and every other body (JSON) ``JSON_BODY_BYTES``."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from docingest.settings import DocingestSettings
 
 JSON_BODY_BYTES = 64 * 1024
 FORM_OVERHEAD_BYTES = 64 * 1024
@@ -21,7 +29,7 @@ class BodyTooLarge(HTTPException):
 class BodyLimit:
     """ASGI middleware: ``limit_for(path)`` gives the largest body a path takes."""
 
-    def __init__(self, app, settings) -> None:
+    def __init__(self, app: ASGIApp, settings: DocingestSettings) -> None:
         self.app, self.settings = app, settings
 
     def limit_for(self, path: str) -> int:
@@ -31,7 +39,7 @@ class BodyLimit:
             return self.settings.upload.max_bytes + FORM_OVERHEAD_BYTES
         return JSON_BODY_BYTES
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit = self.limit_for(scope["path"])
@@ -42,7 +50,7 @@ class BodyLimit:
             return await response(scope, receive, send)
         seen = 0
 
-        async def bounded_receive():
+        async def bounded_receive() -> Message:
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
@@ -54,7 +62,7 @@ class BodyLimit:
         return await self.app(scope, bounded_receive, send)
 
 
-async def validation_error(_, exc: RequestValidationError) -> JSONResponse:
+async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     """422 naming where and what, never echoing the input (it may be megabytes, or someone else's secret)."""
     errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))[:200], "type": e.get("type", "")}
               for e in exc.errors()[:20]]

@@ -31,12 +31,18 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel, Field
 
 from docingest.core import memory
 from docingest.service.uploads import PRIORITIES, UploadError
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import State
+
+    from docingest.datamodel import DocumentOutcome
+    from docingest.service.uploads import UploadStore
 
 JOB_STATES = ("queued", "running", "completed", "failed")
 BATCH = 50  # jobs of one collection per embedded flow run
@@ -87,7 +93,7 @@ def scrub_paths(text: str) -> str:
 class JobManager:
     """Jobs by id, persisted as JSON under ``root``; run by one background thread (see the module doc)."""
 
-    def __init__(self, root: Path, store, deployment: str | None = None, max_queue: int = 1000,
+    def __init__(self, root: Path, store: UploadStore, deployment: str | None = None, max_queue: int = 1000,
                  concurrency: int = 2, parse_timeout_s: float | None = None) -> None:
         self.root, self.store, self.deployment = Path(root), store, deployment
         self.root.mkdir(parents=True, exist_ok=True)
@@ -306,7 +312,7 @@ class JobManager:
         pending_lock = threading.Lock()
         last = [0.0]
 
-        def finish(job: Job, outcome) -> None:
+        def finish(job: Job, outcome: DocumentOutcome) -> None:
             self._finish(job, outcome.status.value, outcome.change.value if outcome.change else None,
                          outcome.stage.value if outcome.stage else None, outcome.chunks, outcome.error)
 
@@ -430,7 +436,7 @@ class JobManager:
                     job.state, job.progress = "running", pct
                     self._store(job)
             elif kind == "COMPLETED":
-                self._finish(job, *outcome_from_result(run.state, job.document))
+                self._finish(job, *outcome_from_result(run.state, job.document))  # type: ignore[arg-type]  # it has one
             elif kind in ("FAILED", "CRASHED", "CANCELLED", "CANCELLING"):
                 message = ((run.state.message if run.state else None) or kind.lower())[:300]
                 self._finish(job, "failure", stage="run", error=f"flow run {kind.lower()}: {message}")
@@ -447,7 +453,7 @@ class JobManager:
 
 
 
-def outcome_from_result(state, document: str) -> tuple[str, str | None, str | None, int, str | None]:
+def outcome_from_result(state: State, document: str) -> tuple[str, str | None, str | None, int, str | None]:
     """(status, change, stage, chunks, error) of ``document`` in a completed flow run, from the run's persisted
     ``IngestResult`` (``state`` as read from the Prefect API)."""
     from docingest.datamodel import IngestResult

@@ -6,8 +6,13 @@ methods, five status classes), so no client can grow the series: an unknown path
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from prometheus_fastapi_instrumentator.metrics import Info
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
@@ -31,12 +36,12 @@ class ServiceMetrics:
                                  "template.", ["handler"], registry=r,
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 
-    def instrument(self, app) -> None:
+    def instrument(self, app: FastAPI) -> None:
         """prometheus-fastapi-instrumentator with our own recording function: its default one labels by the raw
         method, which a client chooses freely."""
         from prometheus_fastapi_instrumentator import Instrumentator
 
-        def record(info) -> None:
+        def record(info: Info) -> None:
             method = info.method if info.method in METHODS else "OTHER"
             self.requests.labels(info.modified_handler, method, info.modified_status).inc()
             self.latency.labels(info.modified_handler).observe(info.modified_duration)

@@ -14,8 +14,12 @@ import codecs
 import threading
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from docingest.core.formats import BY_EXTENSION, Check
+
+if TYPE_CHECKING:
+    import pypdfium2
 
 # Executables: member names (in containers) and magic numbers.
 EXECUTABLE_EXTENSIONS = (".exe", ".dll", ".com", ".scr", ".msi", ".bat", ".cmd", ".ps1", ".vbs", ".js", ".jar", ".sh",
@@ -134,7 +138,7 @@ def _sniff_pdf(path: Path) -> str | None:
     return None
 
 
-def _attachment(pdf, index: int) -> tuple[str, bytes]:
+def _attachment(pdf: pypdfium2.PdfDocument, index: int) -> tuple[str, bytes]:
     """The name and first bytes of a PDF's attachment ("" and b"" where it has none)."""
     import pypdfium2
 

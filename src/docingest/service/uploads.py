@@ -23,12 +23,15 @@ import unicodedata
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, Any, cast, overload
 
 from pydantic import BaseModel, Field
 
 from docingest.core.sources.local import within
 from docingest.service.sniff import sniff_file
+
+if TYPE_CHECKING:
+    from docingest.settings import DocingestSettings
 
 PRIORITIES = ("critical", "high", "normal", "low")
 
@@ -94,7 +97,11 @@ class LocalBackend:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
-    def folder(self, meta_or_user, upload_id: str | None = None) -> Path:
+    @overload
+    def folder(self, meta_or_user: UploadMeta) -> Path: ...
+    @overload
+    def folder(self, meta_or_user: str, upload_id: str) -> Path: ...
+    def folder(self, meta_or_user: Any, upload_id: str | None = None) -> Path:  # an UploadMeta, or a user and an id
         user, upload_id = (meta_or_user.user, meta_or_user.upload_id) if upload_id is None else (meta_or_user,
                                                                                                    upload_id)
         return self.root / "incoming" / user_key(user) / upload_id
@@ -270,12 +277,12 @@ class S3Backend:
 
     def put_part(self, meta: UploadMeta, number: int, data: bytes, md5_b64: str) -> None:
         self.client._upload_part(self.bucket, self._final_key(meta), data, {"Content-MD5": md5_b64},
-                                 meta.s3_upload_id, number)
+                                 meta.s3_upload_id, number)  # type: ignore[arg-type]  # set since create()
 
     def received(self, meta: UploadMeta) -> dict[int, str]:
         parts, marker = {}, None
         while True:
-            result = self.client._list_parts(self.bucket, self._final_key(meta), meta.s3_upload_id,
+            result = self.client._list_parts(self.bucket, self._final_key(meta), meta.s3_upload_id,  # type: ignore[arg-type]
                                              part_number_marker=marker)
             for part in result.parts:
                 parts[part.part_number] = part.etag.strip('"')
@@ -292,7 +299,7 @@ class S3Backend:
         final = self._final_key(meta)
         parts = [Part(n, etag) for n, etag in sorted(self.received(meta).items())]
         try:
-            self.client._complete_multipart_upload(self.bucket, final, meta.s3_upload_id, parts)
+            self.client._complete_multipart_upload(self.bucket, final, meta.s3_upload_id, parts)  # type: ignore[arg-type]
         except S3Error as exc:
             if exc.code in self.REFUSALS:  # e.g. EntityTooSmall: parts under the store's minimum part size
                 raise UploadError(400, f"the store refused to assemble the parts: {exc.code}", final=True) from None
@@ -509,7 +516,7 @@ class UploadStore:
         return removed
 
 
-def make_store(settings, allowed: set[str]) -> UploadStore:
+def make_store(settings: DocingestSettings, allowed: set[str]) -> UploadStore:
     """The upload store the settings ask for: ``DOCINGEST_UPLOAD_BUCKET`` (S3/MinIO, with the DOCINGEST_S3_*
     settings), else the local folder ``DOCINGEST_UPLOAD_DIR`` (default ``<home>/uploads``)."""
     root = settings.upload.dir or settings.home / "uploads"

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from prefect.tasks import exponential_backoff
 
 from docingest.exceptions import EmbedError, StoreError
 
+if TYPE_CHECKING:
+    from prefect import Task
+    from prefect.client.schemas.objects import State, TaskRun
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
 TRANSIENT = (StoreError, EmbedError, TimeoutError, ConnectionError)
 
 
-def retry_transient(task, task_run, state) -> bool:
+def retry_transient(task: Task[..., Any], task_run: TaskRun, state: State) -> bool:
     """Prefect retry_condition_fn: retry only errors that may go away."""
     try:
         state.result()
@@ -52,7 +60,8 @@ def count(n: int, noun: str) -> str:
     return f"{n:,} {noun if n == 1 else noun + 's'}"
 
 
-def stage_task(name: str, describe: Callable[[dict], str], tags: list[str], retries: int):
+def stage_task(name: str, describe: Callable[[dict], str], tags: list[str],
+               retries: int) -> Callable[[Callable[P, R]], Task[P, R]]:
     """The task decorator every stage but parsing shares: a readable run name, the stage's tags, retries of transient
     errors with backoff and jitter, no caching, nothing persisted."""
     from prefect import task

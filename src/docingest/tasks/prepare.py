@@ -65,7 +65,8 @@ class PrepareFailed(Exception):  # noqa: N818 - a task outcome, not an error of 
                                    for p in failed[:5]))
         self.prepared = prepared
 
-    def __reduce__(self):  # travels back from a Dask worker with its documents
+    def __reduce__(self) -> tuple[type[PrepareFailed],
+                                  tuple[PreparedDocument | list[PreparedDocument]]]:  # travels back from a Dask worker with its documents
         return type(self), (self.prepared,)
 
 

@@ -3,14 +3,23 @@ of skipped or failed documents, deletions and upkeep."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
+
 from docingest.core.plan import Profile
 from docingest.core.store import Maintenance, QdrantLocation, QdrantStore
 from docingest.core.write import EmbeddedPool, WrittenPool, finalize_documents, write_pool
 from docingest.datamodel import ManifestRecord
 from docingest.tasks.common import STORE_TAGS, count, stage_task
 
+if TYPE_CHECKING:
+    from prefect import Task
 
-def _store_task(name: str, describe):
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _store_task(name: str, describe: Callable[[dict], str]) -> Callable[[Callable[P, R]], Task[P, R]]:
     return stage_task(name, describe, STORE_TAGS, retries=3)
 
 

@@ -10,12 +10,17 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from docingest.core.sources.local import matches
 from docingest.core.sources.names import is_hidden, local_name
 from docingest.datamodel import SourceDocument
 from docingest.exceptions import ConfigurationError, SourceError
 from docingest.options import SourceOptions
+
+if TYPE_CHECKING:
+    import urllib3
+    from minio import Minio
 
 RETRY_BACKOFF_S = 0.5  # 0, 1, 2, 4 … s between attempts (urllib3 waits nothing before the first retry)
 RETRY_STATUSES = (429, 500, 502, 503, 504)
@@ -31,7 +36,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
-def retrying_http(attempts: int, timeout_s: float, cert_check: bool = True):
+def retrying_http(attempts: int, timeout_s: float, cert_check: bool = True) -> urllib3.PoolManager:
     """The urllib3 pool the minio client sends through. GET, HEAD, PUT and DELETE (never POST, such as completing
     a multipart upload) are retried by urllib3 on connection errors, timeouts and 429/5xx answers: ``attempts`` in
     all, with exponential backoff (a server's Retry-After is not followed: it has no upper bound). An S3 error
@@ -50,7 +55,7 @@ def retrying_http(attempts: int, timeout_s: float, cert_check: bool = True):
 
 
 def make_client(endpoint: str | None, access_key: str | None, secret_key: str | None, region: str | None = None,
-                secure: bool | None = None):
+                secure: bool | None = None) -> tuple[Minio, str]:
     """A minio client for an endpoint URL (``http://host:port``, ``https://...`` or a bare host; AWS S3 when
     empty), and the endpoint's host:port for messages. Requests are retried by the client's HTTP pool
     (``DOCINGEST_S3_ATTEMPTS``, ``DOCINGEST_S3_TIMEOUT_S``)."""
@@ -70,7 +75,7 @@ def make_client(endpoint: str | None, access_key: str | None, secret_key: str | 
     return client, endpoint
 
 
-def check_bucket(client, bucket: str, endpoint: str) -> None:
+def check_bucket(client: Minio, bucket: str, endpoint: str) -> None:
     """Fail early, with one line, on wrong credentials, a missing bucket or an unreachable endpoint."""
     from minio.error import S3Error
 

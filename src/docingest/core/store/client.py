@@ -4,8 +4,8 @@ for a server that keeps every point in memory; used by tests and read by ``docin
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from docingest.core.store.backend import (
     RRF_K,
@@ -21,7 +21,9 @@ from docingest.core.store.backend import (
 from docingest.exceptions import ConfigurationError, StoreError
 
 if TYPE_CHECKING:
-    from qdrant_client import QdrantClient
+    from qdrant_client import QdrantClient, models
+
+T = TypeVar("T")
 
 
 def open_client(location: QdrantLocation) -> QdrantClient:
@@ -44,13 +46,17 @@ def open_client(location: QdrantLocation) -> QdrantClient:
         raise
 
 
-def _filter(where: Where | None):
+@overload
+def _filter(where: None) -> None: ...
+@overload
+def _filter(where: Where) -> models.Filter: ...
+def _filter(where: Where | None) -> models.Filter | None:
     from qdrant_client import models
 
     if where is None:
         return None
 
-    def condition(key: str, value: Any):
+    def condition(key: str, value: Any) -> models.FieldCondition:
         match = models.MatchAny(any=list(value)) if isinstance(value, (list, tuple, set)) else \
             models.MatchValue(value=value)
         return models.FieldCondition(key=key, match=match)
@@ -69,7 +75,7 @@ class ClientBackend:
         self.client = open_client(location)
         self._lock = threading.RLock()
 
-    def _call(self, action: str, fn, *args, **kwargs):
+    def _call(self, action: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             with self._lock:
                 return fn(*args, **kwargs)
@@ -155,7 +161,7 @@ class ClientBackend:
     def upsert(self, name: str, points: Sequence[StoredPoint]) -> None:
         from qdrant_client import models
 
-        def vector(p: StoredPoint):
+        def vector(p: StoredPoint) -> models.VectorStruct:
             if not p.sparse:
                 return p.vector
             return {"": p.vector, **{k: models.SparseVector(indices=list(i), values=list(v))

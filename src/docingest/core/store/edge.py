@@ -24,9 +24,9 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from docingest.core.store.backend import (
     RRF_K,
@@ -40,6 +40,11 @@ from docingest.core.store.backend import (
     vectors_of,
 )
 from docingest.exceptions import ConfigurationError, StoreBusyError, StoreError, UnknownCollectionError
+
+if TYPE_CHECKING:
+    from qdrant_edge import EdgeShard, FieldCondition, Filter, Vector
+
+T = TypeVar("T")
 
 logger = logging.getLogger("docingest.store")
 
@@ -152,7 +157,7 @@ class EdgeBackend:
             raise StoreError(f"Qdrant Edge at {self.root}: only {free / 2**20:.0f} MB free on its disk (writes need "
                              f"{self.location.min_free_mb} MB): free some space and run again")
 
-    def _call(self, action: str, fn, *args, write: bool = False):
+    def _call(self, action: str, fn: Callable[..., T], *args: Any, write: bool = False) -> T:
         try:
             with self._mutex:
                 if write:
@@ -163,7 +168,7 @@ class EdgeBackend:
         except Exception as exc:  # noqa: BLE001 - the engine raises plain Exception (I/O, a full disk...)
             raise StoreError(f"Qdrant Edge at {self.root}: {action} failed: {exc}") from exc
 
-    def _shard(self, name: str):
+    def _shard(self, name: str) -> EdgeShard:
         """The open shard of a collection (opened on first use)."""
         from qdrant_edge import EdgeShard
 
@@ -319,7 +324,7 @@ class EdgeBackend:
     def upsert(self, name: str, points: Sequence[StoredPoint]) -> None:
         from qdrant_edge import Point, SparseVector, UpdateOperation
 
-        def vector(p: StoredPoint):
+        def vector(p: StoredPoint) -> Vector:
             if not p.sparse:
                 return {DENSE: p.vector}
             return {DENSE: p.vector, **{k: SparseVector(indices=list(i), values=list(v))
@@ -410,13 +415,17 @@ class EdgeBackend:
             self._root_lock.release()
 
 
-def _filter(where: Where | None):
+@overload
+def _filter(where: None) -> None: ...
+@overload
+def _filter(where: Where) -> Filter: ...
+def _filter(where: Where | None) -> Filter | None:
     from qdrant_edge import FieldCondition, Filter, MatchAny, MatchValue
 
     if where is None:
         return None
 
-    def condition(key: str, value: Any):
+    def condition(key: str, value: Any) -> FieldCondition:
         match = MatchAny(any=list(value)) if isinstance(value, (list, tuple, set)) else MatchValue(value=value)
         return FieldCondition(key=key, match=match)
 

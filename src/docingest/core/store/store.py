@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from docingest.core.store.backend import Backend, Maintenance, QdrantLocation, Search, StoredPoint, Where
+from docingest.core.store.backend import Backend, Maintenance, QdrantLocation, Record, Search, StoredPoint, Where
 from docingest.datamodel import ManifestRecord, SearchHit
 from docingest.exceptions import ConfigurationError, UnknownCollectionError
 
@@ -143,7 +143,7 @@ class QdrantStore:
             raise UnknownCollectionError(f"unknown collection: {collection!r} (ingest into it first)")
 
     def _scroll(self, name: str, where: Where | None = None, payload: bool | list[str] = True,
-                vectors: bool = False, page: int = 1000):
+                vectors: bool = False, page: int = 1000) -> Iterator[Record]:
         offset = None
         while True:
             records, offset = self.backend.scroll(name, where, limit=page, offset=offset, payload=payload,
@@ -228,7 +228,7 @@ class QdrantStore:
         for start in range(0, len(ids), 1000):
             for point in self._scroll(collection, Where(must={"doc_id": ids[start:start + 1000]}),
                                       payload=["doc_id", "version"]):
-                wanted = keep.get(point.payload.get("doc_id"))
+                wanted = keep.get(point.payload.get("doc_id"))  # type: ignore[arg-type]  # a point without one: None
                 if wanted is None or point.payload.get("version") != wanted:
                     stale.append(point.id)
         for start in range(0, len(stale), 1000):

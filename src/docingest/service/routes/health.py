@@ -5,6 +5,7 @@ an embedded store this process has not opened yet."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException
@@ -56,7 +57,7 @@ def check_prefect() -> None:
             raise error
 
 
-async def probe(service: Service, check, timeout: float = 15.0) -> bool:
+async def probe(service: Service, check: Callable[[], object], timeout: float = 15.0) -> bool:
     """Run a check off the event loop; concurrent health calls share one probe of each dependency."""
     task = service.probes.get(check)
     if task is None or task.done():
@@ -70,7 +71,7 @@ async def probe(service: Service, check, timeout: float = 15.0) -> bool:
 
 @router.get("/health")
 async def health(service: ServiceDep,
-                 credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None):
+                 credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None) -> JSONResponse:
     """200 ``{"ok": true}`` when storage, Prefect and Qdrant are reachable, else 503 ``{"ok": false}``. With a valid
     token the body names each check and the caller's pending jobs."""
     # In deployment mode with an embedded store the deployment's flow runs own the folder (one process at a time), so
@@ -103,7 +104,7 @@ async def health(service: ServiceDep,
 
 
 @router.get("/metrics")
-async def prometheus_metrics(_: User, service: ServiceDep):
+async def prometheus_metrics(_: User, service: ServiceDep) -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     for state, count in service.jobs.counts().items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, WebSocket
 
@@ -12,16 +13,18 @@ from docingest.service.state import ServiceDep, User
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
 
-@router.get("/jobs/{job_id}")
-async def get_job(job_id: str, who: User, service: ServiceDep):
+# response_model=None: a route's return annotation is for the type checker only; FastAPI sends the dict as it is
+# (without it, FastAPI would make the annotation the response model: validated, and described in the OpenAPI schema).
+@router.get("/jobs/{job_id}", response_model=None)
+async def get_job(job_id: str, who: User, service: ServiceDep) -> dict[str, Any]:
     job = service.jobs.get(who.user, job_id)
     if job is None:
         raise HTTPException(404, "job not found")
     return job.public()
 
 
-@router.get("/jobs")
-async def list_jobs(who: User, service: ServiceDep):
+@router.get("/jobs", response_model=None)
+async def list_jobs(who: User, service: ServiceDep) -> dict[str, list[dict[str, Any]]]:
     return {"jobs": [j.public() for j in service.jobs.list(who.user)]}
 
 
@@ -59,7 +62,7 @@ async def _hello(ws: WebSocket) -> tuple[str, dict] | int:
 
 
 @router.websocket("/ws/jobs")
-async def job_updates(ws: WebSocket):
+async def job_updates(ws: WebSocket) -> None:
     """Send ``{"token": JWT, "subscribe": [job ids]}`` first (or the token as ``Authorization: Bearer`` in the
     handshake and ``{"subscribe": [...]}``); then job messages arrive as they happen."""
     jobs = ws.app.state.service.jobs
@@ -73,13 +76,13 @@ async def job_updates(ws: WebSocket):
     ids = {j for j in wanted if isinstance(j, str) and jobs.get(who, j) is not None}
     queue = jobs.subscribe(ids)
 
-    async def forward():
+    async def forward() -> None:
         for job_id in sorted(ids):  # the current state first, then changes
             await ws.send_json({"type": "job", **jobs.get(who, job_id).public()})
         while True:
             await ws.send_json(await queue.get())
 
-    async def until_closed():  # notice a client that leaves, even while no message is due
+    async def until_closed() -> None:  # notice a client that leaves, even while no message is due
         while True:
             if (await ws.receive()).get("type") == "websocket.disconnect":
                 return

@@ -6,7 +6,7 @@ this endpoint is how anything else searches."""
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
@@ -25,8 +25,9 @@ class SearchRequest(BaseModel):
     fusion: Literal["rrf", "dbsf"] = "rrf"
 
 
-@router.post("/search")
-async def search(body: SearchRequest, who: User, service: ServiceDep):
+# response_model=None: the return annotation is for the type checker only; FastAPI sends the dict as it is.
+@router.post("/search", response_model=None)
+async def search(body: SearchRequest, who: User, service: ServiceDep) -> dict[str, Any]:
     """The ``limit`` best chunks for ``query``: ``{"mode", "hits", "note"}``; 403 for a collection the token may not
     read, 404 for one that does not exist, 400 for a search the collection cannot answer (e.g. ``bm25`` on one
     without BM25 vectors), 503 while the store cannot be reached or another process holds the embedded store."""

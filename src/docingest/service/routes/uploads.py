@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Request
 from fastapi.responses import Response
@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
 from docingest.service.state import Service, ServiceDep, User
-from docingest.service.uploads import UploadError
+from docingest.service.uploads import UploadError, UploadMeta
 
 router = APIRouter(prefix="/api/v1", tags=["uploads"])
 
@@ -30,7 +30,7 @@ class CompleteUpload(BaseModel):
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
 
 
-def upload_view(service: Service, meta) -> dict:
+def upload_view(service: Service, meta: UploadMeta) -> dict:
     store = service.store
     return {"upload_id": meta.upload_id, "filename": meta.filename, "size": meta.size,
             "collection": meta.collection, "priority": meta.priority, "part_size": meta.part_size,
@@ -38,7 +38,7 @@ def upload_view(service: Service, meta) -> dict:
             "completed": meta.completed, "job_id": meta.job_id}
 
 
-def start_job(service: Service, user: str, meta, document: str) -> dict:
+def start_job(service: Service, user: str, meta: UploadMeta, document: str) -> dict:
     job = service.jobs.submit(user, meta.upload_id, meta.collection, document, meta.priority)
     meta.job_id = job.job_id
     service.store.save(meta)
@@ -58,8 +58,10 @@ def complete_and_start(service: Service, user: str, upload_id: str, sha256: str 
         return start_job(service, user, meta, document)
 
 
-@router.post("/uploads", status_code=201)
-async def create_upload(body: CreateUpload, who: User, service: ServiceDep):
+# response_model=None: a route's return annotation is for the type checker only; FastAPI sends the dict as it is
+# (without it, FastAPI would make the annotation the response model: validated, and described in the OpenAPI schema).
+@router.post("/uploads", status_code=201, response_model=None)
+async def create_upload(body: CreateUpload, who: User, service: ServiceDep) -> dict[str, Any]:
     who.check_write(body.collection, body.priority)
     service.limits.check(who.user, "uploads", service.settings.rate_limit.uploads_per_min)
     meta = await asyncio.to_thread(service.store.create, who.user, body.filename, body.size, body.content_type,
@@ -68,9 +70,9 @@ async def create_upload(body: CreateUpload, who: User, service: ServiceDep):
     return {"upload_id": meta.upload_id, "part_size": meta.part_size, "parts": meta.parts, "filename": meta.filename}
 
 
-@router.put("/uploads/{upload_id}/parts/{number}")
+@router.put("/uploads/{upload_id}/parts/{number}", response_model=None)
 async def put_part(upload_id: str, number: int, request: Request, who: User, service: ServiceDep,
-                   content_md5: Annotated[str | None, Header(alias="Content-MD5")] = None):
+                   content_md5: Annotated[str | None, Header(alias="Content-MD5")] = None) -> dict[str, Any]:
     data = bytearray()
     async for piece in request.stream():  # bounded by BodyLimit as it arrives, chunked or not
         data += piece
@@ -85,18 +87,18 @@ async def put_part(upload_id: str, number: int, request: Request, who: User, ser
     return {"etag": etag, "part": number}
 
 
-@router.get("/uploads/{upload_id}")
-async def get_upload(upload_id: str, who: User, service: ServiceDep):
+@router.get("/uploads/{upload_id}", response_model=None)
+async def get_upload(upload_id: str, who: User, service: ServiceDep) -> dict[str, Any]:
     return upload_view(service, await asyncio.to_thread(service.store.get, who.user, upload_id))
 
 
-@router.post("/uploads/{upload_id}/complete")
-async def complete_upload(upload_id: str, who: User, service: ServiceDep, body: CompleteUpload | None = None):
+@router.post("/uploads/{upload_id}/complete", response_model=None)
+async def complete_upload(upload_id: str, who: User, service: ServiceDep, body: CompleteUpload | None = None) -> dict[str, Any]:
     return await asyncio.to_thread(complete_and_start, service, who.user, upload_id, body.sha256 if body else None)
 
 
 @router.delete("/uploads/{upload_id}", status_code=204)
-async def abort_upload(upload_id: str, who: User, service: ServiceDep):
+async def abort_upload(upload_id: str, who: User, service: ServiceDep) -> Response:
     await asyncio.to_thread(service.store.abort, who.user, upload_id)
     service.metrics.uploads.labels("aborted").inc()
     return Response(status_code=204)
@@ -105,8 +107,8 @@ async def abort_upload(upload_id: str, who: User, service: ServiceDep):
 @router.post("/documents", status_code=201, tags=["documents"], openapi_extra={"requestBody": {"content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["file", "collection"], "properties": {
         "file": {"type": "string", "format": "binary"}, "collection": {"type": "string"},
-        "priority": {"type": "string", "default": "normal"}}}}}}})
-async def upload_document(who: User, service: ServiceDep, request: Request):
+        "priority": {"type": "string", "default": "normal"}}}}}}}, response_model=None)
+async def upload_document(who: User, service: ServiceDep, request: Request) -> dict[str, Any]:
     """A whole document in one multipart request (small files); the same checks and job as a resumable upload.
 
     The form is read only after the token is checked (a form parameter would make FastAPI read, and spool to disk,
@@ -130,7 +132,7 @@ async def upload_document(who: User, service: ServiceDep, request: Request):
     if not data or len(data) > settings.upload.max_bytes:
         raise UploadError(413, f"size must be between 1 and {settings.upload.max_bytes} bytes")
 
-    def store_all():
+    def store_all() -> dict[str, Any]:
         meta = store.create(who.user, file.filename or "upload", len(data), file.content_type or "", collection,
                             priority)
         try:
