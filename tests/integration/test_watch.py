@@ -123,20 +123,9 @@ def clean_run(folder: Path, tmp_path: Path) -> dict:
     return snapshot(store)
 
 
-def reap(prefect_home: Path) -> None:
-    """Kill what a SIGKILLed watch left running with this Prefect home (its temporary Prefect API server)."""
-    marker = f"PREFECT_HOME={prefect_home}".encode()
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if marker in (proc / "environ").read_bytes().split(b"\0"):
-                    os.kill(int(proc.name), signal.SIGKILL)
-            except OSError:
-                pass
-
-
 @pytest.fixture
-def folder(tmp_path):
+def folder(tmp_path, reap):
+    """Four notes; afterwards, whatever a SIGKILLed watch left running (its temporary Prefect API) is killed."""
     docs = tmp_path / "docs"
     docs.mkdir()
     for n in range(4):
@@ -205,7 +194,7 @@ def test_saves_renames_moves_and_deletes_end_as_a_clean_run(folder, tmp_path):
 
 
 @pytest.mark.timeout(600)
-def test_kill_9_in_a_burst_then_watch_again_equals_a_clean_run(folder, tmp_path):
+def test_kill_9_in_a_burst_then_watch_again_equals_a_clean_run(folder, tmp_path, reap):
     store = tmp_path / "store"
     watch = Watch(folder, store, tmp_path)
     watch.ready()
