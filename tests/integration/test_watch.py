@@ -247,3 +247,36 @@ def test_without_file_system_events_it_polls_and_says_so_once(folder, tmp_path):
     warnings = [line for line in watch.errors().splitlines() if "polling" in line]
     assert len(warnings) == 1 and "WARNING" in warnings[0] and "max_user_watches" in warnings[0]
     assert snapshot(store) == clean_run(folder, tmp_path)
+
+
+@pytest.mark.timeout(600)
+def test_each_document_is_a_prefect_event_on_a_real_server(folder, tmp_path, prefect_server):
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    watch = Watch(folder, tmp_path / "store", tmp_path, PREFECT_API_URL=api)
+    watch.ready()
+    (folder / "evented.md").write_text(text(50))
+    indexed = watch.wait_for(lambda e: e.get("path") == "evented.md")
+    (folder / "note0.md").unlink()
+    watch.expect(("deleted", "note0.md"))
+    assert watch.stop()[0] == 0
+
+    def events() -> dict[str, dict]:
+        answer = httpx.post(f"{api}/events/filter", json={"filter": {"event": {"prefix": ["docingest.document."]},
+                                                                     "any_resource": {"id": ["docingest.collection.live"]}},
+                                                          "limit": 50}, timeout=10)
+        answer.raise_for_status()
+        return {e["payload"]["path"]: e for e in answer.json()["events"]}
+
+    deadline, got = time.monotonic() + EVENT_S, {}
+    while time.monotonic() < deadline and not {"evented.md", "note0.md"} <= set(got):
+        got = events()
+        time.sleep(0.5)
+    assert got["evented.md"]["event"] == "docingest.document.indexed"
+    assert got["evented.md"]["payload"]["chunks"] == indexed["chunks"]
+    assert got["evented.md"]["resource"]["prefect.resource.id"] == "docingest.collection.live"
+    assert got["note0.md"]["event"] == "docingest.document.deleted"
+    related = got["evented.md"]["related"]
+    assert related and related[0]["prefect.resource.role"] == "flow-run"  # the batch's flow run, in the UI

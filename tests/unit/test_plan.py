@@ -102,6 +102,21 @@ def test_full_sync_narrowed_by_filters_never_deletes_outside_them():
     assert [r.path for r in make_plan("file:///s", docs("a.md"), k, profile, md_only).deleted] == ["c.md"]
 
 
+def test_a_watch_batch_guards_deletes_as_a_share_of_the_whole_source():
+    # A watch batch is narrowed to the paths that changed: deleting the one file it names is 100 % of its filters,
+    # but 1 of the source's 4 documents.
+    batch = IngestOptions(parse=ParseOptions(pdf_mode="fast"), mode="full", source={"include": ["b.md"]})
+    profile = resolve_profile(batch, MODEL)
+    k = known(profile, "a.md", "b.md", "c.md", "d.md")
+    with pytest.raises(DeleteGuardError, match=r"refusing to delete 1 of 1 documents"):
+        make_plan("file:///s", [], k, profile, batch)
+    of_source = batch.model_copy(update={"delete_guard_of": "source"})
+    assert [r.path for r in make_plan("file:///s", [], k, profile, of_source).deleted] == ["b.md"]
+    everything = of_source.model_copy(update={"source": of_source.source.model_copy(update={"include": ["**/*"]})})
+    with pytest.raises(DeleteGuardError, match=r"refusing to delete 3 of 4 documents \(75%\)"):
+        make_plan("file:///s", docs("a.md"), k, profile, everything)  # still a guard: 3 of the source's 4
+
+
 def test_repeated_failures_are_dead_lettered_until_the_document_changes():
     o = IngestOptions(parse=ParseOptions(pdf_mode="fast"), max_doc_attempts=3)
     profile = resolve_profile(o, MODEL)

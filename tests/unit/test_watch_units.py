@@ -1,0 +1,118 @@
+"""The watch's pieces without a flow: the batcher's quiet period and longest wait, editors' files, the overflow
+signal, and how a batch narrows a run within the user's own filters."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+from docingest.core.watch import OVERFLOW_LOGGER, ChangeBatcher, FolderWatch, ignored
+from docingest.live import LiveSync, _escape, _unescape
+from docingest.options import IngestOptions, SourceOptions
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("name", ["a.md~", "dir/.a.md.swp", ".a.md.swx", "4913", ".#a.md", "#a.md#",
+                                  ".~lock.a.docx#", "~$report.docx", "x.tmp", "big.pdf.part", "f.crdownload"])
+def test_editors_transient_files_are_ignored(name):
+    assert ignored(name)
+
+
+@pytest.mark.parametrize("name", ["a.md", "notes/tmp/a.md", "swap.md", "a.tmp.md", "docs/4913.md"])
+def test_documents_are_not_ignored(name):
+    assert not ignored(name)
+
+
+def test_a_batch_waits_for_the_quiet_period_and_coalesces():
+    batcher = ChangeBatcher(quiet_s=0.2, max_wait_s=5)
+    batcher.add("a.md")
+    time.sleep(0.1)
+    batcher.add("a.md")  # an editor's save is several events
+    batcher.add("b.md")
+    assert batcher.take(timeout=0.05) is None  # not quiet yet
+    started = time.monotonic()
+    batch = batcher.take(timeout=2)
+    assert batch is not None and batch.patterns == {"a.md", "b.md"} and batch.reconcile is None
+    assert time.monotonic() - started < 1
+    assert batcher.take(timeout=0.05) is None  # taken once
+
+
+def test_a_folder_that_never_goes_quiet_is_still_synced_after_the_longest_wait():
+    batcher = ChangeBatcher(quiet_s=0.3, max_wait_s=0.6)
+    stop = threading.Event()
+
+    def busy():
+        n = 0
+        while not stop.is_set():
+            batcher.add(f"f{n}.md")
+            n += 1
+            time.sleep(0.05)
+
+    writer = threading.Thread(target=busy)
+    writer.start()
+    try:
+        started = time.monotonic()
+        batch = batcher.take(timeout=5)
+        assert batch is not None and len(batch.patterns) > 5
+        assert time.monotonic() - started < 2  # 0.6 s plus scheduling, far below the 5 s timeout
+    finally:
+        stop.set()
+        writer.join()
+
+
+def test_watchdogs_overflow_record_asks_for_a_reconcile(tmp_path):
+    batcher = ChangeBatcher(quiet_s=0.1, max_wait_s=1)
+    watch = FolderWatch(tmp_path, batcher)
+    watch.start()
+    try:
+        # What watchdog logs when the kernel's inotify queue overflowed (watchdog.observers.inotify_c)
+        logging.getLogger(OVERFLOW_LOGGER).warning("Inotify queue overflowed; filesystem events were lost")
+        batch = batcher.take(timeout=2)
+        assert batch is not None and batch.reconcile and "overflow" in batch.reconcile
+    finally:
+        watch.stop()
+
+
+def test_real_events_become_patterns_and_folders_become_globs(tmp_path):
+    batcher = ChangeBatcher(quiet_s=0.2, max_wait_s=2)
+    watch = FolderWatch(tmp_path, batcher)
+    watch.start()
+    try:
+        (tmp_path / "a[1].md").write_text("x")
+        (tmp_path / "a.md~").write_text("backup")
+        (tmp_path / "sub").mkdir()
+        batch = batcher.take(timeout=5)
+        assert batch is not None
+        assert batch.patterns == {_escape("a[1].md"), "sub/**"}
+    finally:
+        watch.stop()
+
+
+@pytest.mark.parametrize("rel", ["plain.md", "a[1].md", "what?.md", "star*.md", "dir [x]/f.md"])
+def test_escaping_round_trips(rel):
+    assert _unescape(_escape(rel)) == rel
+
+
+def test_a_batch_stays_within_the_users_filters(tmp_path):
+    (tmp_path / "moved" / "deep").mkdir(parents=True)
+    (tmp_path / "moved" / "a.md").write_text("x")
+    (tmp_path / "moved" / "deep" / "b.pdf").write_text("x")
+    (tmp_path / "moved" / "deep" / "c.md").write_text("x")
+    options = IngestOptions(source=SourceOptions(include=["**/*.md"], exclude=["**/private/*"]))
+    live = LiveSync(tmp_path, "c", options)
+    got = live._include({"x.md", "y.pdf", "private/z.md", "moved/**", "gone/**"})
+    # a changed file only if the filters select it; a folder that exists as its selected files; one that is gone
+    # as a glob (only deletions come of it)
+    assert got == sorted(["x.md", "moved/a.md", "moved/deep/c.md", "gone/**"])
+    everything = LiveSync(tmp_path, "c")
+    assert everything._include({"moved/**", "y.pdf"}) == ["moved/**", "y.pdf"]
+
+
+def test_a_watch_runs_full_mode_guarded_by_the_whole_source(tmp_path):
+    live = LiveSync(tmp_path, "c", IngestOptions(max_delete_ratio=0.2))
+    assert live.options.mode.value == "full" and live.options.delete_guard_of == "source"
+    assert live.options.max_delete_ratio == 0.2
