@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from docingest.exceptions import ConfigurationError
+from docingest.exceptions import ConfigurationError, StoreBusyError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -277,7 +277,17 @@ def evaluate(
     from docingest.settings import get_settings
     from docingest.targets import open_store
 
-    store = open_store(qdrant)
+    try:
+        store = open_store(qdrant)
+    except StoreBusyError:  # held by another process (a watch, the service): evaluated there, through its socket
+        from docingest import store_socket
+        from docingest.targets import held_socket
+
+        if (holder := held_socket(qdrant)) is None:
+            raise
+        args = {"collection": collection, "queries": queries, "qrels": qrels, "k": k, "match": match,
+                "candidates": candidates, "mode": mode, "fusion": fusion}
+        return EvalReport.model_validate(store_socket.result_of(holder, "evaluate", args))
     store.require_collection(collection)
     physical = store.resolve(collection)
     used, language, _ = choose_mode(store, physical, mode, fusion)

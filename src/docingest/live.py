@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from docingest import store_reads  # noqa: F401 - the store the watch holds answers other processes' reads
 from docingest.core.sources.local import matches
 from docingest.core.watch import ChangeBatcher, FolderWatch, ignored
 from docingest.datamodel import DocumentStatus, IngestResult

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 from docingest.core.embed import embed_texts, load_model
 from docingest.core.sparse import SPARSE_VECTOR, encoder
 from docingest.core.store import QdrantStore, Search
-from docingest.datamodel import SearchResults
-from docingest.exceptions import ConfigurationError, StoreError
+from docingest.datamodel import SearchHit, SearchResults
+from docingest.exceptions import ConfigurationError, StoreBusyError, StoreError
 from docingest.settings import get_settings
 
 if TYPE_CHECKING:
@@ -66,7 +66,17 @@ def search(
     """Return the ``limit`` best chunks for ``query``. Raises ConfigurationError for an unknown collection."""
     from docingest.targets import open_store
 
-    store = open_store(qdrant)
+    try:
+        store = open_store(qdrant)
+    except StoreBusyError:  # held by another process (a watch, the service): asked through its socket
+        from docingest import store_socket
+        from docingest.targets import held_socket
+
+        if (holder := held_socket(qdrant)) is None:
+            raise
+        answer = store_socket.result_of(holder, "search", {"query": query, "collection": collection, "limit": limit,
+                                                           "model": model, "mode": mode, "fusion": fusion})
+        return SearchResults([SearchHit(**hit) for hit in answer["hits"]], mode=answer["mode"], note=answer["note"])
     store.require_collection(collection)
     for attempt in range(2):
         # The alias is resolved once, so the model read and the query address the same collection even while a

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from docingest import store_socket
 from docingest.core.store import QdrantLocation, QdrantStore
 from docingest.exceptions import ConfigurationError
 from docingest.settings import get_settings
@@ -55,6 +56,15 @@ def resolve_location(qdrant: QdrantTarget | None = None, qdrant_block: str | Non
     else:
         location = QdrantLocation(**settings.qdrant.model_dump(exclude={"path"}), path=settings.resolved_qdrant_path())
     return _override(location, qdrant)
+
+
+def held_socket(qdrant: QdrantTarget | None = None) -> Path | None:
+    """The read socket of the process holding the embedded store ``qdrant`` names (else the settings' store), if
+    another process holds it and shares reads; None for a server."""
+    location = resolve_location(qdrant)
+    if not location.embedded or location.path is None:
+        return None
+    return store_socket.socket_of(location.path)
 
 
 def _override(location: QdrantLocation, qdrant: QdrantTarget | None) -> QdrantLocation:

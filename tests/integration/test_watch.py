@@ -280,3 +280,42 @@ def test_each_document_is_a_prefect_event_on_a_real_server(folder, tmp_path, pre
     assert got["note0.md"]["event"] == "docingest.document.deleted"
     related = got["evented.md"]["related"]
     assert related and related[0]["prefect.resource.role"] == "flow-run"  # the batch's flow run, in the UI
+
+
+@pytest.mark.timeout(600)
+def test_reads_from_other_processes_go_through_the_watch_with_the_same_results(folder, tmp_path):
+    store = tmp_path / "store"
+    watch = Watch(folder, store, tmp_path)
+    watch.ready()
+    assert (store / "docingest.sock").stat().st_mode & 0o777 == 0o600  # owner-only
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(EXE), *args, "--qdrant-path", str(store)], env=env_for(tmp_path),
+                              capture_output=True, text=True, timeout=120)
+
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "subject 23"}\n{"_id": "q2", "text": "Note 3"}\n')
+    (tmp_path / "qrels.tsv").write_text("q1\tnote2\t1\nq2\tnote3\t1\n")
+    evaluation = ("eval", "-c", "live", "--queries", str(tmp_path / "queries.jsonl"), "--qrels",
+                  str(tmp_path / "qrels.tsv"), "--json")
+    held_search = cli("search", "subject 23", "-c", "live", "--json")
+    held_export = cli("export", "-c", "live")
+    held_eval = cli(*evaluation)
+    unknown = cli("search", "x", "-c", "nope")
+    writer = cli("ingest", str(folder), "-c", "live")
+    import docingest  # the Python API in this (third) process: through the socket too
+
+    held_python = docingest.search("subject 23", "live", qdrant_path=str(store))
+    assert held_search.returncode == 0 and held_export.returncode == 0, held_search.stderr + held_export.stderr
+    assert held_eval.returncode == 0, held_eval.stderr
+    assert unknown.returncode == 2 and "unknown collection" in unknown.stderr
+    assert writer.returncode == 2 and "in use by process" in writer.stderr and "docingest watch" in writer.stderr
+    assert watch.stop()[0] == 0
+    assert not (store / "docingest.sock").exists()
+
+    own_search, own_export = cli("search", "subject 23", "-c", "live", "--json"), cli("export", "-c", "live")
+    assert json.loads(held_search.stdout) == json.loads(own_search.stdout)  # same hits, scores and mode
+    assert held_export.stdout == own_export.stdout and len(held_export.stdout.splitlines()) >= 4
+    assert json.loads(held_eval.stdout) == json.loads(cli(*evaluation).stdout)
+    assert [h.model_dump() for h in held_python] == \
+        [h.model_dump() for h in docingest.search("subject 23", "live", qdrant_path=str(store))]
+    close_backends()

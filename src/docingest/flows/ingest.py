@@ -11,6 +11,7 @@ from typing import Any, cast
 from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
+from docingest import store_reads  # noqa: F401 - stores this process holds answer other processes' reads
 from docingest.core.embed import LoadedModel
 from docingest.core.metrics import Pusher, RunMetrics
 from docingest.core.parse import accurate_models_status

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from docingest import store_reads  # noqa: F401 - the store the service holds answers other processes' reads
 from docingest.core.formats import NOT_UPLOADABLE, UPLOADABLE
 from docingest.exceptions import ConfigurationError
 from docingest.folders import check_writable, home_folder, store_folder, upload_folder

@@ -6,7 +6,7 @@ Qdrant server (or qdrant-client's local mode) and ``EdgeBackend`` runs Qdrant Ed
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -17,6 +17,9 @@ Engine = Literal["edge", "qdrant-client"]
 Distance = Literal["cosine", "dot"]
 Fusion = Literal["rrf", "dbsf"]
 RRF_K = 60  # reciprocal rank fusion: 1 / (k + rank), Qdrant's default k
+# (held, released) callbacks for an embedded store's folder this process took or gives up: docingest.store_socket
+# answers other processes' reads while the store is held.
+HOLD_HOOKS: list[tuple[Callable[[Path], None], Callable[[Path], None]]] = []
 
 
 class QdrantLocation(BaseModel):

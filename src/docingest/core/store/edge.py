@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from docingest.core.store.backend import (
+    HOLD_HOOKS,
     RRF_K,
     Distance,
     Maintenance,
@@ -135,6 +136,10 @@ class EdgeBackend:
         if not marked and not converting:
             self.mark()
         self._aliases = self._read_aliases()
+        self._held = not converting
+        if self._held:
+            for held, _ in HOLD_HOOKS:
+                held(self.root)
 
     def mark(self) -> None:
         """Record that this folder holds an Edge store (written last by a conversion)."""
@@ -404,6 +409,10 @@ class EdgeBackend:
         return Maintenance(points=points, indexed=True, seconds=time.perf_counter() - started)
 
     def close(self) -> None:
+        if getattr(self, "_held", False):
+            self._held = False
+            for _, released in HOLD_HOOKS:
+                released(self.root)
         with self._mutex:
             for shard in self._shards.values():
                 try:
