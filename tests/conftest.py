@@ -129,15 +129,16 @@ def store_factory(tmp_path):
 
 
 @pytest.fixture
-def written_store(store_factory):
+def written_store(request, store_factory):
     """``written_store(path=None, engine="edge") -> QdrantStore``: the embedded store that a flow, the CLI or the
-    service wrote, opened to read it: ``<DOCINGEST_HOME>/qdrant`` (the ``home`` fixture's) unless ``path`` is given.
-    Closed after the test with every store ``store_factory`` opened."""
+    service wrote, opened to read it: ``<home>/qdrant`` of the test's ``home`` fixture (its DOCINGEST_HOME, also after
+    a ``monkeypatch.undo()``) unless ``path`` is given. Closed after the test with every store ``store_factory``
+    opened."""
 
     def open_written(path: Path | None = None, engine: str = "edge"):
         if path is None:
-            assert os.environ.get("DOCINGEST_HOME"), "written_store() reads <DOCINGEST_HOME>/qdrant: take `home`"
-            path = Path(os.environ["DOCINGEST_HOME"]) / "qdrant"
+            assert "home" in request.fixturenames, "written_store() reads <home>/qdrant: take the `home` fixture"
+            path = request.getfixturevalue("home") / "qdrant"
         return store_factory(engine, path=path)
 
     return open_written
