@@ -1,5 +1,6 @@
 """Shared fixtures: offline environment, a session Prefect test server, the store on either engine in a temp folder
-(``backend``, ``store``, ``store_factory``), the corpus and copies of it, the repository's paths.
+(``backend``, ``store``, ``store_factory``) and the store a run wrote (``written_store``), the corpus and copies of
+it, the repository's paths.
 
 Tests take what they need as fixtures and import nothing from a conftest (tests/unit/test_test_imports.py); the
 integration tests' servers and helpers are fixtures of tests/integration/conftest.py."""
@@ -125,6 +126,22 @@ def store_factory(tmp_path):
 
     yield open_store
     close_backends()
+
+
+@pytest.fixture
+def written_store(request, store_factory):
+    """``written_store(path=None, engine="edge") -> QdrantStore``: the embedded store that a flow, the CLI or the
+    service wrote, opened to read it: ``<home>/qdrant`` of the test's ``home`` fixture (its DOCINGEST_HOME, also after
+    a ``monkeypatch.undo()``) unless ``path`` is given. Closed after the test with every store ``store_factory``
+    opened."""
+
+    def open_written(path: Path | None = None, engine: str = "edge"):
+        if path is None:
+            assert "home" in request.fixturenames, "written_store() reads <home>/qdrant: take the `home` fixture"
+            path = request.getfixturevalue("home") / "qdrant"
+        return store_factory(engine, path=path)
+
+    return open_written
 
 
 @pytest.fixture

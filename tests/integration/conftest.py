@@ -309,10 +309,12 @@ def _mixed_pdf(path: Path, born_digital: Path, scanned_lines: list[str], tmp: Pa
 
 class Stack:
     """A `prefect server start` on a loopback port (SQLite) and the processes a test starts beside it (workers, the
-    upload service), all in this test's folder, with the environment they share."""
+    upload service), all in this test's folder, with the environment they share. ``written_store`` is the fixture
+    that opens (and, after the test, closes) the store the stack wrote."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, written_store) -> None:
         self.tmp = tmp
+        self.written_store = written_store
         self.port = _free_port()
         self.api = f"http://127.0.0.1:{self.port}/api"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DOCINGEST_"))}
@@ -427,9 +429,7 @@ class Stack:
     def store_snapshot(self, collection: str) -> dict:
         """The embedded store under the stack's DOCINGEST_HOME (stop the stack first: one process opens it): point
         id -> payload (without the write timestamp) and vector; the manifest's versions, statuses and chunk counts."""
-        from docingest.core.store import QdrantLocation, QdrantStore
-
-        store = QdrantStore(QdrantLocation(path=self.tmp / "docingest-home" / "qdrant"))
+        store = self.written_store(self.tmp / "docingest-home" / "qdrant")
         physical = store.resolve(collection)
         points = {p["id"]: ({k: v for k, v in p["payload"].items() if k != "ingested_at"},
                             [round(x, 5) for x in p["vector"][""]])
@@ -440,9 +440,9 @@ class Stack:
 
 
 @pytest.fixture
-def stack(tmp_path):
+def stack(tmp_path, written_store):
     """A real Prefect server for the integration tests that run docingest under it and its workers."""
-    s = Stack(tmp_path)
+    s = Stack(tmp_path, written_store)
     server = s.start("server", str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(s.port))
     _wait_http(f"{s.api}/health", server, s.tmp / "server.log", timeout=120)  # fresh database: 13 s idle, 23 s loaded
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from docingest.core.store import QdrantLocation, QdrantStore, close_backends
+from docingest.core.store import QdrantStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -81,7 +81,7 @@ def reap_orphans(tmp_path, reap):
 # Measured here (2 cores): 199 s for the whole test with 13 CLI runs in a full suite run (~15 s a run); with the v1
 # store copied instead of ingested four times it runs 10 (87 s alone). Each run gets 120 s (8x), the test 900 s.
 @pytest.mark.timeout(900)
-def test_kill_9_at_four_points_then_rerun_equals_clean_run(tmp_path, reap_orphans):
+def test_kill_9_at_four_points_then_rerun_equals_clean_run(tmp_path, reap_orphans, written_store):
     docs = tmp_path / "docs"
 
     def ingest(store: str, fault: str | None = None) -> subprocess.CompletedProcess:
@@ -103,12 +103,10 @@ def test_kill_9_at_four_points_then_rerun_equals_clean_run(tmp_path, reap_orphan
         assert resumed.returncode == 0, (name, resumed.stderr[-2000:])
         assert json.loads(resumed.stdout)["documents"]["failed"] == 0
 
-    close_backends()
-    expected = snapshot(QdrantStore(QdrantLocation(path=tmp_path / "clean")), "kb")
+    expected = snapshot(written_store(tmp_path / "clean"), "kb")
     assert sorted(expected["manifest"]) == [f"doc{i:02}.md" for i in range(9) if i != 7]
     for name in FAULTS:
-        final = snapshot(QdrantStore(QdrantLocation(path=tmp_path / name)), "kb")
+        final = snapshot(written_store(tmp_path / name), "kb")
         assert final["manifest"] == expected["manifest"], name
         assert set(final["points"]) == set(expected["points"]), name  # same ids, no orphans or duplicates
         assert final["points"] == expected["points"], name  # same payloads and vectors
-    close_backends()

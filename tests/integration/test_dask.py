@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from docingest.core.store import QdrantLocation, QdrantStore
 from docingest.flows.ingest import ingest_documents
 from docingest.flows.runners import make_task_runner
 
@@ -14,13 +13,17 @@ FILES = ["md/sources/duck.md", "html/sources/example_01.html", "docx/sources/uni
          "csv/sources/csv-comma.csv", "pdf/sources/multi_page.pdf"]
 
 
-def points(home, collection: str) -> dict[str, tuple]:
-    store = QdrantStore(QdrantLocation(path=home / "qdrant"))
-    return {p["id"]: (p["payload"]["text"], p["payload"]["path"], [round(x, 4) for x in p["vector"][""]])
-            for p in store.points(collection, with_vectors=True)}
+@pytest.fixture
+def points(written_store):
+    """``points(collection) -> {id: (text, path, vector)}``: a collection in the store the test's runs wrote."""
+    def read(collection: str) -> dict[str, tuple]:
+        return {p["id"]: (p["payload"]["text"], p["payload"]["path"], [round(x, 4) for x in p["vector"][""]])
+                for p in written_store().points(collection, with_vectors=True)}
+
+    return read
 
 
-def test_dask_local_cluster_gives_the_same_collection(prefect_server, home, tmp_path, task_states, corpus_copy):
+def test_dask_local_cluster_gives_the_same_collection(prefect_server, home, tmp_path, task_states, corpus_copy, points):
     import dask
     from distributed import LocalCluster
 
@@ -36,4 +39,4 @@ def test_dask_local_cluster_gives_the_same_collection(prefect_server, home, tmp_
 
     on_threads = ingest_documents(source=str(docs), collection="on-threads")
     assert on_threads.chunks.upserted == on_dask.chunks.upserted > 0
-    assert points(home, "on-dask") == points(home, "on-threads")
+    assert points("on-dask") == points("on-threads")

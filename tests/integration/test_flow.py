@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from docingest.core.store import QdrantLocation, QdrantStore
+from docingest.core.store import QdrantStore
 from docingest.datamodel import DocumentStatus
 from docingest.flows.ingest import ingest_documents
 from docingest.options import IngestOptions
@@ -45,11 +45,7 @@ def docs(tmp_path, corpus_copy):
     return corpus_copy(SLICE, tmp_path / "docs")
 
 
-def store_for(home) -> QdrantStore:
-    return QdrantStore(QdrantLocation(path=home / "qdrant"))
-
-
-def test_ingest_every_offline_format_then_search_finds_the_right_document(prefect_server, home, docs):
+def test_ingest_every_offline_format_then_search_finds_the_right_document(prefect_server, home, docs, written_store):
     result = ingest_documents(source=str(docs), collection="corpus")
 
     assert result.documents.seen == len(SLICE)
@@ -67,7 +63,7 @@ def test_ingest_every_offline_format_then_search_finds_the_right_document(prefec
     assert pages["duck.md"] == pages["wiki_duck.html"] == pages["csv-comma.csv"] == 0
     assert result.pages == sum(pages.values()) and result.to_json_dict()["pages"] == result.pages
 
-    store = store_for(home)
+    store = written_store()
     points = all_points(store, "corpus")
     assert len(points) == result.chunks.upserted
     payload = next(iter(points.values()))
@@ -90,12 +86,12 @@ def test_ingest_every_offline_format_then_search_finds_the_right_document(prefec
         assert dense[0].path == expected and dense[0].score > 0.3, (query, [(h.path, h.score) for h in dense])
 
 
-def test_rerun_embeds_nothing_and_keeps_identical_points(prefect_server, home, docs):
+def test_rerun_embeds_nothing_and_keeps_identical_points(prefect_server, home, docs, written_store):
     first = ingest_documents(source=str(docs), collection="rerun")
-    before = all_points(store_for(home), "rerun")
+    before = all_points(written_store(), "rerun")
 
     second = ingest_documents(source=str(docs), collection="rerun")
-    after = all_points(store_for(home), "rerun")
+    after = all_points(written_store(), "rerun")
 
     assert second.documents.unchanged == len(SLICE)
     assert second.documents.new == second.documents.changed == 0
@@ -108,7 +104,7 @@ def test_rerun_embeds_nothing_and_keeps_identical_points(prefect_server, home, d
     assert not [t.name for t in threading.enumerate() if t.name.startswith("docingest-")]
 
 
-def test_edit_replaces_the_old_version_without_stale_chunks(prefect_server, home, tmp_path):
+def test_edit_replaces_the_old_version_without_stale_chunks(prefect_server, home, tmp_path, written_store):
     docs = tmp_path / "edit"
     docs.mkdir()
     (docs / "keys.md").write_text("# Key rotation\n\nRotate the signing keys every ninety days with the vault CLI.\n")
@@ -120,13 +116,13 @@ def test_edit_replaces_the_old_version_without_stale_chunks(prefect_server, home
 
     assert (result.documents.changed, result.documents.unchanged) == (1, 1)
     assert result.chunks.deleted == 1 and result.chunks.upserted == 1
-    texts = [p["text"] for p in all_points(store_for(home), "edit").values()]
+    texts = [p["text"] for p in all_points(written_store(), "edit").values()]
     assert not any("ninety days" in t for t in texts)  # the stale version is gone
     assert any("rotated automatically" in t for t in texts)
     assert len(texts) == 2
 
 
-def test_settings_change_re_embeds(prefect_server, home, tmp_path, corpus_copy):
+def test_settings_change_re_embeds(prefect_server, home, tmp_path, corpus_copy, written_store):
     few = SLICE[:4]
     docs = corpus_copy(few, tmp_path / "few")
     first = ingest_documents(source=str(docs), collection="settings")
@@ -135,11 +131,11 @@ def test_settings_change_re_embeds(prefect_server, home, tmp_path, corpus_copy):
     assert result.documents.changed == len(few) and result.documents.unchanged == 0
     assert result.chunks.deleted == first.chunks.upserted
     assert result.chunks.upserted > first.chunks.upserted  # smaller chunks, more of them
-    points = all_points(store_for(home), "settings")
+    points = all_points(written_store(), "settings")
     assert len(points) == result.chunks.upserted  # old versions removed, nothing duplicated
 
 
-def test_bad_inputs_fail_or_skip_per_document_and_never_stop_the_run(prefect_server, home, tmp_path, corpus):
+def test_bad_inputs_fail_or_skip_per_document_and_never_stop_the_run(prefect_server, home, tmp_path, corpus, written_store):
     docs = tmp_path / "bad"
     docs.mkdir()
     (docs / "good.md").write_text("# Good\n\nThis document is perfectly fine and about penguins.\n")
@@ -162,7 +158,7 @@ def test_bad_inputs_fail_or_skip_per_document_and_never_stop_the_run(prefect_ser
     assert "OCR is off" in skipped["scan.jpg"]
     assert result.documents.seen == 7
     # Undecodable HTML either yields no text or some text, but never a crash of the run.
-    paths = {p["path"] for p in all_points(store_for(home), "bad").values()}
+    paths = {p["path"] for p in all_points(written_store(), "bad").values()}
     assert "good.md" in paths
     assert not paths & {"corrupt.docx", "corrupt.pdf", "empty.md", "blob.bin"}  # nothing half-written
 
@@ -204,7 +200,7 @@ def test_qdrant_target_parameter_overrides_settings(prefect_server, home, tmp_pa
     assert not (home / "qdrant").exists()
 
 
-def test_failed_update_leaves_the_old_version_searchable(prefect_server, home, tmp_path, monkeypatch, task_states):
+def test_failed_update_leaves_the_old_version_searchable(prefect_server, home, tmp_path, monkeypatch, task_states, written_store):
     from docingest.core import store as store_module
     from docingest.exceptions import StoreError
 
@@ -220,7 +216,7 @@ def test_failed_update_leaves_the_old_version_searchable(prefect_server, home, t
     monkeypatch.setattr(store_module.QdrantStore, "upsert", down)
     result = ingest_documents(source=str(docs), collection="safe")
     assert result.documents.failed == 1 and result.failures[0].stage == "upsert"
-    texts = [p["text"] for p in all_points(store_for(home), "safe").values()]
+    texts = [p["text"] for p in all_points(written_store(), "safe").values()]
     assert texts and all("five hours" in t for t in texts)  # old version intact, nothing of the new one
     monkeypatch.undo()
 
@@ -230,7 +226,7 @@ def test_failed_update_leaves_the_old_version_searchable(prefect_server, home, t
     assert task_states(fixed.flow_run_id, "parse-and-chunk") == ["Cached"]
     assert "parse" not in fixed.stage_seconds and "read" not in fixed.stage_seconds  # no parse work done this run
     assert "parse" in result.stage_seconds  # the first run timed its parse work
-    texts = [p["text"] for p in all_points(store_for(home), "safe").values()]
+    texts = [p["text"] for p in all_points(written_store(), "safe").values()]
     assert texts and all("portal" in t for t in texts)
 
 
@@ -247,7 +243,7 @@ def test_qdrant_connection_block_is_used_by_the_flow(prefect_server, home, tmp_p
     assert (target / "collections" / "blk__v1").is_dir()
 
 
-def test_embedder_settings_block(prefect_server, home, tmp_path):
+def test_embedder_settings_block(prefect_server, home, tmp_path, written_store):
     from docingest.blocks import EmbedderSettings
 
     docs = tmp_path / "emb"
@@ -256,10 +252,10 @@ def test_embedder_settings_block(prefect_server, home, tmp_path):
     EmbedderSettings(model="sentence-transformers/all-MiniLM-L6-v2", batch_size=8).save("minilm", overwrite=True)
     result = ingest_documents(source=str(docs), collection="emb", embedder_block="minilm")
     assert result.chunks.embedded == 1
-    assert {p["model"] for p in all_points(store_for(home), "emb").values()} == {"sentence-transformers/all-MiniLM-L6-v2"}
+    assert {p["model"] for p in all_points(written_store(), "emb").values()} == {"sentence-transformers/all-MiniLM-L6-v2"}
 
 
-def test_document_that_becomes_empty_loses_its_old_chunks(prefect_server, home, tmp_path, task_states):
+def test_document_that_becomes_empty_loses_its_old_chunks(prefect_server, home, tmp_path, task_states, written_store):
     docs = tmp_path / "empty"
     docs.mkdir()
     (docs / "a.md").write_text("# A\n\nSoon to be emptied.\n")
@@ -268,8 +264,8 @@ def test_document_that_becomes_empty_loses_its_old_chunks(prefect_server, home, 
     (docs / "a.md").write_text("")
     result = ingest_documents(source=str(docs), collection="emptied")
     assert result.documents.skipped == 1 and result.chunks.deleted == 1
-    assert [p["path"] for p in all_points(store_for(home), "emptied").values()] == ["b.md"]
-    store = store_for(home)
+    assert [p["path"] for p in all_points(written_store(), "emptied").values()] == ["b.md"]
+    store = written_store()
     manifest = store.manifest("emptied", result.source)
     assert set(manifest) == {"a.md", "b.md"}  # a.md recorded as skipped, so the next run does not parse it again
     assert manifest["a.md"].status is DocumentStatus.SKIPPED and manifest["a.md"].chunks == 0
@@ -278,7 +274,7 @@ def test_document_that_becomes_empty_loses_its_old_chunks(prefect_server, home, 
     assert task_states(again.flow_run_id, "parse-and-chunk") == []
 
 
-def test_int8_backend_ingests_and_search_uses_the_same_backend(prefect_server, home, tmp_path):
+def test_int8_backend_ingests_and_search_uses_the_same_backend(prefect_server, home, tmp_path, written_store):
     from docingest.core.embed import load_model
 
     docs = tmp_path / "q"
@@ -288,7 +284,7 @@ def test_int8_backend_ingests_and_search_uses_the_same_backend(prefect_server, h
     opts = IngestOptions.model_validate({"embed": {"backend": "int8"}})
     result = ingest_documents(source=str(docs), collection="int8", options=opts)
     assert result.documents.new == 2
-    points = all_points(store_for(home), "int8")
+    points = all_points(written_store(), "int8")
     assert {p["model_backend"] for p in points.values()} == {"int8"}
     hit = search("how often are keys rotated", "int8", limit=1)[0]
     assert hit.path == "keys.md"
@@ -301,7 +297,7 @@ def test_int8_backend_ingests_and_search_uses_the_same_backend(prefect_server, h
     assert again.documents.changed == 2
 
 
-def test_batched_task_runs_give_the_same_points_and_keep_failures_per_document(prefect_server, home, tmp_path, task_states):
+def test_batched_task_runs_give_the_same_points_and_keep_failures_per_document(prefect_server, home, tmp_path, task_states, written_store):
     docs = tmp_path / "batched"
     docs.mkdir()
     for i in range(7):
@@ -317,7 +313,7 @@ def test_batched_task_runs_give_the_same_points_and_keep_failures_per_document(p
     single = ingest_documents(source=str(docs), collection="single", options=IngestOptions(docs_per_task=1))
     assert len(task_states(single.flow_run_id, "parse-and-chunk")) == 8
 
-    store = store_for(home)
+    store = written_store()
     strip = lambda points: {p["path"]: p["text"] for p in points.values()}  # noqa: E731
     assert strip(all_points(store, "batched")) == strip(all_points(store, "single"))  # same chunks either way
 
@@ -328,7 +324,7 @@ def test_batched_task_runs_give_the_same_points_and_keep_failures_per_document(p
 
 
 def test_encoder_pools_are_bounded_in_order_and_a_bad_document_fails_alone(prefect_server, home, tmp_path,
-                                                                          monkeypatch):
+                                                                          monkeypatch, written_store):
     """Pools never exceed embed.pool_size, every chunk is encoded, and an encode error fails only the document that
     causes it (also when it is alone in its pool: it used to stop the run)."""
     import time
@@ -365,7 +361,7 @@ def test_encoder_pools_are_bounded_in_order_and_a_bad_document_fails_alone(prefe
     counts = Counter(t for c in calls for t in c)
     assert len([t for t in counts if "POISON" not in t]) == 39  # every good chunk encoded...
     assert all(n == 1 for t, n in counts.items() if t not in pool)  # ...once, unless it shared the poisoned pool
-    assert {p["path"] for p in all_points(store_for(home), "pools").values()} == {
+    assert {p["path"] for p in all_points(written_store(), "pools").values()} == {
         f"note{i:02}.md" for i in range(40) if i != 17}
 
     lone = tmp_path / "lone"

@@ -9,7 +9,6 @@ import pytest
 from typer.testing import CliRunner
 
 from docingest.cli import app
-from docingest.core.store import QdrantLocation, QdrantStore
 from docingest.flows.ingest import ingest_documents
 from docingest.options import IngestOptions
 from docingest.retrieval import search
@@ -38,11 +37,11 @@ def write(folder, docs):
     return folder
 
 
-def test_an_exact_code_is_found_by_bm25_and_hybrid_but_not_by_dense(prefect_server, home, tmp_path):
+def test_an_exact_code_is_found_by_bm25_and_hybrid_but_not_by_dense(prefect_server, home, tmp_path, written_store):
     docs = write(tmp_path / "d", DOCS)
     result = ingest_documents(source=str(docs), collection="codes")
     assert result.ok and result.chunks.upserted == 4
-    store = QdrantStore(QdrantLocation(path=home / "qdrant"))
+    store = written_store()
     assert store.sparse_vectors("codes") == {"bm25"}
     points = list(store.points("codes", with_vectors=True))
     assert all(p["payload"]["sparse_model"] == "bm25:english" and p["vector"]["bm25"]["indices"] for p in points)
@@ -65,12 +64,12 @@ def test_an_exact_code_is_found_by_bm25_and_hybrid_but_not_by_dense(prefect_serv
 
 
 def test_a_dense_only_collection_gains_bm25_vectors_at_its_next_sync_without_re_embedding(prefect_server, home,
-                                                                                           tmp_path):
+                                                                                           tmp_path, written_store):
     docs = write(tmp_path / "d", DOCS)
     dense_only = IngestOptions.model_validate({"store": {"bm25_language": "none"}})
     first = ingest_documents(source=str(docs), collection="old", options=dense_only)
     assert first.chunks.embedded == 4
-    store = QdrantStore(QdrantLocation(path=home / "qdrant"))
+    store = written_store()
     assert store.sparse_vectors("old") == set()
     before = {p["id"]: p["vector"][""] for p in store.points("old", with_vectors=True)}
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from docingest import plugins
-from docingest.core.store import QdrantLocation, QdrantStore
 from docingest.flows.ingest import ingest_documents
 from docingest.options import ChunkOptions, IngestOptions
 
@@ -55,9 +54,10 @@ def write_docs(folder: Path) -> Path:
     return folder
 
 
-def points(home: Path, collection: str) -> list[dict]:
-    store = QdrantStore(QdrantLocation(path=home / "qdrant"))
-    return [p["payload"] for p in store.points(collection)]
+@pytest.fixture
+def points(written_store):
+    """``points(collection) -> [payload]``: the payloads of a collection in the store the test's runs wrote."""
+    return lambda collection: [p["payload"] for p in written_store().points(collection)]
 
 
 def bump_version(monkeypatch, version: str) -> None:
@@ -67,7 +67,7 @@ def bump_version(monkeypatch, version: str) -> None:
     plugins.clear_cache()
 
 
-def test_parser_and_enricher_plugins_through_the_flow(prefect_server, home, tmp_path, example_plugin, monkeypatch):
+def test_parser_and_enricher_plugins_through_the_flow(prefect_server, home, tmp_path, example_plugin, monkeypatch, points):
     docs = write_docs(tmp_path / "docs")
     # Default isolation: parsing happens in spawned worker processes, which find the plugin on their own.
     result = ingest_documents(source=str(docs), collection="notes")
@@ -75,7 +75,7 @@ def test_parser_and_enricher_plugins_through_the_flow(prefect_server, home, tmp_
     [failure] = result.failures
     assert failure.source.endswith("broken.note") and failure.stage == "parse"
     assert "parser plugin 'notes' failed" in failure.error and "Title" in failure.error
-    payloads = points(home, "notes")
+    payloads = points("notes")
     by_path = {p["path"]: p for p in payloads}
     assert by_path["rotation.note"]["parser"] == "plugin:notes==0.1.0"
     assert by_path["rotation.note"]["headings"] == ["Rotating the signing keys"]
@@ -89,13 +89,13 @@ def test_parser_and_enricher_plugins_through_the_flow(prefect_server, home, tmp_
     assert (bumped.documents.changed, bumped.documents.unchanged) == (3, 1), bumped.outcomes
     changed = {o.path for o in bumped.outcomes if o.change and o.change.value == "changed"}
     assert changed == {"rotation.note", "onboarding.note", "broken.note"}
-    assert {p["parser"] for p in points(home, "notes") if p["path"].endswith(".note")} == {"plugin:notes==0.2.0"}
+    assert {p["parser"] for p in points("notes") if p["path"].endswith(".note")} == {"plugin:notes==0.2.0"}
 
     # An enricher shapes every document: all are re-processed, and its fields land in every payload.
     enriched = ingest_documents(source=str(docs), collection="notes",
                                 options=IngestOptions(chunk=ChunkOptions(enrichers=["keywords"])))
     assert enriched.documents.changed == 4 and enriched.documents.failed == 1
-    payloads = points(home, "notes")
+    payloads = points("notes")
     assert all("keywords" in p and p["word_count"] > 0 for p in payloads)
     rotation = next(p for p in payloads if p["path"] == "rotation.note" and "ninety" in p["text"])
     assert "signing" in rotation["keywords"] and "keys" in rotation["keywords"]
@@ -163,7 +163,7 @@ def test_a_broken_plugin_is_named_not_a_traceback(tmp_path, prefect_home):
     assert json.loads(disabled.stdout)["documents"]["new"] == 1
 
 
-def test_model_migration_switches_the_alias_and_search_never_breaks(prefect_server, home, tmp_path, example_plugin):
+def test_model_migration_switches_the_alias_and_search_never_breaks(prefect_server, home, tmp_path, example_plugin, written_store):
     """ingest (bundled model, 384 dims) -> migrate to plugin:hashing (64 dims) while searches run -> migrate back."""
     import threading
 
@@ -177,7 +177,7 @@ def test_model_migration_switches_the_alias_and_search_never_breaks(prefect_serv
     (docs / "broken.note").unlink()
     first = ingest_documents(source=str(docs), collection="mig")
     assert first.documents.new == 3
-    store = QdrantStore(QdrantLocation(path=home / "qdrant"))
+    store = written_store()
     assert store.resolve("mig") == "mig__v1"
 
     stop, errors, searches = threading.Event(), [], []
@@ -221,10 +221,10 @@ def test_model_migration_switches_the_alias_and_search_never_breaks(prefect_serv
     assert store.resolve("mig") == "mig__v3" and "mig__v2" in store.list_collections()
 
 
-def test_migrating_a_plain_collection_made_before_aliases(prefect_server, home, tmp_path, example_plugin):
+def test_migrating_a_plain_collection_made_before_aliases(prefect_server, home, tmp_path, example_plugin, written_store):
     docs = write_docs(tmp_path / "docs")
     (docs / "broken.note").unlink()
-    store = QdrantStore(QdrantLocation(path=home / "qdrant"))
+    store = written_store()
     store.ensure_collection("legacy", 64, alias=False)  # what earlier versions created: no alias
     hashing = IngestOptions(embed={"model": "plugin:hashing"})
     assert ingest_documents(source=str(docs), collection="legacy", options=hashing).documents.new == 3

@@ -129,7 +129,7 @@ def test_git_configuration_errors(home, repo):
         open_source("file:///definitely/not/a/repo.git")
 
 
-def test_saved_source_blocks_through_the_cli(prefect_server, s3, s3_endpoint, repo):
+def test_saved_source_blocks_through_the_cli(prefect_server, s3, s3_endpoint, repo, written_store):
     import json
 
     from typer.testing import CliRunner
@@ -157,7 +157,6 @@ def test_saved_source_blocks_through_the_cli(prefect_server, s3, s3_endpoint, re
     assert json.loads(result.stdout)["documents"]["new"] == 1
 
     from docingest.blocks import QdrantCollection, QdrantConnection
-    from docingest.core.store import QdrantLocation, QdrantStore
 
     elsewhere = repo[1].parent / "block-qdrant"
     QdrantCollection(collection_name="approved", connection=QdrantConnection(path=str(elsewhere))).save(
@@ -166,7 +165,7 @@ def test_saved_source_blocks_through_the_cli(prefect_server, s3, s3_endpoint, re
                                  "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["collection"] == "approved"
-    assert QdrantStore(QdrantLocation(path=elsewhere)).count("approved") > 0
+    assert written_store(elsewhere).count("approved") > 0
 
     none = runner.invoke(app, ["ingest", "--source-block", "approved-docs"])
     assert none.exit_code == 2 and "give --collection or --collection-block" in none.stderr
@@ -250,7 +249,7 @@ def test_wrong_s3_credentials_are_one_line_exit_2(tmp_path, home, monkeypatch, a
         assert "not-the-secret" not in result.output
 
 
-def test_git_token_over_http(prefect_server, home, repo, monkeypatch, tmp_path, git_http_server):
+def test_git_token_over_http(prefect_server, home, repo, monkeypatch, tmp_path, git_http_server, written_store):
     """git smart HTTP on loopback that accepts only ``oauth2:<token>`` basic auth (GitLab's scheme for access
     tokens): the token comes from DOCINGEST_GIT_TOKEN, travels as a header (never in argv, URLs or results), and a
     missing or wrong token is a one-line configuration error."""
@@ -277,9 +276,7 @@ def test_git_token_over_http(prefect_server, home, repo, monkeypatch, tmp_path, 
         hit = search("is the train preferred", "gitlab", limit=1)[0]
         assert hit.source == f"git+{http_url}@main:30-Aprovados/policy.md"
         assert "glpat" not in result.model_dump_json()
-        from docingest.core.store import QdrantLocation, QdrantStore
-
-        store = QdrantStore(QdrantLocation(path=home / "qdrant"))
+        store = written_store()
         for name in ("gitlab__v1", "gitlab__v1__manifest"):  # every payload, chunks and manifest
             payloads = [p["payload"] for p in store.points(name)]
             assert payloads and all("glpat" not in str(p) for p in payloads)

@@ -13,7 +13,6 @@ import pytest
 
 from docingest.core.ids import sha256_file
 from docingest.core.sources.local import OUTSIDE_REASON, LocalFolderSource
-from docingest.core.store import QdrantLocation, QdrantStore
 from docingest.flows.ingest import ingest_documents
 from docingest.options import IngestOptions, SourceOptions
 from docingest.retrieval import search
@@ -54,7 +53,7 @@ def test_a_symlink_to_a_secret_is_skipped_and_earlier_leaks_are_removed(prefect_
     assert (again.documents.skipped, again.documents.unchanged, again.chunks.upserted) == (3, 1, 0)
 
 
-def test_a_file_rewritten_during_the_run_is_left_for_the_next_run(prefect_server, home, tmp_path, monkeypatch):
+def test_a_file_rewritten_during_the_run_is_left_for_the_next_run(prefect_server, home, tmp_path, monkeypatch, written_store):
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "a.md").write_text("# Alpha\n\nThe first version talks about apricots.\n")
@@ -77,7 +76,7 @@ def test_a_file_rewritten_during_the_run_is_left_for_the_next_run(prefect_server
     second = ingest_documents(source=str(docs), collection="racy")
     assert (second.documents.changed, second.documents.unchanged, second.documents.failed) == (1, 1, 0)
     assert any("avocados" in t for t in texts("racy", "avocados"))
-    store = QdrantStore(QdrantLocation(path=home / "qdrant"))
+    store = written_store()
     record = store.manifest("racy", second.source)["a.md"]
     assert record.content_hash == sha256_file(docs / "a.md")  # the manifest's hash is that of the parsed bytes
 

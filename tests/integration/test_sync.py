@@ -10,7 +10,6 @@ import pytest
 from typer.testing import CliRunner
 
 from docingest.cli import app
-from docingest.core.store import QdrantLocation, QdrantStore, close_backends
 from docingest.flows.ingest import ingest_documents
 from docingest.options import IngestOptions
 from docingest.retrieval import search
@@ -19,9 +18,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 runner = CliRunner()
 
 
-def points(home, collection) -> dict[str, dict]:
-    store = QdrantStore(QdrantLocation(path=home / "qdrant"))
-    return {p["id"]: p["payload"] for p in store.points(collection)}
+@pytest.fixture
+def points(written_store):
+    """``points(collection) -> {id: payload}``: the points of a collection in the store the test's runs wrote."""
+    return lambda collection: {p["id"]: p["payload"] for p in written_store().points(collection)}
 
 
 def write_docs(folder, docs: dict[str, str]):
@@ -43,7 +43,7 @@ def opts(**kw) -> IngestOptions:
     return IngestOptions.model_validate(kw)
 
 
-def test_dry_run_prints_the_plan_and_writes_nothing(prefect_server, home, tmp_path):
+def test_dry_run_prints_the_plan_and_writes_nothing(prefect_server, home, tmp_path, points, written_store):
     docs = write_docs(tmp_path / "d", TOPICS)
     (docs / "x.bin").write_bytes(b"\0")
     result = runner.invoke(app, ["ingest", str(docs), "-c", "dry", "--dry-run", "--json"])
@@ -51,7 +51,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(prefect_server, home, tmp_pa
     plan = json.loads(result.stdout)
     assert plan["dry_run"] is True and plan["counts"]["new"] == 4 and plan["counts"]["skipped"] == 1
     assert sorted(plan["new"]) == sorted(TOPICS)
-    assert not QdrantStore(QdrantLocation(path=home / "qdrant")).collection_exists("dry")
+    assert not written_store().collection_exists("dry")
 
     ingest_documents(source=str(docs), collection="dry")
     (docs / "alpha.md").write_text("# Alpha\n\nRewritten.\n")
@@ -60,10 +60,10 @@ def test_dry_run_prints_the_plan_and_writes_nothing(prefect_server, home, tmp_pa
     plan = json.loads(result.stdout)
     assert plan["changed"] == ["alpha.md"] and plan["deleted"] == ["delta.md"]
     assert plan["counts"]["unchanged"] == 2
-    assert len({p["path"] for p in points(home, "dry").values()}) == 4  # still nothing written
+    assert len({p["path"] for p in points("dry").values()}) == 4  # still nothing written
 
 
-def test_full_sync_tracks_adds_edits_and_deletes_exactly(prefect_server, home, tmp_path):
+def test_full_sync_tracks_adds_edits_and_deletes_exactly(prefect_server, home, tmp_path, points):
     docs = write_docs(tmp_path / "d", TOPICS)
     first = ingest_documents(source=str(docs), collection="sync", options=opts(mode="full"))
     assert first.documents.new == 4
@@ -74,20 +74,20 @@ def test_full_sync_tracks_adds_edits_and_deletes_exactly(prefect_server, home, t
     incremental = ingest_documents(source=str(docs), collection="sync")
     d = incremental.documents
     assert (d.new, d.changed, d.unchanged, d.deleted) == (1, 1, 2, 0)  # incremental never deletes
-    assert any(p["path"] == "gamma.md" for p in points(home, "sync").values())
+    assert any(p["path"] == "gamma.md" for p in points("sync").values())
 
     full = ingest_documents(source=str(docs), collection="sync", options=opts(mode="full"))
     d = full.documents
     assert (d.new, d.changed, d.unchanged, d.deleted) == (0, 0, 4, 1)
     assert full.deleted and full.deleted[0].endswith("/gamma.md")
-    payloads = points(home, "sync").values()
+    payloads = points("sync").values()
     assert sorted(p["path"] for p in payloads) == ["alpha.md", "beta.md", "delta.md", "epsilon.md"]
     assert not any("quarterly" in p["text"] for p in payloads)  # stale text of the edit is gone
     hits = search("how do I request a laptop", "sync", limit=5)
     assert all(h.path != "gamma.md" for h in hits)
 
 
-def test_full_sync_is_scoped_to_its_source(prefect_server, home, tmp_path):
+def test_full_sync_is_scoped_to_its_source(prefect_server, home, tmp_path, points):
     a = write_docs(tmp_path / "docs" / "a", {"a1.md": "# A1\n\nApples.\n", "a2.md": "# A2\n\nApricots.\n"})
     b = write_docs(tmp_path / "docs" / "b", {"b1.md": "# B1\n\nBananas.\n"})
     ingest_documents(source=str(a), collection="scoped")
@@ -95,10 +95,10 @@ def test_full_sync_is_scoped_to_its_source(prefect_server, home, tmp_path):
     (a / "a2.md").unlink()
     result = ingest_documents(source=str(a), collection="scoped", options=opts(mode="full"))
     assert result.documents.deleted == 1
-    assert sorted(p["path"] for p in points(home, "scoped").values()) == ["a1.md", "b1.md"]
+    assert sorted(p["path"] for p in points("scoped").values()) == ["a1.md", "b1.md"]
 
 
-def test_delete_guard_refuses_then_force_allows(prefect_server, home, tmp_path):
+def test_delete_guard_refuses_then_force_allows(prefect_server, home, tmp_path, points):
     docs = write_docs(tmp_path / "d", TOPICS)
     ingest_documents(source=str(docs), collection="guard")
     for name in ("alpha.md", "beta.md", "gamma.md"):
@@ -107,14 +107,14 @@ def test_delete_guard_refuses_then_force_allows(prefect_server, home, tmp_path):
     assert refused.exit_code == 2
     assert "refusing to delete 3 of 4 documents (75%)" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
-    assert len(points(home, "guard")) == 4  # nothing deleted
+    assert len(points("guard")) == 4  # nothing deleted
     forced = runner.invoke(app, ["ingest", str(docs), "-c", "guard", "--mode", "full", "--force", "--json"])
     assert forced.exit_code == 0, forced.output
     assert json.loads(forced.stdout)["documents"]["deleted"] == 3
-    assert [p["path"] for p in points(home, "guard").values()] == ["delta.md"]
+    assert [p["path"] for p in points("guard").values()] == ["delta.md"]
 
 
-def test_poison_documents_fail_alone(prefect_server, home, tmp_path, monkeypatch):
+def test_poison_documents_fail_alone(prefect_server, home, tmp_path, monkeypatch, points):
     docs = write_docs(tmp_path / "d", TOPICS)
     depth = 50_000  # Docling hangs for minutes on this
     (docs / "deep.html").write_text("<html><body>" + "<div>" * depth + "deep" + "</div>" * depth + "</body></html>")
@@ -139,10 +139,10 @@ def test_poison_documents_fail_alone(prefect_server, home, tmp_path, monkeypatch
                               options=opts(parse={"timeout_s": 15, "max_memory_mb": 1200}))
     failures = {f.source.rsplit("/", 1)[-1]: f.error for f in result.failures}
     assert failures["hog.md"].startswith("memory limit: parser used")
-    assert "hog.md" in {p["path"] for p in points(home, "poison").values()}  # its previous version stays
+    assert "hog.md" in {p["path"] for p in points("poison").values()}  # its previous version stays
 
 
-def test_breaker_stops_a_run_that_mostly_fails(prefect_server, home, tmp_path):
+def test_breaker_stops_a_run_that_mostly_fails(prefect_server, home, tmp_path, points):
     docs = tmp_path / "d"
     docs.mkdir()
     for i in range(40):  # more than the in-flight window (32): the rest must never be submitted
@@ -158,11 +158,11 @@ def test_breaker_stops_a_run_that_mostly_fails(prefect_server, home, tmp_path):
     processed = data["documents"]["failed"] + data["chunks"]["upserted"]
     assert processed <= 32 + 6  # it stopped submitting new work once tripped
     assert data["chunks"]["upserted"] == 0
-    stored = {p["path"] for p in points(home, "breaker").values()}
+    stored = {p["path"] for p in points("breaker").values()}
     assert len(stored) == data["chunks"]["upserted"]  # what was written is complete and consistent
 
 
-def test_concurrent_runs_on_one_scope_are_serialized(prefect_server, home, tmp_path):
+def test_concurrent_runs_on_one_scope_are_serialized(prefect_server, home, tmp_path, points):
     docs = write_docs(tmp_path / "d", TOPICS)
     results, errors = [], []
 
@@ -181,7 +181,7 @@ def test_concurrent_runs_on_one_scope_are_serialized(prefect_server, home, tmp_p
     # Serialized: one run did the work, the other found everything unchanged; nothing duplicated.
     assert sorted(r.documents.new for r in results) == [0, 4]
     assert sorted(r.documents.unchanged for r in results) == [0, 4]
-    assert len(points(home, "concurrent")) == 4
+    assert len(points("concurrent")) == 4
 
 
 def test_dead_letter_after_max_attempts(prefect_server, home, tmp_path):
@@ -233,7 +233,6 @@ def test_run_summary_artifacts(prefect_server, home, tmp_path, caplog):
         ("bad.docx", "failure", "parse")]  # failures first
     assert progress and progress[0].type == "progress" and float(progress[0].data) == 100.0
     assert progress[0].description == "4 of 4 documents, 1 failed (Art_Coll)"
-    close_backends()
 
 
 def test_a_held_scope_lock_times_out_with_one_line(tmp_path):
@@ -248,7 +247,7 @@ def test_a_held_scope_lock_times_out_with_one_line(tmp_path):
         pass
 
 
-def test_the_server_backend_syncs_the_same_way(prefect_server, home, tmp_path, monkeypatch):
+def test_the_server_backend_syncs_the_same_way(prefect_server, home, tmp_path, monkeypatch, written_store):
     """The server backend (qdrant-client) runs the same sync: here on qdrant-client's local mode, the only stand-in
     for the server API that installs on these machines (no Qdrant server binary does)."""
     from docingest.settings import get_settings
@@ -264,7 +263,7 @@ def test_the_server_backend_syncs_the_same_way(prefect_server, home, tmp_path, m
     (docs / "delta.md").unlink()
     again = ingest_documents(source=str(docs), collection="srv", options=opts(mode="full"))
     assert (again.documents.changed, again.documents.deleted, again.documents.unchanged) == (1, 1, 2)
-    store = QdrantStore(QdrantLocation(path=home / "qdrant", engine="qdrant-client"))
+    store = written_store(engine="qdrant-client")
     assert sorted(p["payload"]["path"] for p in store.points("srv")) == ["alpha.md", "beta.md", "gamma.md"]
     assert search("hardware refresh", "srv", limit=1)[0].path == "beta.md"
 

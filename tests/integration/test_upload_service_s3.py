@@ -101,7 +101,7 @@ def s3(tmp_path, free_port, wait_http):
         proc.wait(20)
 
 
-def test_s3_store_jwks_tokens_and_fifty_concurrent_uploads(s3, tmp_path, free_port, start_service):
+def test_s3_store_jwks_tokens_and_fifty_concurrent_uploads(s3, tmp_path, free_port, start_service, written_store):
     endpoint, bucket = s3
     idp = IdentityProvider(free_port())
     proc, base, env, log = start_service(
@@ -230,12 +230,7 @@ def test_s3_store_jwks_tokens_and_fifty_concurrent_uploads(s3, tmp_path, free_po
                 proc.kill()
 
     # Nothing lost or duplicated: exactly the 50 documents, each chunk once, as many points as the jobs reported.
-    from docingest.core.store import QdrantLocation, QdrantStore, close_backends
-
-    store = QdrantStore(QdrantLocation(path=tmp_path / "home" / "qdrant"))
-    try:
-        keys = [(p["payload"]["path"], p["payload"]["chunk_index"]) for p in store.points(store.resolve("load"))]
-    finally:
-        close_backends()
+    store = written_store(tmp_path / "home" / "qdrant")  # the service's DOCINGEST_HOME (service_env)
+    keys = [(p["payload"]["path"], p["payload"]["chunk_index"]) for p in store.points(store.resolve("load"))]
     assert len(keys) == len(set(keys)) == sum(j["chunks"] for j in finished)
     assert {path for path, _ in keys} == {doc for _, _, doc in uploads}

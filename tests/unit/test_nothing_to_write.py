@@ -10,7 +10,7 @@ import pytest
 
 from docingest.core.plan import Action, Plan, PlannedDocument
 from docingest.core.sparse import SPARSE_VECTOR, encoder, sparse_complete
-from docingest.core.store import QdrantLocation, QdrantStore, close_backends
+from docingest.core.store import QdrantLocation
 from docingest.datamodel import ChangeKind, DocumentStatus, ManifestRecord, SourceDocument
 from docingest.flows.planning import nothing_to_write
 from docingest.options import IngestOptions, SyncMode
@@ -33,6 +33,7 @@ def planned(path: str, action: Action, chunks: int = 2, reason: str | None = Non
 
 
 def spec(tmp_path, exists: bool = True, sparse_language: str | None = None):
+    # A location, not a store: nothing_to_write opens the store itself from the flow's spec, as the flow does.
     return SimpleNamespace(exists=exists, collection="handbook", physical="handbook__v1",
                            location=QdrantLocation(path=tmp_path / "q", engine="edge"),
                            source=SimpleNamespace(uri=SOURCE), options=IngestOptions(),
@@ -80,19 +81,16 @@ def test_missing_bm25_vectors_need_a_flow_run(tmp_path, monkeypatch):
     assert checked == ["english"]
 
 
-def test_sparse_complete_reads_the_collection_and_each_points_bm25_language(tmp_path):
-    store = QdrantStore(QdrantLocation(path=tmp_path / "q", engine="edge"))
-    try:
-        dense_only = store.ensure_collection("dense", 3)
-        assert not sparse_complete(store, dense_only, "english")  # no sparse vector at all: a flow run adds it
+def test_sparse_complete_reads_the_collection_and_each_points_bm25_language(store_factory):
+    store = store_factory("edge")
+    dense_only = store.ensure_collection("dense", 3)
+    assert not sparse_complete(store, dense_only, "english")  # no sparse vector at all: a flow run adds it
 
-        physical = store.ensure_collection("hybrid", 3, sparse=(SPARSE_VECTOR,))
-        assert sparse_complete(store, physical, "english")  # empty
-        (indices, values), = encoder().documents(["valves are replaced every two years"])
-        point = {"id": str(uuid.uuid4()), "vector": [1.0, 0.0, 0.0],
-                 "sparse": {SPARSE_VECTOR: (indices, values)}, "payload": {"text": "valves", "sparse_model": None}}
-        for model, complete in (("bm25:english", True), ("bm25:german", False)):
-            store.upsert(physical, [{**point, "payload": {**point["payload"], "sparse_model": model}}])
-            assert sparse_complete(store, physical, "english") is complete
-    finally:
-        close_backends()
+    physical = store.ensure_collection("hybrid", 3, sparse=(SPARSE_VECTOR,))
+    assert sparse_complete(store, physical, "english")  # empty
+    (indices, values), = encoder().documents(["valves are replaced every two years"])
+    point = {"id": str(uuid.uuid4()), "vector": [1.0, 0.0, 0.0],
+             "sparse": {SPARSE_VECTOR: (indices, values)}, "payload": {"text": "valves", "sparse_model": None}}
+    for model, complete in (("bm25:english", True), ("bm25:german", False)):
+        store.upsert(physical, [{**point, "payload": {**point["payload"], "sparse_model": model}}])
+        assert sparse_complete(store, physical, "english") is complete
