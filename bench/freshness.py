@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=200)
     parser.add_argument("--idle-s", type=float, default=60)
     parser.add_argument("--rss-saves", type=int, default=1000)
-    parser.add_argument("--debounce-ms", type=int, default=300)
+    parser.add_argument("--debounce-ms", type=int, default=200)
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
     args = parser.parse_args()

@@ -433,7 +433,7 @@ def watch(
     debounce_ms: Annotated[
         int, typer.Option("--debounce-ms", min=0, help="Quiet period: a batch starts once no change came for this "
                           "long (an editor's save is several events).")
-    ] = 300,
+    ] = 200,
     rescan_s: Annotated[
         float, typer.Option("--rescan-s", min=1, help="Reconcile the whole folder this often, so a missed event "
                             "costs latency, never correctness.")
@@ -490,6 +490,7 @@ def watch(
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         watch_log.addHandler(handler)
+        watch_log.propagate = False  # one line each, not a second one from Prefect's handler on the root logger
     _run_logs_to_api_only(verbose)
     ephemeral.adopt(early)
     stop = threading.Event()
