@@ -64,32 +64,30 @@ def test_a_folder_that_never_goes_quiet_is_still_synced_after_the_longest_wait()
         writer.join()
 
 
-def test_watchdogs_overflow_record_asks_for_a_reconcile(tmp_path):
-    batcher = ChangeBatcher(quiet_s=0.1, max_wait_s=1)
-    watch = FolderWatch(tmp_path, batcher)
-    watch.start()
-    try:
-        # What watchdog logs when the kernel's inotify queue overflowed (watchdog.observers.inotify_c)
-        logging.getLogger(OVERFLOW_LOGGER).warning("Inotify queue overflowed; filesystem events were lost")
-        batch = batcher.take(timeout=2)
-        assert batch is not None and batch.reconcile and "overflow" in batch.reconcile
-    finally:
-        watch.stop()
-
-
-def test_real_events_become_patterns_and_folders_become_globs(tmp_path):
+@pytest.fixture
+def watched(tmp_path):
+    """A real watch of ``tmp_path`` (inotify) feeding a batcher with a 0.2 s quiet period; stopped afterwards."""
     batcher = ChangeBatcher(quiet_s=0.2, max_wait_s=2)
     watch = FolderWatch(tmp_path, batcher)
     watch.start()
-    try:
-        (tmp_path / "a[1].md").write_text("x")
-        (tmp_path / "a.md~").write_text("backup")
-        (tmp_path / "sub").mkdir()
-        batch = batcher.take(timeout=5)
-        assert batch is not None
-        assert batch.patterns == {_escape("a[1].md"), "sub/**"}
-    finally:
-        watch.stop()
+    yield batcher
+    watch.stop()
+
+
+def test_watchdogs_overflow_record_asks_for_a_reconcile(watched):
+    # What watchdog logs when the kernel's inotify queue overflowed (watchdog.observers.inotify_c)
+    logging.getLogger(OVERFLOW_LOGGER).warning("Inotify queue overflowed; filesystem events were lost")
+    batch = watched.take(timeout=2)
+    assert batch is not None and batch.reconcile and "overflow" in batch.reconcile
+
+
+def test_real_events_become_patterns_and_folders_become_globs(watched, tmp_path):
+    (tmp_path / "a[1].md").write_text("x")
+    (tmp_path / "a.md~").write_text("backup")
+    (tmp_path / "sub").mkdir()
+    batch = watched.take(timeout=5)
+    assert batch is not None
+    assert batch.patterns == {_escape("a[1].md"), "sub/**"}
 
 
 @pytest.mark.parametrize("rel", ["plain.md", "a[1].md", "what?.md", "star*.md", "dir [x]/f.md"])
