@@ -414,8 +414,8 @@ def _print_summary(result: IngestResult) -> None:
 
 @app.command()
 def watch(
-    collection: OptCollectionOpt = None,
-    source: Annotated[str | None, typer.Argument(help="The local folder to keep live.")] = None,
+    source: Annotated[str, typer.Argument(help="The local folder to keep live.")],
+    collection: Annotated[str, typer.Option("--collection", "-c", help="Qdrant collection name.")],
     qdrant_path: QdrantPathOpt = None,
     qdrant_url: QdrantUrlOpt = None,
     include: Annotated[list[str] | None, _field(SourceOptions, "include", "--include", more="Repeatable.")] = None,
@@ -448,8 +448,9 @@ def watch(
 ) -> None:
     """Keep a collection in sync with a local folder as it changes: one sync, then each change within a second.
 
-    The process stays up with the model loaded, the parse workers started and the store open; each batch of changes
-    is a run of the ingest-documents flow narrowed to the changed files. SIGTERM or Ctrl-C ends it (exit 0).
+    The process stays warm (model, parse workers, store); each batch of changes is a flow run.
+
+    Other commands read the store through it (search, export, eval). SIGTERM or Ctrl-C ends it (exit 0).
     """
     import logging
     import signal
@@ -460,8 +461,6 @@ def watch(
 
     early = ephemeral.start_early()
     target = _qdrant_target(qdrant_path, qdrant_url)
-    if not source or not collection:
-        raise _fail("give SOURCE (a local folder) and --collection")
     if "://" in source and not source.startswith("file://"):
         raise _fail("docingest watch keeps local folders live; for S3 or git, schedule `docingest ingest`")
     from pydantic import ValidationError
