@@ -2,6 +2,9 @@
 
     python bench/freshness.py [--docs 1000] [--saves 50] [--burst 200] [--idle-s 60] [--rss-saves 1000] [--json OUT]
 
+A phase with 0 (``--saves 0``, ``--burst 0``, ``--idle-s 0``) is skipped: ``--saves 0 --burst 0 --idle-s 0`` measures
+RSS growth over the saves alone, right after warm-up.
+
 On a generated collection of ``--docs`` documents (bench/make_corpus.py) a watch runs with ``--json``; then:
   * ``--saves`` single-file saves of a small Markdown file, a DOCX and a 2-page born-digital PDF (the shared corpus's
     code_and_formula.pdf / picture_classification.pdf), one at a time: latency = the event's ``at`` (when the run
@@ -123,6 +126,41 @@ def save_latencies(watch: Watch, live: Path, kind: str, saves: int, phase: str =
     return got
 
 
+def burst(watch: Watch, work: Path, folder: Path, env: dict[str, str], files: int, report: dict) -> None:
+    """Files copied in at once: until the last is searchable, against a cold ingest of the same files."""
+    source = work / "burst-source"
+    generate_small(source, files, seed=11)
+    names = {f"burst/{p.relative_to(source).as_posix()}" for p in source.rglob("*.md")}
+    watch.drain()
+    started = time.time()
+    shutil.copytree(source, folder / "burst")
+    pending, last = set(names), started
+    while pending:
+        event = watch.wait(lambda e: e.get("path") in pending)
+        pending.discard(event["path"])
+        last = max(last, event["at"])
+    warm = last - started
+    cold_started = time.monotonic()
+    cold = subprocess.run([str(EXE), "ingest", str(source), "-c", "cold", "--qdrant-path", str(work / "cold-store"),
+                           "--json"], env={**env, "DOCINGEST_HOME": str(work / "cold-home")}, capture_output=True,
+                          text=True)
+    cold_s = time.monotonic() - cold_started
+    assert cold.returncode == 0, cold.stderr[-2000:]
+    report["burst"] = {"files": len(names), "watch_s": round(warm, 2), "cold_ingest_s": round(cold_s, 2),
+                       "ratio": round(warm / cold_s, 3)}
+    print(f"burst: {report['burst']}", flush=True)
+
+
+def idle(watch: Watch, seconds: float, report: dict) -> None:
+    """CPU of the watch and its children while nothing changes."""
+    time.sleep(5)  # the burst's upkeep settles
+    cpu0, t0 = watch.cpu_seconds(), time.monotonic()
+    time.sleep(seconds)
+    share = (watch.cpu_seconds() - cpu0) / (time.monotonic() - t0)
+    report["idle_cpu_pct_of_one_core"] = round(100 * share, 2)
+    print(f"idle CPU: {report['idle_cpu_pct_of_one_core']} % of one core over {seconds:g} s", flush=True)
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -156,40 +194,16 @@ def main() -> None:
     time.sleep(2)
     report["rss_warm_mb"] = round(watch.rss_mb(), 1)
 
-    for kind in ("md", "docx", "pdf"):
+    for kind in ("md", "docx", "pdf") if args.saves else ():
         got = save_latencies(watch, live, kind, args.saves)
         report[kind] = {"saves": len(got), "p50_s": round(pct(got, 0.5), 3), "p95_s": round(pct(got, 0.95), 3),
                         "mean_s": round(statistics.fmean(got), 3), "max_s": round(max(got), 3)}
         print(f"{kind}: {report[kind]}", flush=True)
 
-    source = work / "burst-source"
-    generate_small(source, args.burst, seed=11)
-    names = {f"burst/{p.relative_to(source).as_posix()}" for p in source.rglob("*.md")}
-    watch.drain()
-    started = time.time()
-    shutil.copytree(source, folder / "burst")
-    pending, last = set(names), started
-    while pending:
-        event = watch.wait(lambda e: e.get("path") in pending)
-        pending.discard(event["path"])
-        last = max(last, event["at"])
-    warm = last - started
-    cold_started = time.monotonic()
-    cold = subprocess.run([str(EXE), "ingest", str(source), "-c", "cold", "--qdrant-path", str(work / "cold-store"),
-                           "--json"], env={**env, "DOCINGEST_HOME": str(work / "cold-home")}, capture_output=True,
-                          text=True)
-    cold_s = time.monotonic() - cold_started
-    assert cold.returncode == 0, cold.stderr[-2000:]
-    report["burst"] = {"files": len(names), "watch_s": round(warm, 2), "cold_ingest_s": round(cold_s, 2),
-                       "ratio": round(warm / cold_s, 3)}
-    print(f"burst: {report['burst']}", flush=True)
-
-    time.sleep(5)  # the burst's upkeep settles
-    cpu0, t0 = watch.cpu_seconds(), time.monotonic()
-    time.sleep(args.idle_s)
-    idle = (watch.cpu_seconds() - cpu0) / (time.monotonic() - t0)
-    report["idle_cpu_pct_of_one_core"] = round(100 * idle, 2)
-    print(f"idle CPU: {report['idle_cpu_pct_of_one_core']} % of one core over {args.idle_s:g} s", flush=True)
+    if args.burst:
+        burst(watch, work, folder, env, args.burst, report)
+    if args.idle_s:
+        idle(watch, args.idle_s, report)
 
     rss_before = watch.rss_mb()
     save_latencies(watch, live, "md", args.rss_saves, phase="rss-")
@@ -197,7 +211,8 @@ def main() -> None:
     rss_after = watch.rss_mb()
     report["rss"] = {"after_warm_up_mb": report["rss_warm_mb"], "before_saves_mb": round(rss_before, 1),
                      "after_saves_mb": round(rss_after, 1), "saves": args.rss_saves,
-                     "growth_pct": round(100 * (rss_after / report["rss_warm_mb"] - 1), 1)}
+                     "growth_pct": round(100 * (rss_after / report["rss_warm_mb"] - 1), 1),
+                     "growth_over_the_saves_pct": round(100 * (rss_after / rss_before - 1), 1)}
     print(f"rss: {report['rss']}", flush=True)
     report["sigterm_exit_s"] = round(watch.stop(), 2)
     print(json.dumps(report))
