@@ -97,17 +97,25 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> sub
     return subprocess.run([str(DOCINGEST), *args], capture_output=True, text=True, timeout=300, env=full, cwd=cwd)
 
 
-def test_a_second_process_is_refused_with_the_holder_named(tmp_path, store_factory):
+def test_a_second_writer_is_refused_with_the_holder_named_and_readers_go_through_the_holder(tmp_path, store_factory):
+    from docingest import store_reads  # noqa: F401 - this process shares reads of what it holds, as the flow's does
+
+    q = str(tmp_path / "q")
     fill(store_factory("edge", tmp_path / "q"))  # this process holds the store
-    proc = run_cli("search", "text", "-c", "docs", "--qdrant-path", str(tmp_path / "q"))
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("# A\n\nText.\n")
+    proc = run_cli("ingest", str(tmp_path / "docs"), "-c", "docs", "--qdrant-path", q)  # a write: refused
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
-    assert str(tmp_path / "q") in lines[0] and f"process {os.getpid()}" in lines[0] and "DOCINGEST_QDRANT_URL" in lines[0]
+    assert q in lines[0] and f"process {os.getpid()}" in lines[0] and "DOCINGEST_QDRANT_URL" in lines[0]
+    held = run_cli("export", "-c", "docs", "--qdrant-path", q)  # a read: answered by this process, on its socket
+    assert held.returncode == 0, held.stderr
     close_backends()  # released: the next process opens it (the kernel also releases it when a holder dies)
-    proc = run_cli("export", "-c", "docs", "--qdrant-path", str(tmp_path / "q"))
+    assert not (tmp_path / "q" / "docingest.sock").exists()
+    proc = run_cli("export", "-c", "docs", "--qdrant-path", q)
     assert proc.returncode == 0, proc.stderr
-    assert len(proc.stdout.splitlines()) == 9
+    assert len(proc.stdout.splitlines()) == 9 and proc.stdout == held.stdout
 
 
 def test_export_streams_points_as_json_lines(tmp_path, store_factory):
