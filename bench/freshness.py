@@ -187,6 +187,15 @@ def main() -> None:
     env.update(DOCINGEST_HOME=str(work / "home"), PREFECT_HOME=str(work / "prefect"), HF_HUB_OFFLINE="1")
 
     watch = Watch(folder, work, env, args.debounce_ms)
+    try:
+        measure(watch, args, work, folder, live, env)
+    finally:
+        if watch.proc.poll() is None:  # a phase that failed must not leave the watch (and its Prefect server) running
+            watch.proc.terminate()
+            watch.proc.wait(timeout=60)
+
+
+def measure(watch: Watch, args: argparse.Namespace, work: Path, folder: Path, live: Path, env: dict[str, str]) -> None:
     ready = watch.wait(lambda e: e["event"] == "ready", timeout=1800)
     report: dict = {"docs": ready["documents"], "ready_s": round(ready["at"] - watch.started, 1),
                     "debounce_ms": args.debounce_ms}
