@@ -25,7 +25,7 @@ from urllib.parse import unquote
 
 from docingest import store_reads  # noqa: F401 - the store the watch holds answers other processes' reads
 from docingest.core.sources.local import matches
-from docingest.core.watch import ChangeBatcher, FolderWatch, ignored
+from docingest.core.watch import ChangeBatcher, FolderWatch, escape, ignored, unescape
 from docingest.datamodel import DocumentStatus, IngestResult
 from docingest.exceptions import DocingestError
 from docingest.options import IngestOptions, SyncMode
@@ -78,7 +78,7 @@ class LiveSync:
         with pools_in_use(), SyncClientContext.get_or_create():
             self._device = self.root.stat().st_dev
             self._start_watching()  # before the first sync: what changes during it is a batch after it
-            result = self._sync(None, "first sync")
+            self._sync(None, "first sync")
             self._warm_up()
             self.emit({"event": "ready", "collection": self.collection, "documents": self.documents,
                        "at": time.time(), "watching": self.watcher.kind if self.watcher else None})
@@ -96,11 +96,10 @@ class LiveSync:
                     self._pause(stop)
                     continue
                 if batch.reconcile:
-                    result = self._sync(None, batch.reconcile)
+                    self._sync(None, batch.reconcile)
                     next_rescan = time.monotonic() + self.watch.rescan_s
                 else:
-                    result = self._sync(self._include(batch.patterns), f"{len(batch.patterns)} change(s)")
-                del result
+                    self._sync(self._include(batch.patterns), f"{len(batch.patterns)} change(s)")
             self._stop_watching()
 
     def _warm_up(self) -> None:
@@ -166,18 +165,18 @@ class LiveSync:
         narrowed: set[str] = set()
         for pattern in patterns:
             if not pattern.endswith("/**"):
-                rel = _unescape(pattern)
+                rel = unescape(pattern)
                 if matches(rel, include) and not matches(rel, exclude):
                     narrowed.add(pattern)
                 continue
-            folder = _unescape(pattern[:-3])
+            folder = unescape(pattern[:-3])
             if include == ["**/*"] or not (self.root / folder).is_dir():
                 narrowed.add(pattern)  # everything under it, or (gone) only deletions, within the user's exclude
                 continue
             for path in (self.root / folder).rglob("*"):  # a folder moved in: its files as the user's include selects
                 rel = path.relative_to(self.root).as_posix()
                 if path.is_file() and matches(rel, include) and not matches(rel, exclude):
-                    narrowed.add(_escape(rel))
+                    narrowed.add(escape(rel))
         return sorted(narrowed)
 
     def _sync(self, include: list[str] | None, why: str) -> IngestResult | None:
@@ -228,19 +227,6 @@ class LiveSync:
         for event in events:
             self.emit(event)
         _prefect_events(self.collection, events, result.flow_run_id)
-
-
-def _escape(rel: str) -> str:
-    import glob
-
-    return glob.escape(rel)
-
-
-def _unescape(pattern: str) -> str:
-    """glob.escape's inverse: ``[[]`` is ``[``, ``[*]`` is ``*``, ``[?]`` is ``?``."""
-    import re
-
-    return re.sub(r"\[([\[*?])\]", r"\1", pattern)
 
 
 def _prefect_events(collection: str, events: list[dict[str, Any]], flow_run_id: str) -> None:

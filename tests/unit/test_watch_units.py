@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from docingest.core.watch import OVERFLOW_LOGGER, ChangeBatcher, FolderWatch, ignored
-from docingest.live import LiveSync, _escape, _unescape
+from docingest.core.watch import OVERFLOW_LOGGER, ChangeBatcher, FolderWatch, escape, ignored, unescape
+from docingest.live import LiveSync
 from docingest.options import IngestOptions, SourceOptions
 
 pytestmark = pytest.mark.unit
@@ -87,12 +87,12 @@ def test_real_events_become_patterns_and_folders_become_globs(watched, tmp_path)
     (tmp_path / "sub").mkdir()
     batch = watched.take(timeout=5)
     assert batch is not None
-    assert batch.patterns == {_escape("a[1].md"), "sub/**"}
+    assert batch.patterns == {escape("a[1].md"), "sub/**"}
 
 
 @pytest.mark.parametrize("rel", ["plain.md", "a[1].md", "what?.md", "star*.md", "dir [x]/f.md"])
 def test_escaping_round_trips(rel):
-    assert _unescape(_escape(rel)) == rel
+    assert unescape(escape(rel)) == rel
 
 
 def test_a_batch_stays_within_the_users_filters(tmp_path):

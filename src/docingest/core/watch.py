@@ -15,6 +15,7 @@ import errno
 import glob
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -104,8 +105,14 @@ class ChangeBatcher:
         return now - self._last >= self.quiet_s or now - self._first >= self.max_wait_s
 
 
-def _escape(rel: str) -> str:
+def escape(rel: str) -> str:
+    """A path as an include pattern that matches only itself (glob characters escaped)."""
     return glob.escape(rel)
+
+
+def unescape(pattern: str) -> str:
+    """``escape``'s inverse: ``[[]`` is ``[``, ``[*]`` is ``*``, ``[?]`` is ``?``."""
+    return re.sub(r"\[([\[*?])\]", r"\1", pattern)
 
 
 class _Handler:
@@ -128,7 +135,7 @@ class _Handler:
                 continue
             if rel in ("", ".") or ignored(rel):
                 continue
-            self.batcher.add(f"{_escape(rel)}/**" if event.is_directory else _escape(rel))
+            self.batcher.add(f"{escape(rel)}/**" if event.is_directory else escape(rel))
 
 
 class _OverflowSignal(logging.Handler):
