@@ -112,10 +112,15 @@ def stop(root: Path) -> None:
         server = _servers.pop(Path(root), None)
     if server is None:
         return
-    server.shutdown()
-    server.server_close()
     with contextlib.suppress(FileNotFoundError):
-        (Path(root) / SOCKET).unlink()
+        (Path(root) / SOCKET).unlink()  # no new reader finds it from here on
+
+    def end() -> None:
+        server.shutdown()  # waits for the serving loop's next poll (up to 0.5 s): not on the caller's time
+        server.server_close()
+
+    # Measured: a blocking shutdown added 0.40 s to every close of a held store (each `docingest ingest`'s exit).
+    threading.Thread(target=end, name="docingest-reads-stop", daemon=True).start()
 
 
 
