@@ -156,6 +156,80 @@ ModeOpt = Annotated[
 FusionOpt = Annotated[str, typer.Option("--fusion", help="How hybrid fuses the two rankings: rrf or dbsf.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect and Docling logs on stderr.")]
 
+# What a run reads and how: the options `ingest` and `watch` share (their help is the options models' own).
+SourceBlockOpt = Annotated[
+    str | None, typer.Option("--source-block", help="Saved S3BucketSource / GitRepositorySource block, instead of SOURCE.")
+]
+EmbedderBlockOpt = Annotated[
+    str | None, typer.Option("--embedder-block", help="Saved EmbedderSettings block (model, device, batch).")
+]
+ResultStorageOpt = Annotated[
+    str | None, typer.Option("--result-storage", help="Saved block for the shared parse cache, e.g. "
+                             "docingest-s3-result-storage/NAME \\[env: DOCINGEST_RESULT_STORAGE].")
+]
+PdfModeOpt = Annotated[PdfMode | None, _field(ParseOptions, "pdf_mode", "--pdf-mode")]
+OcrOpt = Annotated[OcrMode | None, _field(ParseOptions, "ocr", "--ocr")]
+OcrLangOpt = Annotated[str | None, _field(ParseOptions, "ocr_lang", "--ocr-lang",
+                                          more="`docingest doctor` lists the installed ones.")]
+ModelOpt = Annotated[str | None, _field(EmbedOptions, "model", "--model")]
+Bm25LanguageOpt = Annotated[str | None, _field(StoreOptions, "bm25_language", "--bm25-language")]
+IncludeOpt = Annotated[list[str] | None, _field(SourceOptions, "include", "--include", more="Repeatable.")]
+ExcludeOpt = Annotated[list[str] | None, _field(SourceOptions, "exclude", "--exclude", more="Repeatable.")]
+GitRefOpt = Annotated[str | None, _field(SourceOptions, "git_ref", "--git-ref")]
+GitPathOpt = Annotated[str | None, _field(SourceOptions, "git_path", "--git-path")]
+FollowSymlinksOpt = Annotated[
+    bool, _field(SourceOptions, "follow_symlinks", "--follow-symlinks", more="\\[env: DOCINGEST_FOLLOW_SYMLINKS]")
+]
+MaxTokensOpt = Annotated[int | None, _field(ChunkOptions, "max_tokens", "--max-tokens")]
+ChunkerOpt = Annotated[str | None, _field(ChunkOptions, "chunker", "--chunker")]
+EnricherOpt = Annotated[list[str] | None, _field(ChunkOptions, "enrichers", "--enricher", more="Repeatable.")]
+BatchSizeOpt = Annotated[int | None, _field(EmbedOptions, "batch_size", "--batch-size")]
+PoolSizeOpt = Annotated[int | None, _field(EmbedOptions, "pool_size", "--pool-size")]
+EmbedBackendOpt = Annotated[EmbedBackend | None, _field(EmbedOptions, "backend", "--embed-backend")]
+PresetOpt = Annotated[Preset | None, _field(IngestOptions, "preset", "--preset")]
+WindowOpt = Annotated[int | None, _field(IngestOptions, "window", "--window")]
+MaxDeleteRatioOpt = Annotated[float | None, _field(IngestOptions, "max_delete_ratio", "--max-delete-ratio")]
+DocTimeoutOpt = Annotated[float | None, _field(ParseOptions, "timeout_s", "--doc-timeout")]
+DocMemoryOpt = Annotated[int | None, _field(ParseOptions, "max_memory_mb", "--doc-memory-mb")]
+IsolationOpt = Annotated[Isolation | None, _field(ParseOptions, "isolation", "--isolation")]
+WorkersOpt = Annotated[int | None, _field(IngestOptions, "workers", "--workers")]
+MaxDocAttemptsOpt = Annotated[int | None, _field(IngestOptions, "max_doc_attempts", "--max-doc-attempts")]
+MaxFailureRatioOpt = Annotated[float | None, _field(IngestOptions, "max_failure_ratio", "--max-failure-ratio")]
+BreakerMinDocsOpt = Annotated[int | None, _field(IngestOptions, "breaker_min_docs", "--breaker-min-docs")]
+
+
+def _run_options(include: list[str] | None = None, exclude: list[str] | None = None, git_ref: str | None = None,
+                 git_path: str | None = None, follow_symlinks: bool = False, pdf_mode: PdfMode | None = None,
+                 ocr: OcrMode | None = None, ocr_lang: str | None = None, doc_timeout: float | None = None,
+                 doc_memory_mb: int | None = None, isolation: Isolation | None = None, max_tokens: int | None = None,
+                 chunker: str | None = None, enricher: list[str] | None = None, model: str | None = None,
+                 batch_size: int | None = None, pool_size: int | None = None,
+                 embed_backend: EmbedBackend | None = None, bm25_language: str | None = None,
+                 **run: Any) -> IngestOptions:
+    """The options of a run's flags (``ingest``'s and ``watch``'s): only those given, so a preset fills the rest;
+    an invalid one ends the command with exit 2, naming it."""
+    from pydantic import ValidationError
+
+    from docingest.settings import get_settings
+
+    def given(**kw: Any) -> dict[str, Any]:
+        return {k: v for k, v in kw.items() if v is not None}
+
+    try:
+        return IngestOptions(
+            source=SourceOptions(**given(include=include, exclude=exclude, git_ref=git_ref, git_path=git_path,
+                                         follow_symlinks=(follow_symlinks or get_settings().follow_symlinks) or None)),
+            parse=ParseOptions(**given(pdf_mode=pdf_mode, ocr=ocr, timeout_s=doc_timeout, isolation=isolation,
+                                       max_memory_mb=doc_memory_mb, ocr_lang=ocr_lang)),
+            chunk=ChunkOptions(**given(max_tokens=max_tokens, chunker=chunker, enrichers=enricher)),
+            embed=EmbedOptions(**given(model=model, batch_size=batch_size, pool_size=pool_size,
+                                       backend=embed_backend)),
+            store=StoreOptions(**given(bm25_language=bm25_language)),
+            **given(**run),
+        )
+    except ValidationError as exc:
+        raise _fail(f"invalid option: {exc.errors()[0]['loc'][-1]}: {exc.errors()[0]['msg']}") from None
+
 
 @app.command()
 def ingest(
@@ -168,13 +242,8 @@ def ingest(
     qdrant_url: QdrantUrlOpt = None,
     collection_block: CollectionBlockOpt = None,
     qdrant_block: QdrantBlockOpt = None,
-    embedder_block: Annotated[
-        str | None, typer.Option("--embedder-block", help="Saved EmbedderSettings block (model, device, batch).")
-    ] = None,
-    result_storage: Annotated[
-        str | None, typer.Option("--result-storage", help="Saved block for the shared parse cache, e.g. "
-                                 "docingest-s3-result-storage/NAME \\[env: DOCINGEST_RESULT_STORAGE].")
-    ] = None,
+    embedder_block: EmbedderBlockOpt = None,
+    result_storage: ResultStorageOpt = None,
     task_runner: Annotated[
         str | None, typer.Option("--task-runner", help="threads or dask: where parse-and-chunk tasks run "
                                  "\\[env: DOCINGEST_TASK_RUNNER].")
@@ -183,42 +252,36 @@ def ingest(
         str | None, typer.Option("--dask-address", help="Dask scheduler (tcp://host:8786) for --task-runner dask; "
                                  "default: a local cluster \\[env: DOCINGEST_DASK_ADDRESS].")
     ] = None,
-    pdf_mode: Annotated[PdfMode | None, _field(ParseOptions, "pdf_mode", "--pdf-mode")] = None,
-    ocr: Annotated[OcrMode | None, _field(ParseOptions, "ocr", "--ocr")] = None,
-    ocr_lang: Annotated[str | None, _field(ParseOptions, "ocr_lang", "--ocr-lang",
-                                           more="`docingest doctor` lists the installed ones.")] = None,
-    model: Annotated[str | None, _field(EmbedOptions, "model", "--model")] = None,
-    bm25_language: Annotated[str | None, _field(StoreOptions, "bm25_language", "--bm25-language")] = None,
-    include: Annotated[list[str] | None, _field(SourceOptions, "include", "--include", more="Repeatable.")] = None,
-    exclude: Annotated[list[str] | None, _field(SourceOptions, "exclude", "--exclude", more="Repeatable.")] = None,
-    source_block: Annotated[
-        str | None, typer.Option("--source-block", help="Saved S3BucketSource / GitRepositorySource block, instead of SOURCE.")
-    ] = None,
-    git_ref: Annotated[str | None, _field(SourceOptions, "git_ref", "--git-ref")] = None,
-    git_path: Annotated[str | None, _field(SourceOptions, "git_path", "--git-path")] = None,
-    follow_symlinks: Annotated[
-        bool, _field(SourceOptions, "follow_symlinks", "--follow-symlinks", more="\\[env: DOCINGEST_FOLLOW_SYMLINKS]")
-    ] = False,
-    max_tokens: Annotated[int | None, _field(ChunkOptions, "max_tokens", "--max-tokens")] = None,
-    chunker: Annotated[str | None, _field(ChunkOptions, "chunker", "--chunker")] = None,
-    enricher: Annotated[list[str] | None, _field(ChunkOptions, "enrichers", "--enricher", more="Repeatable.")] = None,
-    batch_size: Annotated[int | None, _field(EmbedOptions, "batch_size", "--batch-size")] = None,
-    pool_size: Annotated[int | None, _field(EmbedOptions, "pool_size", "--pool-size")] = None,
-    embed_backend: Annotated[EmbedBackend | None, _field(EmbedOptions, "backend", "--embed-backend")] = None,
-    preset: Annotated[Preset | None, _field(IngestOptions, "preset", "--preset")] = None,
-    window: Annotated[int | None, _field(IngestOptions, "window", "--window")] = None,
+    pdf_mode: PdfModeOpt = None,
+    ocr: OcrOpt = None,
+    ocr_lang: OcrLangOpt = None,
+    model: ModelOpt = None,
+    bm25_language: Bm25LanguageOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    source_block: SourceBlockOpt = None,
+    git_ref: GitRefOpt = None,
+    git_path: GitPathOpt = None,
+    follow_symlinks: FollowSymlinksOpt = False,
+    max_tokens: MaxTokensOpt = None,
+    chunker: ChunkerOpt = None,
+    enricher: EnricherOpt = None,
+    batch_size: BatchSizeOpt = None,
+    pool_size: PoolSizeOpt = None,
+    embed_backend: EmbedBackendOpt = None,
+    preset: PresetOpt = None,
+    window: WindowOpt = None,
     mode: Annotated[SyncMode | None, _field(IngestOptions, "mode", "--mode")] = None,
-    max_delete_ratio: Annotated[float | None, _field(IngestOptions, "max_delete_ratio", "--max-delete-ratio")] = None,
+    max_delete_ratio: MaxDeleteRatioOpt = None,
     force: Annotated[bool, _field(IngestOptions, "force", "--force")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and write nothing.")] = False,
-    doc_timeout: Annotated[float | None, _field(ParseOptions, "timeout_s", "--doc-timeout")] = None,
-    doc_memory_mb: Annotated[int | None, _field(ParseOptions, "max_memory_mb", "--doc-memory-mb")] = None,
-    isolation: Annotated[Isolation | None, _field(ParseOptions, "isolation", "--isolation")] = None,
-    workers: Annotated[int | None, _field(IngestOptions, "workers", "--workers")] = None,
-    max_doc_attempts: Annotated[int | None, _field(IngestOptions, "max_doc_attempts", "--max-doc-attempts")] = None,
-    max_failure_ratio: Annotated[
-        float | None, _field(IngestOptions, "max_failure_ratio", "--max-failure-ratio")] = None,
-    breaker_min_docs: Annotated[int | None, _field(IngestOptions, "breaker_min_docs", "--breaker-min-docs")] = None,
+    doc_timeout: DocTimeoutOpt = None,
+    doc_memory_mb: DocMemoryOpt = None,
+    isolation: IsolationOpt = None,
+    workers: WorkersOpt = None,
+    max_doc_attempts: MaxDocAttemptsOpt = None,
+    max_failure_ratio: MaxFailureRatioOpt = None,
+    breaker_min_docs: BreakerMinDocsOpt = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -228,7 +291,6 @@ def ingest(
     from docingest import ephemeral
 
     early = None if dry_run else ephemeral.start_early()  # boots while we import and check the inputs
-    from pydantic import ValidationError
 
     from docingest.core import progress
     from docingest.exceptions import CircuitBreakerOpen, ConfigurationError, DocingestError
@@ -244,28 +306,14 @@ def ingest(
     blocks: dict[str, Any] = dict(qdrant_block=qdrant_block, source_block=source_block,
                                   collection_block=collection_block)
 
-    def settings_follow_symlinks() -> bool:
-        return get_settings().follow_symlinks
-
-    def given(**kw: Any) -> dict[str, Any]:  # only what was given explicitly, so a preset fills the rest
-        return {k: v for k, v in kw.items() if v is not None}
-
-    try:
-        options = IngestOptions(
-            source=SourceOptions(**given(include=include, exclude=exclude, git_ref=git_ref, git_path=git_path,
-                                         follow_symlinks=(follow_symlinks or settings_follow_symlinks()) or None)),
-            parse=ParseOptions(**given(pdf_mode=pdf_mode, ocr=ocr, timeout_s=doc_timeout, isolation=isolation,
-                                       max_memory_mb=doc_memory_mb, ocr_lang=ocr_lang)),
-            chunk=ChunkOptions(**given(max_tokens=max_tokens, chunker=chunker, enrichers=enricher)),
-            embed=EmbedOptions(**given(model=model, batch_size=batch_size, pool_size=pool_size,
-                                       backend=embed_backend)),
-            store=StoreOptions(**given(bm25_language=bm25_language)),
-            **given(workers=workers, window=window, preset=preset, mode=mode, max_delete_ratio=max_delete_ratio,
-                    force=force or None, max_doc_attempts=max_doc_attempts, max_failure_ratio=max_failure_ratio,
-                    breaker_min_docs=breaker_min_docs),
-        )
-    except ValidationError as exc:
-        raise _fail(f"invalid option: {exc.errors()[0]['loc'][-1]}: {exc.errors()[0]['msg']}") from None
+    options = _run_options(
+        include=include, exclude=exclude, git_ref=git_ref, git_path=git_path, follow_symlinks=follow_symlinks,
+        pdf_mode=pdf_mode, ocr=ocr, ocr_lang=ocr_lang, doc_timeout=doc_timeout, doc_memory_mb=doc_memory_mb,
+        isolation=isolation, max_tokens=max_tokens, chunker=chunker, enricher=enricher, model=model,
+        batch_size=batch_size, pool_size=pool_size, embed_backend=embed_backend, bm25_language=bm25_language,
+        workers=workers, window=window, preset=preset, mode=mode, max_delete_ratio=max_delete_ratio,
+        force=force or None, max_doc_attempts=max_doc_attempts, max_failure_ratio=max_failure_ratio,
+        breaker_min_docs=breaker_min_docs)
 
     # The run is resolved once (source opened, model found, options resolved): preflight, the dry run, the warm-up
     # and the flow (through the pinned spec) all use this one.
@@ -414,40 +462,67 @@ def _print_summary(result: IngestResult) -> None:
 
 @app.command()
 def watch(
-    source: Annotated[str, typer.Argument(help="The local folder to keep live.")],
-    collection: Annotated[str, typer.Option("--collection", "-c", help="Qdrant collection name.")],
+    source: Annotated[
+        str | None, typer.Argument(help="Folder, s3://bucket/prefix, or a git URL (with --git-ref/--git-path).")
+    ] = None,
+    collection: OptCollectionOpt = None,
     qdrant_path: QdrantPathOpt = None,
     qdrant_url: QdrantUrlOpt = None,
-    include: Annotated[list[str] | None, _field(SourceOptions, "include", "--include", more="Repeatable.")] = None,
-    exclude: Annotated[list[str] | None, _field(SourceOptions, "exclude", "--exclude", more="Repeatable.")] = None,
-    pdf_mode: Annotated[PdfMode | None, _field(ParseOptions, "pdf_mode", "--pdf-mode")] = None,
-    ocr: Annotated[OcrMode | None, _field(ParseOptions, "ocr", "--ocr")] = None,
-    model: Annotated[str | None, _field(EmbedOptions, "model", "--model")] = None,
-    max_tokens: Annotated[int | None, _field(ChunkOptions, "max_tokens", "--max-tokens")] = None,
-    preset: Annotated[Preset | None, _field(IngestOptions, "preset", "--preset")] = None,
-    workers: Annotated[int | None, _field(IngestOptions, "workers", "--workers")] = None,
+    collection_block: CollectionBlockOpt = None,
+    qdrant_block: QdrantBlockOpt = None,
+    embedder_block: EmbedderBlockOpt = None,
+    result_storage: ResultStorageOpt = None,
+    pdf_mode: PdfModeOpt = None,
+    ocr: OcrOpt = None,
+    ocr_lang: OcrLangOpt = None,
+    model: ModelOpt = None,
+    bm25_language: Bm25LanguageOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    source_block: SourceBlockOpt = None,
+    git_ref: GitRefOpt = None,
+    git_path: GitPathOpt = None,
+    follow_symlinks: FollowSymlinksOpt = False,
+    max_tokens: MaxTokensOpt = None,
+    chunker: ChunkerOpt = None,
+    enricher: EnricherOpt = None,
+    batch_size: BatchSizeOpt = None,
+    pool_size: PoolSizeOpt = None,
+    embed_backend: EmbedBackendOpt = None,
+    preset: PresetOpt = None,
+    window: WindowOpt = None,
     max_delete_ratio: Annotated[
         float | None, typer.Option("--max-delete-ratio", help="Refuse a batch (or a reconcile) that would delete "
-                                   "more than this share of the folder's documents \\[default: 0.5].")
+                                   "more than this share of the source's documents \\[default: 0.5].")
     ] = None,
+    doc_timeout: DocTimeoutOpt = None,
+    doc_memory_mb: DocMemoryOpt = None,
+    isolation: IsolationOpt = None,
+    workers: WorkersOpt = None,
+    max_doc_attempts: MaxDocAttemptsOpt = None,
+    max_failure_ratio: MaxFailureRatioOpt = None,
+    breaker_min_docs: BreakerMinDocsOpt = None,
     debounce_ms: Annotated[
         int, typer.Option("--debounce-ms", min=0, help="Quiet period: a batch starts once no change came for this "
                           "long (an editor's save is several events).")
     ] = 200,
     rescan_s: Annotated[
-        float, typer.Option("--rescan-s", min=1, help="Reconcile the whole folder this often, so a missed event "
+        float, typer.Option("--rescan-s", min=1, help="Reconcile the whole source this often, so a missed event "
                             "costs latency, never correctness.")
     ] = 600.0,
     poll_s: Annotated[
-        float, typer.Option("--poll-s", min=0.1, help="Polling period where file-system events are not available "
-                            "(the kernel's watch limit reached).")
-    ] = 2.0,
+        float | None, typer.Option("--poll-s", min=0.1, help="Check a bucket or a repository for changes this "
+                                   "often (default 30), or a folder whose file-system events the kernel refuses "
+                                   "(default 2).", show_default=False)
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line on stdout: ready, then one per "
                                           "indexed, deleted, failed or skipped document.")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Keep a collection in sync with a local folder as it changes: one sync, then each change within a second.
+    """Keep a collection in sync with a folder, a bucket or a repository: one sync, then each change as it comes.
 
+    A folder's changes are seen at once (file-system events).
+    A bucket's listing and a repository's ref are checked every --poll-s seconds.
     The process stays warm (model, parse workers, store); each batch of changes is a flow run.
 
     Other commands read the store through it (search, export, eval). SIGTERM or Ctrl-C ends it (exit 0).
@@ -461,25 +536,27 @@ def watch(
 
     early = ephemeral.start_early()
     target = _qdrant_target(qdrant_path, qdrant_url)
-    if "://" in source and not source.startswith("file://"):
-        raise _fail("docingest watch keeps local folders live; for S3 or git, schedule `docingest ingest`")
-    from pydantic import ValidationError
+    if bool(source) == bool(source_block):
+        raise _fail("give either SOURCE or --source-block")
+    if not collection and not collection_block:
+        raise _fail("give --collection or --collection-block")
+    from docingest.exceptions import ConfigurationError, DocingestError
+    from docingest.live import LiveSync, RunBlocks, WatchOptions
 
-    from docingest.exceptions import DocingestError
-    from docingest.live import LiveSync, WatchOptions
-
+    options = _run_options(
+        include=include, exclude=exclude, git_ref=git_ref, git_path=git_path, follow_symlinks=follow_symlinks,
+        pdf_mode=pdf_mode, ocr=ocr, ocr_lang=ocr_lang, doc_timeout=doc_timeout, doc_memory_mb=doc_memory_mb,
+        isolation=isolation, max_tokens=max_tokens, chunker=chunker, enricher=enricher, model=model,
+        batch_size=batch_size, pool_size=pool_size, embed_backend=embed_backend, bm25_language=bm25_language,
+        workers=workers, window=window, preset=preset, max_delete_ratio=max_delete_ratio,
+        max_doc_attempts=max_doc_attempts, max_failure_ratio=max_failure_ratio, breaker_min_docs=breaker_min_docs)
     try:
-        def given(**values: Any) -> dict[str, Any]:
-            return {k: v for k, v in values.items() if v is not None}
-
-        options = IngestOptions.model_validate(given(
-            source=given(include=include, exclude=exclude), parse=given(pdf_mode=pdf_mode, ocr=ocr),
-            chunk=given(max_tokens=max_tokens), embed=given(model=model), preset=preset, workers=workers,
-            max_delete_ratio=max_delete_ratio))
-        live = LiveSync(source.removeprefix("file://"), collection, options, target,
-                        WatchOptions(debounce_ms=debounce_ms, rescan_s=rescan_s, poll_s=poll_s), emit=_watch_printer(as_json))
-    except ValidationError as exc:
-        raise _fail(f"invalid option: {exc.errors()[0]['loc'][-1]}: {exc.errors()[0]['msg']}") from None
+        live = LiveSync(source, collection, options, target,
+                        WatchOptions(debounce_ms=debounce_ms, rescan_s=rescan_s, poll_s=poll_s),
+                        emit=_watch_printer(as_json),
+                        blocks=RunBlocks(source_block=source_block, collection_block=collection_block,
+                                         qdrant_block=qdrant_block, embedder_block=embedder_block,
+                                         result_storage=result_storage))
     except DocingestError as exc:
         raise _fail(str(exc)) from None
 
@@ -519,8 +596,9 @@ def watch(
         os._exit(EXIT_OK)
     if failure:
         broke = failure[0]
+        # A source, block or store that cannot be used is found as the watch opens the run: exit 2, as ingest does.
         raise _fail(str(broke) if isinstance(broke, DocingestError) else f"{type(broke).__name__}: {broke}",
-                    code=EXIT_FAILED_DOCS) from None
+                    code=EXIT_CONFIG if isinstance(broke, ConfigurationError) else EXIT_FAILED_DOCS) from None
     raise typer.Exit(EXIT_OK)
 
 
@@ -777,13 +855,26 @@ def migrate(
 def serve(
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
+    watch: Annotated[
+        list[str] | None, typer.Option("--watch", metavar="SOURCE=COLLECTION", help="Also keep this folder, "
+                                       "s3://bucket/prefix or git URL live in the collection, as `docingest watch` "
+                                       "does. Repeatable.")
+    ] = None,
+    poll_s: Annotated[
+        float | None, typer.Option("--poll-s", min=0.1, help="With --watch: check buckets and repositories this "
+                                   "often (default 30; bucket notifications come at once).", show_default=False)
+    ] = None,
+    rescan_s: Annotated[
+        float, typer.Option("--rescan-s", min=1, help="With --watch: reconcile each whole source this often.")
+    ] = 600.0,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run the upload service (FastAPI + uvicorn): resumable uploads that become searchable documents.
 
     Needs DOCINGEST_JWT_SECRET or DOCINGEST_JWT_JWKS_URL. Uploads go to DOCINGEST_UPLOAD_DIR or DOCINGEST_UPLOAD_BUCKET;
     DOCINGEST_UPLOAD_DEPLOYMENT hands ingestion to a Prefect deployment. OpenAPI at /docs and /openapi.json.
-    SIGTERM finishes the running job first.
+    --watch keeps sources live in the same process; buckets may also post their notifications to
+    /api/v1/notifications/s3. SIGTERM finishes the running job first.
     """
     _quiet_environment(verbose)
     import faulthandler
@@ -795,6 +886,7 @@ def serve(
 
     from docingest.core.memory import limit_arenas
     from docingest.exceptions import DocingestError
+    from docingest.live import WatchOptions
     from docingest.service import tempdir
     from docingest.service.app import create_app
 
@@ -802,7 +894,7 @@ def serve(
     settings = _settings()
     try:
         limit_arenas(settings.service.malloc_arenas)  # before the service's threads start
-        application = create_app(settings)
+        application = create_app(settings, watch, WatchOptions(poll_s=poll_s, rescan_s=rescan_s))
         _run_logs_to_api_only(verbose)  # the embedded jobs' flow runs log to the API, not to the service's stderr
     except DocingestError as exc:
         raise _fail(str(exc)) from None

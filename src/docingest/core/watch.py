@@ -1,5 +1,6 @@
-"""A local folder's changes as batches: file-system events (watchdog: inotify on Linux, polling where the kernel
-refuses more watches) coalesced over a quiet period, with editors' temporary files left out.
+"""A source's changes as batches. A local folder: file-system events (watchdog: inotify on Linux, polling where the
+kernel refuses more watches) coalesced over a quiet period, with editors' temporary files left out. A bucket or a git
+repository: a cheap check every few seconds (the listing's ETags, ``git ls-remote``), and pushed notifications.
 
 A batch names what changed as include patterns relative to the folder: a file's own path (glob characters escaped),
 or ``folder/**`` for a folder created, deleted or moved. A run narrowed to those patterns in full mode ends with the
@@ -18,6 +19,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
@@ -216,3 +218,63 @@ def _watch_limit_fault() -> None:
     """``DOCINGEST_FAULT=watch-limit``: the kernel refuses the watch, as it does past fs.inotify.max_user_watches."""
     if os.environ.get("DOCINGEST_FAULT") == "watch-limit":
         raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+
+class SourcePoll:
+    """A remote source checked every ``poll_s`` seconds into ``batcher``. ``snapshot()`` lists what the source holds
+    as ``{name: version}`` (an S3 listing's keys and ETags: one request per 1,000 objects; a git ref's commit: one
+    ``ls-remote``); each name new, changed or gone since the last check becomes a batch pattern, or, with ``whole``,
+    any difference asks for a reconcile (a new commit is synced as a whole: unchanged blobs are skipped by hash).
+
+    A failed check is one WARNING (until a check succeeds again) and nothing else: the watch never deletes for it,
+    and the next successful check compares with the last good listing."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, str]], batcher: ChangeBatcher, *, poll_s: float,
+                 whole: bool = False, what: str = "the source") -> None:
+        self.snapshot, self.batcher, self.poll_s, self.whole, self.what = snapshot, batcher, poll_s, whole, what
+        self._last: dict[str, str] | None = None
+        self._failing = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def kind(self) -> str:
+        return f"polling every {self.poll_s:g} s"
+
+    def start(self) -> None:
+        self.check()  # the listing the first sync is compared with: what changes during that sync is a batch after it
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="docingest-poll", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.check()
+
+    def check(self) -> None:
+        """One check: what changed since the last good one goes to the batcher."""
+        try:
+            now = self.snapshot()
+        except Exception as exc:  # noqa: BLE001 - an unreachable source delays changes; it never stops the watch
+            if not self._failing:
+                logger.warning("cannot check %s for changes (%s): retrying every %g s", self.what, exc, self.poll_s)
+            self._failing = True
+            return
+        if self._failing:
+            logger.warning("%s can be checked again", self.what)
+            self._failing = False
+        last, self._last = self._last, now
+        if last is None or last == now:
+            return
+        if self.whole:
+            self.batcher.reconcile(f"{self.what} changed")
+            return
+        for name in sorted(set(last) | set(now)):
+            if last.get(name) != now.get(name) and not ignored(name):
+                self.batcher.add(escape(name))

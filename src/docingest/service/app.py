@@ -20,19 +20,25 @@ from docingest import store_reads  # noqa: F401 - the store the service holds an
 from docingest.core.formats import NOT_UPLOADABLE, UPLOADABLE
 from docingest.exceptions import ConfigurationError
 from docingest.folders import check_writable, home_folder, store_folder, upload_folder
+from docingest.live import WatchOptions
 from docingest.service import tempdir
 from docingest.service.auth import Authenticator
 from docingest.service.bodies import BodyLimit, validation_error
 from docingest.service.jobs import JobManager
 from docingest.service.metrics import ServiceMetrics
 from docingest.service.ratelimit import RateLimits
-from docingest.service.routes import health, jobs, search, uploads
+from docingest.service.routes import health, jobs, notifications, search, uploads
 from docingest.service.state import Service
 from docingest.service.uploads import PRIORITIES, UploadError, make_store
+from docingest.service.watches import Watches
 from docingest.settings import DocingestSettings, get_settings
+from docingest.targets import QdrantTarget
 
 
-def create_app(settings: DocingestSettings | None = None) -> FastAPI:
+def create_app(settings: DocingestSettings | None = None, watch: list[str] | None = None,
+               watch_options: WatchOptions | None = None) -> FastAPI:
+    """The service's app. ``watch``: live sources (``SOURCE=COLLECTION``) kept in sync in this process, checked as
+    ``watch_options`` say (see ``service/watches.py``)."""
     settings = settings or get_settings()
     # Prefect, the Qdrant target and the flow are imported here, once: imported for the first time from the health
     # probes' and the jobs' threads at once, Prefect's package initialisation races with itself.
@@ -46,10 +52,17 @@ def create_app(settings: DocingestSettings | None = None) -> FastAPI:
                    *([] if settings.qdrant.url else [store_folder(settings.resolved_qdrant_path(), settings)]))
     store = make_store(settings, allowed_upload_types(settings))
     root = settings.upload.dir or settings.home / "uploads"
+    watches = None
+    if watch:
+        if settings.upload.deployment and not settings.qdrant.url:
+            raise ConfigurationError("--watch with DOCINGEST_UPLOAD_DEPLOYMENT needs a Qdrant server "
+                                     "(DOCINGEST_QDRANT_URL): the deployment's workers own the embedded store")
+        watches = Watches(watch, watch_options or WatchOptions(),
+                          QdrantTarget(url=settings.qdrant.url) if settings.qdrant.url else None)
     service = Service(settings, store, JobManager(root / "jobs", store, deployment=settings.upload.deployment,
                                                    concurrency=settings.upload.job_concurrency,
                                                    parse_timeout_s=settings.upload.parse_timeout_s),
-                      auth, RateLimits(), ServiceMetrics())
+                      auth, RateLimits(), ServiceMetrics(), watches=watches)
     app = FastAPI(title="docingest upload service", version="1", lifespan=_lifespan,
                   description="Resumable uploads that become searchable documents.")
     app.state.service, app.state.store, app.state.jobs, app.state.priorities = service, store, service.jobs, PRIORITIES
@@ -58,7 +71,7 @@ def create_app(settings: DocingestSettings | None = None) -> FastAPI:
     app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(BodyLimit, settings=settings)
     service.metrics.instrument(app)
-    for module in (health, uploads, jobs, search):
+    for module in (health, uploads, jobs, search, notifications):
         app.include_router(module.router)
     return app
 
@@ -80,8 +93,12 @@ def allowed_upload_types(settings: DocingestSettings) -> set[str]:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     service: Service = app.state.service
     task = asyncio.create_task(_expire_loop(service))
+    if service.watches is not None:
+        service.watches.start(service.jobs.prefect_ready)
     yield
     task.cancel()
+    if service.watches is not None:
+        await asyncio.to_thread(service.watches.stop)  # their batches end (or are abandoned) before the store closes
     await asyncio.to_thread(service.jobs.close)  # finish the running job; queued ones stay on disk for the next start
     await asyncio.to_thread(_stop_temporary_prefect)
     tempdir.remove()

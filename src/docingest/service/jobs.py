@@ -336,7 +336,7 @@ class JobManager:
 
         progress.add_listener(on_progress)
         try:
-            self._prefect_ready()
+            self.prefect_ready()
             options = IngestOptions.model_validate(self._options(batch))
             result = ingest_documents(source=source, collection=collection, options=options)
         except Exception as exc:  # noqa: BLE001 - a job's failure is its state, never the service's crash
@@ -363,10 +363,10 @@ class JobManager:
                 job.flow_run_id = result.flow_run_id
                 self._store(job)
 
-    def _prefect_ready(self) -> None:
-        """Reach the Prefect API once before the first run: with no API configured, that starts Prefect's temporary
-        server, and two runs starting it at once (the first jobs of two collections) race and both fail with
-        "Failed to reach API"."""
+    def prefect_ready(self) -> None:
+        """Reach the Prefect API once before the first run (a job's or a live source's): with no API configured, that
+        starts Prefect's temporary server, and two runs starting it at once (the first jobs of two collections) race
+        and both fail with "Failed to reach API"."""
         with self._prefect_lock:
             if self._prefect_up:
                 return

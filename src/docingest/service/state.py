@@ -19,6 +19,7 @@ from docingest.service.uploads import UploadStore
 from docingest.settings import DocingestSettings
 
 if TYPE_CHECKING:
+    from docingest.service.watches import Watches
     from docingest.targets import QdrantTarget
 
 
@@ -30,6 +31,7 @@ class Service:
     auth: Authenticator
     limits: RateLimits
     metrics: ServiceMetrics
+    watches: Watches | None = None  # the live sources of `serve --watch`
     probes: dict = field(default_factory=dict)  # health check -> its running probe (concurrent calls share one)
 
     @property

@@ -88,6 +88,27 @@ class GitSource:
                 return proc.stdout.strip()
         raise ConfigurationError(f"git: unknown ref {self.ref!r} in {self.url}")
 
+    def remote_commit(self) -> str:
+        """What ``ref`` names on the remote now (a commit, or an annotated tag's object), asked with one
+        ``git ls-remote`` (nothing is fetched): the cheap change check of a live watch. A ref that is a commit id
+        never moves. Raises SourceError when the remote cannot be asked or no longer has the ref."""
+        if len(self.ref) == 40 and all(c in "0123456789abcdef" for c in self.ref.lower()):
+            return self.ref.lower()
+        proc = subprocess.run(["git", "ls-remote", "--", self.url, self.ref], capture_output=True, text=True,
+                              env=self._env(), timeout=120)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+            raise SourceError(f"git ls-remote {self.url} failed: {last}")
+        refs: dict[str, str] = {}
+        for line in proc.stdout.splitlines():
+            sha, _, name = line.partition("\t")
+            refs[name] = sha
+        # A branch over a tag of the same name (as _resolve_ref); an annotated tag by the commit it points to.
+        for name in (self.ref, f"refs/heads/{self.ref}", f"refs/tags/{self.ref}^{{}}", f"refs/tags/{self.ref}"):
+            if name in refs:
+                return refs[name]
+        raise SourceError(f"git: ref {self.ref!r} is gone from {self.url}")
+
     def iter_documents(self) -> Iterator[SourceDocument]:
         args = ["ls-tree", "-r", "-z", "--long", self.commit]
         if self.path:
