@@ -54,9 +54,11 @@ def temporary_servers() -> list:
     tests/unit/test_ephemeral.py fails loudly if Prefect renames or retypes it. Empty when Prefect's server package
     was never imported (then no server was started)."""
     server_module = sys.modules.get("prefect.server.api.server")
-    if server_module is None:
+    # Still being imported by another thread (a service's first run starting the server): none is running yet.
+    server_class = getattr(server_module, "SubprocessASGIServer", None)
+    if server_class is None:
         return []
-    return list(server_module.SubprocessASGIServer._instances.values())
+    return list(server_class._instances.values())
 
 
 def stop_temporary_servers() -> None:

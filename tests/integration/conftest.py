@@ -210,15 +210,15 @@ def _service_env(tmp_path: Path, **settings: str) -> dict[str, str]:
     return env
 
 
-def _start_service(tmp_path: Path, **settings: str) -> tuple[subprocess.Popen, str, dict[str, str], Path]:
-    """`docingest serve` on a free loopback port with :func:`service_env`, once it answers /health: (process, base
-    URL, environment, log file). The caller stops it."""
+def _start_service(tmp_path: Path, *args: str, **settings: str) -> tuple[subprocess.Popen, str, dict[str, str], Path]:
+    """`docingest serve ARGS` on a free loopback port with :func:`service_env`, once it answers /health: (process,
+    base URL, environment, log file). The caller stops it."""
     port = _free_port()
     env = _service_env(tmp_path, **settings)
     log = tmp_path / "serve.log"
     exe = Path(sys.executable).with_name("docingest")
     with open(log, "w") as fh:
-        proc = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=tmp_path,
+        proc = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(port), *args], cwd=tmp_path,
                                 env=env, stdout=fh, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -487,7 +487,7 @@ def service_env():
 
 @pytest.fixture(scope="session")
 def start_service():
-    """``start_service(tmp_path, **settings) -> (process, base URL, environment, log)``: a `docingest serve` that
+    """``start_service(tmp_path, *args, **settings) -> (process, base URL, environment, log)``: a `docingest serve` that
     answers /health; the caller stops it."""
     return _start_service
 

@@ -40,11 +40,11 @@ def env_for(tmp_path: Path, **more: str) -> dict[str, str]:
 class Watch:
     """A ``docingest watch --json`` process and the events it printed."""
 
-    def __init__(self, folder: Path, store: Path, tmp_path: Path, *args: str, **env: str) -> None:
+    def __init__(self, source: Path | str, store: Path, tmp_path: Path, *args: str, **env: str) -> None:
         self.stderr_path = tmp_path / f"watch-stderr-{time.monotonic_ns()}.txt"
         self.stderr = open(self.stderr_path, "w")  # noqa: SIM115 - open for the process's life; a file, not a pipe
         self.proc = subprocess.Popen(
-            [str(EXE), "watch", str(folder), "-c", "live", "--qdrant-path", str(store), "--json",
+            [str(EXE), "watch", str(source), "-c", "live", "--qdrant-path", str(store), "--json",
              "--debounce-ms", "150", *args],
             stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env_for(tmp_path, **env))
         self.events: queue.Queue[dict] = queue.Queue()
@@ -114,11 +114,12 @@ def snapshot(store_path: Path) -> dict:
         close_backends()
 
 
-def clean_run(folder: Path, tmp_path: Path) -> dict:
-    """What a clean ``docingest ingest --mode full`` of the folder's present state makes."""
+def clean_run(source: Path | str, tmp_path: Path, **env: str) -> dict:
+    """What a clean ``docingest ingest --mode full`` of the source's present state makes."""
     store = tmp_path / f"clean-{time.monotonic_ns()}"
-    done = subprocess.run([str(EXE), "ingest", str(folder), "-c", "live", "--qdrant-path", str(store), "--json",
-                           "--mode", "full"], env=env_for(tmp_path), capture_output=True, text=True, timeout=300)
+    done = subprocess.run([str(EXE), "ingest", str(source), "-c", "live", "--qdrant-path", str(store), "--json",
+                           "--mode", "full"], env=env_for(tmp_path, **env), capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return snapshot(store)
 
@@ -327,3 +328,165 @@ def test_reads_from_other_processes_go_through_the_watch_with_the_same_results(f
     assert canonical({"mode": held_python.mode, "hits": [h.model_dump() for h in held_python]}) == \
         canonical({"mode": own_python.mode, "hits": [h.model_dump() for h in own_python]})
     close_backends()
+
+
+# -- buckets and repositories: a cheap check every --poll-s; bucket notifications through `serve --watch` ------------
+
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret"}
+SECRET = "test-secret-of-at-least-32-bytes-0123456789"
+
+
+def put(client, bucket: str, key: str, body: str) -> None:
+    import io
+
+    data = body.encode()
+    client.put_object(bucket, key, io.BytesIO(data), len(data))
+
+
+@pytest.fixture
+def bucket(s3_endpoint, tmp_path, reap):
+    """A bucket on the loopback S3 with three notes under docs/: (client, bucket, the environment that reaches it)."""
+    from minio import Minio
+
+    client = Minio(s3_endpoint.removeprefix("http://"), access_key="testing", secret_key="testing-secret",
+                   secure=False)
+    name = f"live-{time.monotonic_ns()}"
+    client.make_bucket(name)
+    for n in range(3):
+        put(client, name, f"docs/note{n}.md", text(n))
+    yield client, name, {"DOCINGEST_S3_ENDPOINT": s3_endpoint, **S3_KEYS}
+    reap(tmp_path / "prefect-home")
+    reap(tmp_path / "ph")
+
+
+@pytest.mark.timeout(600)
+def test_a_bucket_is_checked_every_poll_and_ends_as_a_clean_run(bucket, tmp_path):
+    client, name, env = bucket
+    store = tmp_path / "store"
+    watch = Watch(f"s3://{name}/docs", store, tmp_path, "--poll-s", "0.5", **env)
+    ready = watch.ready()
+    assert ready["documents"] == 3 and ready["watching"] == "polling every 0.5 s"
+
+    put(client, name, "docs/new.md", text(10))
+    put(client, name, "docs/note0.md", text(0, " Changed in the bucket."))
+    client.remove_object(name, "docs/note1.md")
+    put(client, name, "elsewhere/outside.md", text(30))  # outside the prefix: not this watch's
+    put(client, name, "docs/note2.md~", "an editor's backup")
+    watch.expect(("indexed", "new.md"), ("indexed", "note0.md"), ("deleted", "note1.md"))
+    assert {e["path"]: e["change"] for e in watch.seen if e["event"] == "indexed"} == {"new.md": "new",
+                                                                                      "note0.md": "changed"}
+    assert [e for e in watch.quiet(1.5) if e["event"] != "skipped"] == []
+
+    code, took = watch.stop()
+    assert code == 0 and took < 10, watch.errors()[-2000:]
+    client.remove_object(name, "docs/note2.md~")
+    assert snapshot(store) == clean_run(f"s3://{name}/docs", tmp_path, **env)
+
+
+@pytest.mark.timeout(600)
+def test_a_new_commit_is_synced_and_ends_as_a_clean_run(git_origin, git, tmp_path, reap):
+    origin, work = git_origin(tmp_path)
+    for n in range(3):
+        (work / f"note{n}.md").write_text(text(n))
+    git("add", "-A", cwd=work)
+    git("commit", "-qm", "three notes", cwd=work)
+    git("push", "-q", "origin", "main", cwd=work)
+    url, store = f"file://{origin}", tmp_path / "store"
+    try:
+        watch = Watch(url, store, tmp_path, "--poll-s", "0.5")
+        assert watch.ready()["documents"] == 3
+
+        (work / "note0.md").write_text(text(0, " Changed in a commit."))
+        (work / "note1.md").unlink()
+        (work / "new.md").write_text(text(10))
+        git("add", "-A", cwd=work)
+        git("commit", "-qm", "change, delete, add", cwd=work)
+        git("push", "-q", "origin", "main", cwd=work)
+        watch.expect(("indexed", "note0.md"), ("deleted", "note1.md"), ("indexed", "new.md"))
+        assert watch.quiet(1.5) == []  # the next checks see the same commit: nothing runs again
+
+        code, _ = watch.stop()
+        assert code == 0, watch.errors()[-2000:]
+        assert snapshot(store) == clean_run(url, tmp_path)
+    finally:
+        reap(tmp_path / "prefect-home")
+
+
+def minio_event(name: str, bucket: str, key: str) -> dict:
+    """A bucket notification as MinIO's webhook target posts it (the key URL-encoded, as S3 event records have it)."""
+    from urllib.parse import quote
+
+    record = {"eventVersion": "2.0", "eventSource": "minio:s3", "awsRegion": "", "eventTime": "2026-12-08T00:00:00Z",
+              "eventName": name, "userIdentity": {"principalId": "minio"},
+              "s3": {"s3SchemaVersion": "1.0", "configurationId": "Config",
+                     "bucket": {"name": bucket, "ownerIdentity": {"principalId": "minio"}, "arn": f"arn:aws:s3:::{bucket}"},
+                     "object": {"key": quote(key), "size": 10, "eTag": "0" * 32, "sequencer": "1"}}}
+    return {"EventName": name, "Key": f"{bucket}/{key}", "Records": [record]}
+
+
+@pytest.mark.timeout(600)
+def test_serve_keeps_a_folder_and_a_bucket_live_and_takes_minio_notifications(bucket, folder, tmp_path,
+                                                                               start_service):
+    import httpx
+    import jwt
+
+    client, name, env = bucket
+
+    def bearer(*collections: str) -> dict[str, str]:
+        claims = {"sub": "minio", "exp": int(time.time()) + 3600, "collections": list(collections)}
+        return {"Authorization": f"Bearer {jwt.encode(claims, SECRET, algorithm='HS256')}"}
+
+    # Polling a bucket once an hour: what reaches the bucket's collection in seconds came by notification.
+    proc, base, _, log = start_service(tmp_path, "--watch", f"{folder}=notes", "--watch", f"s3://{name}/docs=bucket",
+                                       "--poll-s", "3600", DOCINGEST_JWT_SECRET=SECRET, **env)
+    http = httpx.Client(base_url=base, timeout=30)
+
+    def until(check, what: str, limit_s: float = READY_S):
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            if (got := check()) is not None:
+                return got
+            time.sleep(0.3)
+        raise AssertionError(f"{what} not within {limit_s} s; log: {log.read_text()[-3000:]}")
+
+    def paths(collection: str, query: str) -> set[str]:
+        answer = http.post("/api/v1/search", json={"collection": collection, "query": query, "limit": 20},
+                           headers=bearer("*"))
+        assert answer.status_code == 200, answer.text
+        return {hit["path"] for hit in answer.json()["hits"]}
+
+    try:
+        def ready() -> list | None:
+            watches = http.get("/api/v1/watches", headers=bearer("*")).json()["watches"]
+            return watches if [w["state"] for w in watches] == ["ready", "ready"] else None
+
+        assert {w["collection"]: w["documents"] for w in until(ready, "both watches ready")} == {"notes": 4,
+                                                                                                 "bucket": 3}
+        assert http.get("/api/v1/watches", headers=bearer("notes")).json()["watches"][0]["collection"] == "notes"
+
+        (folder / "saved.md").write_text(text(40))
+        until(lambda: True if "saved.md" in paths("notes", "subject 443") else None, "the saved file searchable", 30)
+
+        put(client, name, "docs/pushed.md", text(50))
+        created = minio_event("s3:ObjectCreated:Put", name, "docs/pushed.md")
+        assert http.post("/api/v1/notifications/s3", json=created).status_code == 401
+        assert http.post("/api/v1/notifications/s3", json=created, headers=bearer("notes")).status_code == 403
+        elsewhere = minio_event("s3:ObjectCreated:Put", "not-watched", "docs/x.md")
+        answer = http.post("/api/v1/notifications/s3", json=elsewhere, headers=bearer("bucket"))
+        assert (answer.status_code, answer.json()["ignored"]) == (202, 1)
+        answer = http.post("/api/v1/notifications/s3", json=created, headers=bearer("bucket"))
+        assert (answer.status_code, answer.json()) == (202, {"queued": 1, "ignored": 0, "collections": ["bucket"]})
+        until(lambda: True if "pushed.md" in paths("bucket", "subject 553") else None, "the pushed object", 30)
+
+        client.remove_object(name, "docs/pushed.md")
+        removed = minio_event("s3:ObjectRemoved:Delete", name, "docs/pushed.md")
+        assert http.post("/api/v1/notifications/s3", json=removed, headers=bearer("bucket")).status_code == 202
+        until(lambda: True if "pushed.md" not in paths("bucket", "subject 553") else None, "the removal", 30)
+    finally:
+        http.close()
+        proc.send_signal(signal.SIGTERM)
+        stopping = time.monotonic()
+        code = proc.wait(timeout=60)
+    # uvicorn shuts down gracefully (the watches first), then re-raises the signal: "terminated by SIGTERM".
+    assert code in (0, -signal.SIGTERM) and time.monotonic() - stopping < 10, f"exit {code}: {log.read_text()[-3000:]}"
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
