@@ -279,3 +279,56 @@ def test_the_collections_claim_can_be_renamed_and_search_refuses_manifests_and_d
     monkeypatch.setattr(client.app_state.jobs, "deployment", "ingest-documents/local")
     held = client.post("/api/v1/search", headers=auth(), json={"collection": "kb", "query": "x"})
     assert held.status_code == 503 and "DOCINGEST_QDRANT_URL" in held.json()["detail"]
+
+
+def test_bucket_notifications_reach_the_watches_of_their_bucket_and_prefix(tmp_path, monkeypatch):
+    """MinIO's webhook body; the token must grant writing to every collection reached; other objects are ignored."""
+    from urllib.parse import quote
+
+    from docingest.service.app import create_app
+    from docingest.service.watches import Watches
+
+    monkeypatch.setattr(Watches, "start", lambda self, api_ready: None)  # no flow runs in a unit test
+    app = create_app(DocingestSettings(home=tmp_path, jwt={"secret": SECRET}),
+                     watch=["s3://bucket/docs=kb", f"{tmp_path}=notes"])
+    app.state.jobs.close()
+    live = {w.live.collection: w.live for w in app.state.service.watches.watched}
+
+    def event(name: str, bucket: str, key: str) -> dict:
+        return {"EventName": name, "Key": f"{bucket}/{key}", "Records": [
+            {"eventName": name, "s3": {"bucket": {"name": bucket}, "object": {"key": quote(key), "size": 1}}}]}
+
+    with TestClient(app) as client:
+        put = event("s3:ObjectCreated:Put", "bucket", "docs/a b.md")
+        assert client.post("/api/v1/notifications/s3", json=put).status_code == 401
+        assert client.post("/api/v1/notifications/s3", json=put, headers=auth(collections=["notes"])).status_code == 403
+        assert not live["kb"].batcher.pending()  # refused: nothing queued
+        answer = client.post("/api/v1/notifications/s3", json=put, headers=auth(collections=["kb"]))
+        assert (answer.status_code, answer.json()) == (202, {"queued": 1, "ignored": 0, "collections": ["kb"]})
+        for ignored in (event("s3:ObjectCreated:Put", "bucket", "elsewhere/a.md"),
+                        event("s3:ObjectCreated:Put", "other", "docs/a.md"),
+                        event("s3:ObjectAccessed:Get", "bucket", "docs/b.md")):
+            answer = client.post("/api/v1/notifications/s3", json=ignored, headers=auth(collections=["kb"]))
+            assert (answer.status_code, answer.json()["ignored"]) == (202, 1)
+        removed = event("s3:ObjectRemoved:Delete", "bucket", "docs/old.md")
+        assert client.post("/api/v1/notifications/s3", json=removed, headers=auth()).json()["queued"] == 1
+        assert client.post("/api/v1/notifications/s3", json={"Records": "x"}, headers=auth()).status_code == 422
+        watches = client.get("/api/v1/watches", headers=auth(collections=["kb"])).json()["watches"]
+        assert [(w["collection"], w["state"]) for w in watches] == [("kb", "starting")]
+    batch = live["kb"].batcher.take(timeout=1)
+    assert batch is not None and batch.patterns == {"a b.md", "old.md"}
+    assert not live["notes"].batcher.pending()
+
+
+def test_serve_watch_is_refused_where_it_cannot_work(tmp_path):
+    from docingest.exceptions import ConfigurationError
+    from docingest.service.app import create_app
+
+    settings = DocingestSettings(home=tmp_path, jwt={"secret": SECRET})
+    with pytest.raises(ConfigurationError, match="not a folder"):
+        create_app(settings, watch=[f"{tmp_path / 'missing'}=kb"])
+    with pytest.raises(ConfigurationError, match="collection twice"):
+        create_app(settings, watch=[f"{tmp_path}=kb", "s3://b/p=kb"])
+    with pytest.raises(ConfigurationError, match="workers own the embedded store"):
+        create_app(DocingestSettings(home=tmp_path, jwt={"secret": SECRET}, upload={"deployment": "ingest/x"}),
+                   watch=[f"{tmp_path}=kb"])

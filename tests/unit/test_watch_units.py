@@ -114,3 +114,84 @@ def test_a_watch_runs_full_mode_guarded_by_the_whole_source(tmp_path):
     live = LiveSync(tmp_path, "c", IngestOptions(max_delete_ratio=0.2))
     assert live.options.mode.value == "full" and live.options.delete_guard_of == "source"
     assert live.options.max_delete_ratio == 0.2
+
+
+# -- buckets and repositories: the periodic check, and notifications ------------------------------------------------
+
+def test_a_check_turns_what_changed_since_the_last_one_into_patterns():
+    from docingest.core.watch import SourcePoll
+
+    listings = iter([{"a.md": "1", "b.md": "1", "c[1].md": "1"},
+                     {"a.md": "2", "b.md": "1", "new.md": "1", "new.md~": "1"},  # changed, gone, new, a backup
+                     {"a.md": "2", "b.md": "1", "new.md": "1", "new.md~": "1"}])
+    batcher = ChangeBatcher(quiet_s=0, max_wait_s=0)
+    poll = SourcePoll(lambda: next(listings), batcher, poll_s=60)
+    poll.check()
+    assert not batcher.pending()  # the first listing is what the first sync syncs
+    poll.check()
+    batch = batcher.take(timeout=1)
+    assert batch is not None and batch.patterns == {"a.md", "new.md", "c[[]1].md"} and batch.reconcile is None
+    poll.check()
+    assert not batcher.pending()  # nothing changed: nothing to run
+
+
+def test_a_failed_check_warns_once_and_the_next_compares_with_the_last_good_listing(caplog):
+    from docingest.core.watch import SourcePoll
+
+    answers = [{"a.md": "1"}, OSError("connection refused"), OSError("connection refused"), {"a.md": "2"}]
+
+    def snapshot() -> dict[str, str]:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    batcher = ChangeBatcher(quiet_s=0, max_wait_s=0)
+    poll = SourcePoll(snapshot, batcher, poll_s=60, what="s3://b/docs")
+    with caplog.at_level(logging.WARNING, logger="docingest.watch"):
+        for _ in range(4):
+            poll.check()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and "cannot check s3://b/docs" in warnings[0] and "again" in warnings[1]
+    batch = batcher.take(timeout=1)
+    assert batch is not None and batch.patterns == {"a.md"}  # nothing deleted for the failures, the change found
+
+
+def test_a_new_commit_asks_for_a_whole_run():
+    from docingest.core.watch import SourcePoll
+
+    commits = iter([{"main": "aaa"}, {"main": "aaa"}, {"main": "bbb"}])
+    batcher = ChangeBatcher(quiet_s=0, max_wait_s=0)
+    poll = SourcePoll(lambda: next(commits), batcher, poll_s=60, whole=True, what="repo at main")
+    poll.check()
+    poll.check()
+    assert not batcher.pending()
+    poll.check()
+    batch = batcher.take(timeout=1)
+    assert batch is not None and batch.reconcile == "repo at main changed" and batch.patterns == set()
+
+
+@pytest.mark.parametrize(("key", "path"), [("docs/a.md", "a.md"), ("docs/sub/b c.md", "sub/b c.md"),
+                                           ("docsx/a.md", None), ("other.md", None), ("docs/", None),
+                                           ("docs/folder/", None)])
+def test_a_notified_key_is_the_watchs_when_it_lies_under_its_bucket_and_prefix(key, path):
+    live = LiveSync("s3://bucket/docs", "kb")  # opens nothing: the bucket is reached when the watch runs
+    assert live.key_path("bucket", key) == path
+    assert live.key_path("another-bucket", key) is None
+    assert LiveSync("s3://bucket", "kb").key_path("bucket", "docs/a.md") == "docs/a.md"
+
+
+@pytest.mark.parametrize("value", ["docs", "=kb", "docs=", "docs=a b", "s3://b/p=kb/x"])
+def test_serve_watch_takes_source_equals_collection(value):
+    from docingest.exceptions import ConfigurationError
+    from docingest.service.watches import parse_watch
+
+    with pytest.raises(ConfigurationError, match="SOURCE=COLLECTION"):
+        parse_watch(value)
+
+
+def test_serve_watch_splits_at_the_last_equals_sign():
+    from docingest.service.watches import parse_watch
+
+    assert parse_watch("s3://b/a=b=kb") == ("s3://b/a=b", "kb")
+    assert parse_watch("/data/docs=kb-1.v2") == ("/data/docs", "kb-1.v2")
