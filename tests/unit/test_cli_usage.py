@@ -52,3 +52,25 @@ def test_help_texts_say_what_an_option_does_not_what_it_measured(command):
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert not re.search(r"measured|\d+(\.\d+)? ?% (faster|slower)|\d+(\.\d+)? ?[x×] (faster|slower)", text), text
+
+
+def test_watch_takes_every_source_store_model_and_option_flag_of_ingest():
+    """docs/cli.md names the only ones it leaves out: one-off run controls a live sync has no use for."""
+    import typer.main
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+
+    def flags(name: str) -> set[str]:
+        return {flag for param in commands[name].params for flag in param.opts if flag.startswith("--")}
+
+    one_off = {"--mode", "--force", "--dry-run", "--task-runner", "--dask-address"}
+    assert flags("ingest") - flags("watch") == one_off
+    assert {"--debounce-ms", "--rescan-s", "--poll-s"} <= flags("watch") - flags("ingest")
+
+
+def test_watch_refuses_what_it_cannot_watch_with_exit_2(tmp_path):
+    runner = CliRunner()
+    for args in (["watch", str(tmp_path / "missing"), "-c", "kb"], ["watch", "ftp://host/docs", "-c", "kb"],
+                 ["watch", "-c", "kb"], ["watch", str(tmp_path)]):
+        result = runner.invoke(app, [*args, "--qdrant-path", str(tmp_path / "store")])
+        assert result.exit_code == 2, (args, result.output)
