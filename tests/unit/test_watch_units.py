@@ -195,3 +195,20 @@ def test_serve_watch_splits_at_the_last_equals_sign():
 
     assert parse_watch("s3://b/a=b=kb") == ("s3://b/a=b", "kb")
     assert parse_watch("/data/docs=kb-1.v2") == ("/data/docs", "kb-1.v2")
+
+
+def test_matching_a_batchs_many_paths_is_fnmatchs_own_answer():
+    """``matches`` looks exact paths up in a set and the globs in one expression; the answer is fnmatch's."""
+    from fnmatch import fnmatch
+
+    from docingest.core.sources.local import matches
+
+    def reference(rel: str, patterns: list[str]) -> bool:
+        return any(fnmatch(rel, p) or (p.startswith("**/") and fnmatch(rel, p[3:])) for p in patterns)
+
+    paths = ["a.md", "a[1].md", "x/a*b.md", "deep/a/b/c.PDF", "top.pdf", "a\\b.md", "d1/x.md", "d12/y.md", "", "*"]
+    pattern_sets = [["**/*"], ["*.md"], ["**/*.pdf", "**/*.PDF"], [escape("a[1].md")], ["d1?/*"], [], ["a\\b.md"],
+                    [escape(p) for p in paths] + ["deep/**"], ["x/a[*]b.md", "[!a]*"], ["**/b/*"], ["*"]]
+    for patterns in pattern_sets:
+        for rel in paths:
+            assert matches(rel, patterns) == reference(rel, patterns), (rel, patterns)

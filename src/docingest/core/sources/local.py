@@ -10,8 +10,11 @@ private snapshot whose sha256 is checked against the hash the plan recorded, so 
 from __future__ import annotations
 
 import errno
+import fnmatch
+import functools
 import hashlib
 import os
+import re
 import stat as stat_module
 import tempfile
 import threading
@@ -19,7 +22,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from fnmatch import fnmatch
 from pathlib import Path
 
 from docingest.core.ids import sha256_file
@@ -32,9 +34,23 @@ OUTSIDE_REASON = "symlink points outside the source"
 
 
 def matches(rel: str, patterns: list[str]) -> bool:
-    """Whether a path relative to the source root matches any of the include/exclude glob patterns."""
-    # "**/*" style globs: fnmatch's "*" already crosses "/", and "**/" must also match the top level.
-    return any(fnmatch(rel, p) or (p.startswith("**/") and fnmatch(rel, p[3:])) for p in patterns)
+    """Whether a path relative to the source root matches any of the include/exclude glob patterns (fnmatch's, where
+    "*" crosses "/", and "**/" also matches the top level)."""
+    literal, globs = _compiled(tuple(patterns))
+    return rel in literal or (globs is not None and globs.match(rel) is not None)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(patterns: tuple[str, ...]) -> tuple[frozenset[str], re.Pattern[str] | None]:
+    """The patterns as the exact paths among them and one regular expression of the others: a live batch narrows a
+    run to hundreds of paths, and a folder of thousands was matched against each (0.13 s a pass for 1,200 paths and
+    221 patterns; a set lookup and one match per path instead)."""
+    literal = frozenset(p for p in patterns if not _GLOB_CHARS.search(p))
+    globs = [q for p in patterns if p not in literal for q in ((p, p[3:]) if p.startswith("**/") else (p,))]
+    return literal, re.compile("|".join(fnmatch.translate(q) for q in globs)) if globs else None
+
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
 
 
 _HASHES: OrderedDict[str, tuple[tuple[int, int, int, int], str]] = OrderedDict()
