@@ -871,10 +871,11 @@ def serve(
 ) -> None:
     """Run the upload service (FastAPI + uvicorn): resumable uploads that become searchable documents.
 
-    Needs DOCINGEST_JWT_SECRET or DOCINGEST_JWT_JWKS_URL. Uploads go to DOCINGEST_UPLOAD_DIR or DOCINGEST_UPLOAD_BUCKET;
-    DOCINGEST_UPLOAD_DEPLOYMENT hands ingestion to a Prefect deployment. OpenAPI at /docs and /openapi.json.
-    --watch keeps sources live in the same process; buckets may also post their notifications to
-    /api/v1/notifications/s3. SIGTERM finishes the running job first.
+    Needs DOCINGEST_JWT_SECRET or DOCINGEST_JWT_JWKS_URL.
+    Uploads go to DOCINGEST_UPLOAD_DIR or DOCINGEST_UPLOAD_BUCKET.
+    DOCINGEST_UPLOAD_DEPLOYMENT hands ingestion to a Prefect deployment.
+    --watch keeps sources live in the same process; buckets may post notifications to /api/v1/notifications/s3.
+    OpenAPI at /docs and /openapi.json. SIGTERM finishes the running job first.
     """
     _quiet_environment(verbose)
     import faulthandler
