@@ -15,6 +15,8 @@ scratch; the model loads in that run (each worker's plugin), as the default runn
   across the run), and the flow's share of all of them;
 - bytes moved between the flow and the cluster (the flow process's TCP sockets to the scheduler and the workers, read
   with `ss -ti` every 0.5 s: bytes acked out plus bytes received, the largest value seen per socket), per chunk;
+- CPU seconds the rest of the machine used meanwhile (/proc/stat's busy time less the above): on a shared machine,
+  the noise in the figures;
 - peak RSS (VmHWM) of each worker process and of its parse workers, read just before the cluster is stopped, and of the
   flow process (wait4's ru_maxrss: the largest process of its tree).
 
@@ -101,6 +103,13 @@ class Cluster:
         self.procs: list[subprocess.Popen] = []
 
     def __enter__(self) -> Cluster:
+        try:
+            return self._up()
+        except BaseException:
+            self.__exit__()  # what started is stopped, also when the start failed half-way
+            raise
+
+    def _up(self) -> Cluster:
         self.folder.mkdir(parents=True)
         info = self.folder / "scheduler.json"
         self._start("scheduler", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
@@ -180,6 +189,12 @@ def descendants(pid: int, stats: dict[int, dict]) -> list[int]:
     return found
 
 
+def machine_cpu() -> float:
+    """CPU seconds the whole machine has spent busy (all but idle and iowait), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def vm_hwm(pid: int) -> float:
     try:
         text = Path(f"/proc/{pid}/status").read_text()
@@ -232,12 +247,19 @@ def ingest(corpus: Path, env: dict[str, str], logs: Path, extra: list[str], clus
     """One `docingest ingest` from scratch; its wall, chunks/s, CPU, bytes and memory."""
     logs.mkdir(parents=True)
     cmd = [str(BIN / "docingest"), "ingest", str(corpus), "-c", "scale", "--json", *extra]
+    machine_before = machine_cpu()
     started = time.perf_counter()
     with (logs / "out").open("w") as out, (logs / "err").open("w") as err:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err)
         sockets = SocketBytes(proc.pid, cluster.worker_ports | {cluster.scheduler_port}) if cluster else None
-        _, status, usage = os.wait4(proc.pid, 0)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:  # interrupted: the run does not outlive the bench
+            proc.kill()
+            proc.wait()
+            raise
     wall = time.perf_counter() - started
+    machine = machine_cpu() - machine_before
     sent, received = sockets.close() if sockets else (0, 0)
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
@@ -248,8 +270,10 @@ def ingest(corpus: Path, env: dict[str, str], logs: Path, extra: list[str], clus
     row = {"wall_s": round(wall, 1), "chunks": chunks, "chunks_per_s": round(chunks / wall, 2),
            "documents": result["documents"], "flow_cpu_s": round(flow_cpu, 1),
            "flow_peak_rss_mb": round(usage.ru_maxrss / 1024), "stage_seconds": result["stage_seconds"]}
+    cluster_cpu = cluster.cpu() - cluster.cpu_before if cluster is not None else 0.0
+    # What the rest of the machine used meanwhile (another user's work on a shared machine): noise to report.
+    row["other_cpu_s"] = round(max(0.0, machine - flow_cpu - cluster_cpu), 1)
     if cluster is not None:
-        cluster_cpu = cluster.cpu() - cluster.cpu_before
         row.update(cluster_cpu_s=round(cluster_cpu, 1), flow_cpu_share=round(flow_cpu / (flow_cpu + cluster_cpu), 3),
                    bytes_to_cluster=sent, bytes_from_cluster=received,
                    bytes_per_chunk=round((sent + received) / max(1, chunks)), workers=cluster.peaks())
@@ -262,7 +286,7 @@ def print_run(name: str, row: dict) -> None:
         peaks = ", ".join(f"{w['worker_mb']:.0f}+{w['parse_workers_mb']:.0f}" for w in row["workers"])
         line += (f"  cluster CPU {row['cluster_cpu_s']:.1f} s  flow share {row['flow_cpu_share']:.1%}  "
                  f"{row['bytes_per_chunk']} B/chunk  worker peak MB (worker+parse) {peaks}")
-    line += f"  flow peak {row['flow_peak_rss_mb']} MB"
+    line += f"  flow peak {row['flow_peak_rss_mb']} MB  others' CPU {row['other_cpu_s']} s"
     print(line, flush=True)
 
 
