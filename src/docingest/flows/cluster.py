@@ -16,7 +16,6 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-import dask
 import distributed
 from distributed.scheduler import KilledWorker
 from prefect import get_run_logger
@@ -138,9 +137,8 @@ def take(future: PrefectFuture, group: list[PlannedDocument], writer: Writer, ru
     try:
         pool: PreparedPool = future.result()
     except KilledWorker:  # the pool killed every worker that ran it: its documents fail, the run goes on
-        tries = dask.config.get("distributed.scheduler.allowed-failures") + 1
-        error = (f"the Dask worker running this document's pool died, {tries} times on as many workers (KilledWorker); "
-                 "retried by the next run")
+        error = ("every Dask worker that ran this document's pool died while running it (KilledWorker, after "
+                 "distributed.scheduler.allowed-failures retries); retried by the next run")
         pool = PreparedPool(others=[PreparedDocument(document=p.doc, change=p.change, status=DocumentStatus.FAILURE,
                                                      stage=Stage.PARSE, error=error) for p in group])
     for prepared in pool.others:
