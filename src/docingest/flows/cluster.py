@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING
 
 import distributed
@@ -82,6 +83,12 @@ class ClusterWatch:
                                f"{self.wait_s:g} s (every worker left, or none joined): run stopped; the documents "
                                "written before are complete, the next run does the rest")
 
+    def lost(self) -> ClusterError:
+        """The error of a run whose pools Dask cancelled: the client lost the scheduler (it tries to reconnect for
+        distributed.comm.timeouts.connect first)."""
+        return ClusterError(f"lost the Dask scheduler at {self.client.scheduler.address}: run stopped; the "
+                            "documents written before are complete, the next run does the rest")
+
 
 def prepare_on_cluster(ctx: RunContext, work: list[PlannedDocument], writer: Writer, run: Run) -> None:
     """Submit ``work`` to the cluster in pools and hand each finished pool to ``writer``, until all are taken or the
@@ -120,7 +127,10 @@ def take_first(window: deque[tuple[PrefectFuture, list[PlannedDocument]]], write
         for index, (future, group) in enumerate(window):
             if finished(future):
                 del window[index]
-                take(future, group, writer, run, options)
+                try:
+                    take(future, group, writer, run, options)
+                except CancelledError:
+                    raise watch.lost() from None
                 return
         try:
             with watch.client.as_current():  # distributed.wait asks for the current client
@@ -128,6 +138,8 @@ def take_first(window: deque[tuple[PrefectFuture, list[PlannedDocument]]], write
                                  timeout=WAIT_S, return_when="FIRST_COMPLETED")
         except TimeoutError:
             pass
+        except CancelledError:  # distributed's FuturesCancelledError: the scheduler is gone
+            raise watch.lost() from None
         writer.collect()
         watch.check()
 
