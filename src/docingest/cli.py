@@ -322,6 +322,10 @@ def ingest(
     try:
         spec = resolve_spec(inputs)
         preflight(spec, result_storage)
+        if not dry_run and (task_runner or dask_address or get_settings().prefect.task_runner == "dask"):
+            from docingest.flows.runners import check_scheduler
+
+            check_scheduler(task_runner or "dask", dask_address)  # a wrong address: one line, nothing started
         if dry_run:
             _print_plan(plan_for(spec), spec.collection, as_json)
             raise typer.Exit(EXIT_OK)

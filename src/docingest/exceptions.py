@@ -61,6 +61,16 @@ class DeleteGuardError(ConfigurationError):
     """Raised before any work when a full sync would delete more of a scope than ``max_delete_ratio`` allows."""
 
 
+class ClusterUnreachable(ConfigurationError):
+    """Raised before anything is written when the Dask scheduler of ``--task-runner dask`` cannot be reached (a wrong
+    or unreachable ``--dask-address`` / DOCINGEST_DASK_ADDRESS)."""
+
+
+class ClusterError(DocingestError, RuntimeError):
+    """Raised when the Dask cluster cannot do a run's work: it had no worker for longer than
+    DOCINGEST_DASK_WORKER_WAIT_S (every worker left, or none joined). What the run wrote before is complete."""
+
+
 class CircuitBreakerOpen(DocingestError):
     """Raised at the end of a run stopped early because too many documents failed; ``result`` holds what was done."""
 

@@ -225,7 +225,8 @@ class IngestOptions(_Options):
         default=None, ge=1, le=256,
         description="Documents per parse-and-chunk task run. Default: 1 (a task run, cache entry and UI state per "
         "document) when fewer than 64 documents need parsing, else up to 8 (a quarter of the window at most). A task "
-        "run costs ~15 ms of orchestration; batches cut that, with coarser caching: a batch is cached as a whole.",
+        "run costs ~15 ms of orchestration; batches cut that, with coarser caching: a batch is cached as a whole. On a "
+        "Dask cluster: documents per parse-chunk-embed pool (default: about 4 pools per worker thread, at most 128).",
     )
     mode: SyncMode = Field(
         default=SyncMode.INCREMENTAL,

@@ -163,6 +163,12 @@ class DaskSettings(_Section):
         "local cluster of `workers` processes.",
     )
     workers: int = Field(default=2, ge=1, description="Worker processes of the local Dask cluster.")
+    connect_timeout_s: float = Field(
+        default=10.0, gt=0, description="Give up connecting to the scheduler at `address` after this long (a refused "
+        "connection fails at once); the run fails before it writes anything.")
+    worker_wait_s: float = Field(
+        default=60.0, gt=0, description="A run whose cluster has no worker (every worker left, or none joined) for "
+        "this long fails; pools written before stay written, the next run does the rest.")
 
 
 class ParseSettings(_Section):

@@ -6,6 +6,7 @@ function or class): no test module imports from a conftest or a helper module (t
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -449,6 +450,111 @@ def stack(tmp_path, written_store):
         yield s
     finally:
         s.stop()
+
+
+# -- a real Dask cluster (the `distributed` CLI) ---------------------------------------------------------------------
+
+
+class DaskCluster:
+    """`dask scheduler` and `dask worker` processes on 127.0.0.1, each in a process group of its own (a worker's group
+    holds its nanny, the worker, its parse workers' fork server and the parse workers), all killed at ``stop``."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCINGEST_", "PREFECT_API"))}
+        # Parse workers are children of Dask's workers: those must not be daemonic. The model-info cache and any
+        # Prefect files of the workers stay in the test's folder.
+        self.env.update(DASK_DISTRIBUTED__WORKER__DAEMON="False", DOCINGEST_HOME=str(tmp / "dask-home"),
+                        PREFECT_HOME=str(tmp / "dask-prefect-home"), PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+        self.procs: dict[str, subprocess.Popen] = {}
+        scheduler_file = tmp / "scheduler.json"
+        self._start("scheduler", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                    "--scheduler-file", str(scheduler_file))
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() or not scheduler_file.read_text().strip():
+            assert self.procs["scheduler"].poll() is None and time.monotonic() < deadline, self.log("scheduler")
+            time.sleep(0.1)
+        time.sleep(0.2)  # written in one go, but read it whole
+        self.address = json.loads(scheduler_file.read_text())["address"]
+
+    def _start(self, name: str, *args: str, **env: str) -> subprocess.Popen:
+        with (self.tmp / f"dask-{name}.log").open("w") as log:
+            proc = subprocess.Popen([str(BIN / "dask"), *args], env={**self.env, **env}, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def add_worker(self, name: str, **env: str) -> subprocess.Popen:
+        """A `dask worker --nthreads 1` under its nanny, with more environment variables (e.g. a DOCINGEST_FAULT)."""
+        return self._start(name, "worker", self.address, "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1",
+                           "--name", name, **env)
+
+    def wait_for_workers(self, n: int, timeout: float = 120) -> None:
+        from distributed import Client
+
+        with Client(self.address, timeout=30) as client:
+            client.wait_for_workers(n, timeout=timeout)
+
+    def events(self, topic: str) -> list[dict]:
+        """The events the workers logged under ``topic`` (e.g. each model load, ``docingest-model``)."""
+        from distributed import Client
+
+        with Client(self.address, timeout=30) as client:
+            return [msg for _, msg in client.get_events(topic)]
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a worker's whole group: the nanny too, so the worker is gone for good (a nanny would restart it)."""
+        proc = self.procs[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+
+    def log(self, name: str) -> str:
+        path = self.tmp / f"dask-{name}.log"
+        return path.read_text()[-3000:] if path.exists() else ""
+
+    def stop(self) -> list[int]:
+        """Kill every group; returns the pids of those groups still alive afterwards (none, unless one escaped)."""
+        for proc in self.procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        for proc in self.procs.values():
+            proc.wait(30)
+        groups = {proc.pid for proc in self.procs.values()}
+        deadline = time.monotonic() + 10  # a killed process's children are reaped by init a moment later
+        while True:
+            left = []
+            for entry in os.listdir("/proc"):
+                if entry.isdigit():
+                    with contextlib.suppress(OSError):
+                        stat = Path(f"/proc/{entry}/stat").read_text()
+                        fields = stat[stat.rindex(")") + 2:].split()
+                        if int(fields[2]) in groups and fields[0] not in "ZX":
+                            left.append(int(entry))
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    """``dask_cluster(workers=2, **env) -> DaskCluster``: a scheduler and ``workers`` workers (``--nthreads 1``, the
+    extra environment variables given) on loopback, once they are registered; everything is killed after the test,
+    and the test fails if a process of theirs outlived that."""
+    clusters: list[DaskCluster] = []
+
+    def start(workers: int = 2, **env: str) -> DaskCluster:
+        cluster = DaskCluster(tmp_path)
+        clusters.append(cluster)
+        for n in range(workers):
+            cluster.add_worker(f"worker-{n + 1}", **env)
+        if workers:
+            cluster.wait_for_workers(workers)
+        return cluster
+
+    yield start
+    left = [pid for cluster in clusters for pid in cluster.stop()]
+    assert left == [], f"processes of the Dask cluster outlived it: {left}"
 
 
 # -- the helpers as fixtures -----------------------------------------------------------------------------------------

@@ -21,3 +21,19 @@ pytestmark = pytest.mark.unit
 ])
 def test_pool_ready(pending, pool_size, busy, idle, ready):
     assert pool_ready(pending, pool_size, encoder_busy=busy, idle=idle) is ready
+
+
+@pytest.mark.parametrize(("documents", "threads", "given", "per_pool"), [
+    (1000, 2, None, 125),  # about four pools per worker thread...
+    (1000, 1, None, 128),  # ...never more than DOCS_PER_POOL documents in one
+    (10_000, 8, None, 128),  # 79 task runs for 10,000 documents, not one per document or chunk
+    (5, 2, None, 1),  # a small run: one document per pool, so every worker has work
+    (3, 0, None, 1),  # no worker yet: sized as for one thread
+    (1000, 2, 16, 16),  # options.docs_per_task wins
+])
+def test_docs_per_pool_on_a_dask_cluster(documents, threads, given, per_pool):
+    from docingest.flows.cluster import DOCS_PER_POOL, docs_per_pool
+    from docingest.options import IngestOptions
+
+    options = IngestOptions(docs_per_task=given) if given else IngestOptions()
+    assert docs_per_pool(options, documents, threads) == per_pool <= max(DOCS_PER_POOL, given or 0)

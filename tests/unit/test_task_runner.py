@@ -47,3 +47,32 @@ def test_the_runner_follows_the_settings_at_each_run_start(monkeypatch):
             make_task_runner("ray")
     finally:
         get_settings.cache_clear()
+
+
+def test_a_scheduler_address_that_does_not_answer_is_refused_quickly():
+    """Nothing listening: at once; a listener that is not a Dask scheduler (it never answers): within the timeout;
+    not an address at all: said so. Each names the address, in one line."""
+    import socket
+    import time
+
+    from docingest.exceptions import ClusterUnreachable
+    from docingest.flows.runners import ask_scheduler
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: refused
+    started = time.monotonic()
+    with pytest.raises(ClusterUnreachable, match=rf"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}: "
+                                                 "Connection refused"):
+        ask_scheduler(f"tcp://127.0.0.1:{port}", timeout_s=30)
+    assert time.monotonic() - started < 5
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(ClusterUnreachable, match="no Dask scheduler answered in 0.5 s"):
+            ask_scheduler(address, timeout_s=0.5)
+
+    with pytest.raises(ClusterUnreachable, match="not a Dask scheduler address"):
+        ask_scheduler("tcp://127.0.0.1", timeout_s=1)

@@ -10,13 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 from docingest.core import faults
 from docingest.core.embed import LoadedModel, embed_texts
-from docingest.core.pipeline import build_points, manifest_record
+from docingest.core.pipeline import build_points, manifest_record, prepare_document
 from docingest.core.plan import Profile
-from docingest.datamodel import DocumentStatus, ManifestRecord, PreparedDocument, Stage
+from docingest.datamodel import ChangeKind, DocumentStatus, ManifestRecord, PreparedDocument, SourceDocument, Stage
 from docingest.exceptions import ConfigurationError, DocingestError
 
 if TYPE_CHECKING:
+    from docingest.core.sources import Source
     from docingest.core.store import QdrantStore
+    from docingest.options import IngestOptions
 
 
 @dataclass
@@ -79,6 +81,35 @@ def embed_pool(model: LoadedModel, docs: list[PreparedDocument], batch_size: int
         pool.vectors.append(vectors[start:start + len(d.chunks)])
         start += len(d.chunks)
     pool.seconds = time.perf_counter() - started
+    return pool
+
+
+@dataclass
+class PreparedPool:
+    """Documents parsed, chunked and embedded in one place (a pool task on a Dask worker): ``embedded`` holds those
+    that reached the encoder (vectors as float32 arrays, one per document), ``others`` those skipped or failed before
+    it, with their reasons."""
+
+    embedded: EmbeddedPool = field(default_factory=EmbeddedPool)
+    others: list[PreparedDocument] = field(default_factory=list)
+
+
+def prepare_and_embed(source: Source, items: list[tuple[SourceDocument, ChangeKind]], profile: Profile,
+                      options: IngestOptions, model: LoadedModel) -> PreparedPool:
+    """Parse and chunk each document (one at a time, in the parse workers under their time and memory limits), then
+    encode the chunks of all that succeeded in one call, as the flow's own encoder does with a pool. The chunks come
+    back without their ``embed_text`` (headings and text again, needed only by the encoder), which would double what
+    travels back to the flow."""
+    pool = PreparedPool()
+    ready: list[PreparedDocument] = []
+    for doc, change in items:
+        prepared = prepare_document(source, doc, change, profile, options, model)
+        (ready if prepared.status is DocumentStatus.SUCCESS else pool.others).append(prepared)
+    if ready:
+        pool.embedded = embed_pool(model, ready, options.embed.batch_size)
+    for d in ready:
+        for chunk in d.chunks:
+            chunk.embed_text = ""
     return pool
 
 

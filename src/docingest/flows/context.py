@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from docingest.core.embed import LoadedModel
 from docingest.core.metrics import RunMetrics
@@ -20,6 +21,9 @@ from docingest.flows.runspec import RunSpec
 from docingest.options import IngestOptions
 from docingest.tasks.stages import Stages
 
+if TYPE_CHECKING:
+    from distributed import Client
+
 
 @dataclass(frozen=True)
 class RunContext:
@@ -27,6 +31,7 @@ class RunContext:
     stages: Stages  # its stage tasks (tagged or not, the parse cache's storage)
     metrics: RunMetrics  # what it measures (pushed to a Pushgateway when one is set)
     physical: str  # the physical collection behind the alias when the run began: the run finishes there
+    cluster: Client | None = None  # the Dask cluster that parses, chunks and embeds (None: this process does)
 
     @property
     def collection(self) -> str:

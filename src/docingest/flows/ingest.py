@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
@@ -26,7 +26,7 @@ from docingest.flows.context import RunContext
 from docingest.flows.locks import scope_lock, server_limit, stage_limits_apply
 from docingest.flows.planning import prefetch_model, record_planned
 from docingest.flows.run import Run
-from docingest.flows.runners import SettingsTaskRunner
+from docingest.flows.runners import SettingsTaskRunner, connect_cluster
 from docingest.flows.runspec import RunInputs, RunSpec, resolve_spec
 from docingest.flows.window import prepare_in_window
 from docingest.flows.writer import Writer
@@ -34,6 +34,9 @@ from docingest.options import IngestOptions, PdfMode, Preset
 from docingest.settings import get_settings
 from docingest.targets import QdrantTarget, resolve_result_storage
 from docingest.tasks.stages import stages_for_run
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 
 @flow(
@@ -89,7 +92,8 @@ def ingest_documents(
     spec = resolve_spec(RunInputs(source=source, collection=collection, options=options, qdrant=qdrant,
                                   qdrant_block=qdrant_block, source_block=source_block, embedder_block=embedder_block,
                                   collection_block=collection_block, preset=preset))
-    ctx = _begin(spec, result_storage)
+    # With a Dask task runner the cluster parses, chunks and embeds: connected now, before anything is written.
+    ctx = _begin(spec, result_storage, connect_cluster())
 
     pusher = Pusher(ctx.metrics, settings.pushgateway_url)  # no-op without DOCINGEST_PUSHGATEWAY_URL
     result = None
@@ -127,9 +131,9 @@ def _check_crash_retries(allowed: int) -> None:
                                  "are unchanged now and not parsed again)", attempt)
 
 
-def _begin(spec: RunSpec, result_storage: str | None) -> RunContext:
+def _begin(spec: RunSpec, result_storage: str | None, cluster: Client | None) -> RunContext:
     """The run's context: its stage tasks, its collection (made if new; the alias is resolved once, so a run that
-    started before a model migration's switch finishes where it began) and its metrics."""
+    started before a model migration's switch finishes where it began), its metrics and its Dask cluster, if any."""
     logger = get_run_logger()
     stages = stages_for_run(resolve_result_storage(result_storage), tagged=stage_limits_apply())
     profile = spec.profile
@@ -141,7 +145,7 @@ def _begin(spec: RunSpec, result_storage: str | None) -> RunContext:
     if spec.options.parse.pdf_mode is PdfMode.AUTO:
         logger.info("pdf-mode auto: PDFs use %s conversion (%s)", profile.pdf_mode.value, accurate_models_status()[1])
     return RunContext(spec=spec, stages=stages, metrics=RunMetrics(spec.collection, spec.source.uri),
-                      physical=physical)
+                      physical=physical, cluster=cluster)
 
 
 @contextlib.contextmanager
@@ -224,8 +228,14 @@ def _plan(ctx: RunContext) -> tuple[Plan, dict[str, ManifestRecord], Run]:
 
 def _prepare(ctx: RunContext, plan: Plan, writer: Writer, run: Run) -> None:
     """3. Parse+chunk new and changed documents in a bounded window; they are embedded and stored in pools as they
-    finish (the writer's task runs), while the next ones are parsed."""
+    finish (the writer's task runs), while the next ones are parsed. On a Dask cluster the workers parse, chunk and
+    embed pools of documents, and the writer stores what they send back."""
     work = plan.by_action(Action.PROCESS)
+    if ctx.cluster is not None:  # the cluster's workers parse, chunk and embed; the writer here only writes
+        from docingest.flows.cluster import prepare_on_cluster
+
+        prepare_on_cluster(ctx, work, writer, run)
+        return
     if work and isinstance(ctx.model, LoadedModel) and not ctx.model.loaded:
         prefetch_model(ctx.model)  # the weights load while the first documents are parsed
     prepare_in_window(ctx, work, writer, run)

@@ -41,7 +41,9 @@ def warm_up(spec: RunSpec, plan: Plan | None = None) -> bool:
     if spec.exists and not (lists_cheaply(spec) and any(d.action is Action.PROCESS
                                                         for d in (plan or plan_for(spec)).documents)):
         return False
-    if spec.options.parse.isolation is Isolation.PROCESS and get_settings().prefect.task_runner == "threads":
+    if get_settings().prefect.task_runner != "threads":
+        return True  # a Dask cluster's workers parse and embed: nothing to warm up in this process
+    if spec.options.parse.isolation is Isolation.PROCESS:
         from docingest.core.worker import start_server
 
         start_server()

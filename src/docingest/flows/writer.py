@@ -66,6 +66,7 @@ class Pool:
     embedded: PrefectFuture | None = None
     written: PrefectFuture | None = None
     records: PrefectFuture | None = None
+    encoded: EmbeddedPool | None = None  # a pool embedded elsewhere (on a Dask worker), only written here
 
     def done(self) -> bool:
         return all(finished(f) for f in (self.embedded, self.written, self.records) if f is not None)
@@ -147,6 +148,23 @@ class Writer:
                 self.replace.append((document_id(p.document.source_uri, p.document.path), None))
         self.run.record(outcome_of(p))
 
+    def add_embedded(self, pool: EmbeddedPool) -> None:
+        """A pool parsed, chunked and embedded elsewhere (a Dask worker): written as it is, with the records of the
+        documents gathered meanwhile (``add``: those skipped or failed before embedding)."""
+        for d in [*pool.docs, *(d for d, _ in pool.failed)]:
+            for stage, seconds in d.timings.items():
+                self.metrics.observe_stage(stage, seconds)
+        self.collect()
+        if pool.docs or pool.failed:
+            self._make_room()
+            paths = [d.document.path for d in [*pool.docs, *(d for d, _ in pool.failed)]]
+            known = {path: self.known[path] for path in paths if path in self.known}
+            written = self.store.submit(self.stages.write, {
+                "location": self.location, "collection": self.collection, "pool": quote(pool),
+                "profile": self.profile, "known": quote(known), "batch_size": self.options.store.upsert_batch_size})
+            self.pools.append(Pool(written=written, encoded=pool))
+        self.flush()  # the records gathered meanwhile
+
     def encoder_busy(self) -> bool:
         """A pool is still on its way (encoded, or written: the store and the encoder share the CPU): the gathering
         pool keeps growing meanwhile, so an encoder-bound run encodes fewer, larger pools, which pad less."""
@@ -205,8 +223,10 @@ class Writer:
         if pool.records is not None:
             self.run.result.chunks.deleted += pool.records.result()
             return
-        assert pool.embedded is not None and pool.written is not None  # a pool without records has both
-        embedded: EmbeddedPool = pool.embedded.result()  # a model that cannot be used stops the run here
+        assert pool.written is not None  # a pool without records is written
+        # A model that cannot be used stops the run here.
+        embedded: EmbeddedPool | None = pool.embedded.result() if pool.embedded is not None else pool.encoded
+        assert embedded is not None
         self.metrics.observe_embed(embedded.chunks, embedded.seconds)
         self.run.result.chunks.embedded += embedded.chunks
         try:

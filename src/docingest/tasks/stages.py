@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from docingest.tasks.cluster import prepare_and_embed_task
 from docingest.tasks.embed import embed_pool_task
 from docingest.tasks.prepare import prepare_document_task, prepare_documents_task
 from docingest.tasks.store import (
@@ -25,6 +26,7 @@ class Stages:
     prepare: Any = prepare_document_task
     prepare_batch: Any = prepare_documents_task
     embed: Any = embed_pool_task
+    prepare_embed: Any = prepare_and_embed_task  # on a Dask cluster: parse, chunk and embed a pool of documents
     write: Any = write_pool_task
     finalize: Any = finalize_documents_task
     ensure: Any = ensure_collection_task
