@@ -154,13 +154,10 @@ def take(future: PrefectFuture, group: list[PlannedDocument], writer: Writer, ru
         pool = PreparedPool(others=[PreparedDocument(document=p.doc, change=p.change, status=DocumentStatus.FAILURE,
                                                      stage=Stage.PARSE, error=error) for p in group])
     for prepared in pool.others:
-        if prepared.status in (DocumentStatus.SUCCESS, DocumentStatus.FAILURE):
-            run.taken += 1
-            run.taken_failed += prepared.status is DocumentStatus.FAILURE
+        run.took(prepared)
         writer.add(prepared)
     run.taken += len(pool.embedded.docs) + len(pool.embedded.failed)  # embed failures count as they are recorded
     writer.add_embedded(pool.embedded)
     faults.checkpoint("after-prepare")
-    if not run.result.aborted and (reason := run.tripped(options)):
-        run.result.aborted = reason
+    if reason := run.trip(options):
         get_run_logger().error(reason)

@@ -10,7 +10,16 @@ import threading
 from typing import TYPE_CHECKING
 
 from docingest.core import progress
-from docingest.datamodel import ChangeKind, DocumentOutcome, DocumentStatus, FailureItem, IngestResult, SkippedItem, Stage
+from docingest.datamodel import (
+    ChangeKind,
+    DocumentOutcome,
+    DocumentStatus,
+    FailureItem,
+    IngestResult,
+    PreparedDocument,
+    SkippedItem,
+    Stage,
+)
 from docingest.options import IngestOptions
 
 if TYPE_CHECKING:
@@ -32,6 +41,19 @@ class Run:
         # taken (the writer's pools may lag behind), embed/upsert failures as the writer's pools finish.
         self.taken = self.taken_failed = self.late_failed = 0
         self._lock = threading.RLock()  # outcomes may be recorded from more than one thread (the Python API's callers)
+
+    def took(self, prepared: PreparedDocument) -> None:
+        """A document handed over by its parse task (parsed, or failed there): counted for the circuit breaker."""
+        if prepared.status in (DocumentStatus.SUCCESS, DocumentStatus.FAILURE):
+            self.taken += 1
+            self.taken_failed += prepared.status is DocumentStatus.FAILURE
+
+    def trip(self, options: IngestOptions) -> str | None:
+        """Stop the run (``result.aborted``) if the circuit breaker trips now; the reason, the first time only."""
+        if self.result.aborted or (reason := self.tripped(options)) is None:
+            return None
+        self.result.aborted = reason
+        return reason
 
     def tripped(self, options: IngestOptions) -> str | None:
         """The circuit breaker: a reason to stop when too many of the documents processed so far failed."""

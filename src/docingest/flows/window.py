@@ -13,7 +13,7 @@ from prefect.futures import PrefectFuture
 
 from docingest.core import faults
 from docingest.core.plan import PlannedDocument
-from docingest.datamodel import DocumentStatus, Stage
+from docingest.datamodel import Stage
 from docingest.flows.run import Run
 from docingest.flows.writer import Writer, finished
 from docingest.options import IngestOptions
@@ -95,11 +95,8 @@ def take(future: PrefectFuture, writer: Writer, run: Run, options: IngestOptions
     for prepared in result if isinstance(result, list) else [result]:
         if cached:
             prepared.timings = {}  # stage seconds count work done in this run
-        if prepared.status in (DocumentStatus.SUCCESS, DocumentStatus.FAILURE):
-            run.taken += 1
-            run.taken_failed += prepared.status is DocumentStatus.FAILURE
+        run.took(prepared)
         writer.add(prepared)
         faults.checkpoint("after-prepare")
-        if not run.result.aborted and (reason := run.tripped(options)):
-            run.result.aborted = reason
+        if reason := run.trip(options):
             get_run_logger().error(reason)
