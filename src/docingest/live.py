@@ -39,7 +39,7 @@ from docingest.options import IngestOptions, SyncMode
 from docingest.targets import QdrantTarget
 
 if TYPE_CHECKING:
-    from docingest.flows.runspec import RunInputs
+    from docingest.flows.runspec import RunInputs, RunSpec
 
 logger = logging.getLogger("docingest.watch")
 
@@ -110,6 +110,7 @@ class LiveSync:
         self.batches = 0
         self._device: int | None = None
         self._source: Source | None = None
+        self._spec: RunSpec | None = None  # the run as opened at the start: the first sync and the warm-up use it
 
     def key_path(self, bucket: str, key: str) -> str | None:
         """The path in this watch's source of an object of ``bucket`` (a bucket notification's), None when it does
@@ -130,13 +131,15 @@ class LiveSync:
         from prefect.context import SyncClientContext
 
         from docingest.core.worker import pools_in_use
+        from docingest.flows.runspec import pinned
 
         # The parse workers stay up between batches, not one start per change; one Prefect client serves every
         # batch's flow run (a client per run cost ~30 ms of building an SSL context, measured with py-spy).
         with pools_in_use(), SyncClientContext.get_or_create():
-            self._open()
+            spec = self._open()
             self._start_watching()  # before the first sync: what changes during it is a batch after it
-            self._sync(None, "first sync")
+            with pinned(self._inputs(self.options), spec):  # the source opened once (a repository fetched once)
+                self._sync(None, "first sync")
             self._warm_up()
             self.emit({"event": "ready", "collection": self.collection, "documents": self.documents,
                        "at": time.time(), "watching": self.watcher.kind if self.watcher else None})
@@ -168,11 +171,11 @@ class LiveSync:
                          qdrant_block=b.qdrant_block, source_block=b.source_block, embedder_block=b.embedder_block,
                          collection_block=b.collection_block)
 
-    def _open(self) -> None:
+    def _open(self) -> RunSpec:
         """Resolve the run once (blocks loaded, source opened, model found): its source says how changes are seen."""
         from docingest.flows.runspec import resolve_spec
 
-        spec = resolve_spec(self._inputs(self.options))
+        spec = self._spec = resolve_spec(self._inputs(self.options))
         self.collection, self._source = spec.collection, spec.source
         if isinstance(spec.source, LocalFolderSource):
             if not spec.source.root.is_dir():
@@ -182,17 +185,19 @@ class LiveSync:
             self._device = self.root.stat().st_dev
         elif isinstance(spec.source, S3Source):
             self.s3 = (spec.source.bucket, spec.source.prefix)
+        return spec
 
     def _warm_up(self) -> None:
         """Load the model's weights and start the parse workers' fork server now, not at the first change: a first
         sync with nothing to write touches neither (measured: the first batch then took 5.0 s, later ones 0.35 s)."""
         from docingest.core.worker import start_server
-        from docingest.flows.runspec import resolve_spec
         from docingest.options import Isolation
         from docingest.settings import get_settings
 
+        spec = self._spec
+        if spec is None:
+            return
         try:
-            spec = resolve_spec(self._inputs(self.options))
             if spec.options.parse.isolation is Isolation.PROCESS and get_settings().prefect.task_runner == "threads":
                 start_server()
             spec.model.model  # noqa: B018 - the property loads the weights
